@@ -1,0 +1,212 @@
+"""The CNI verbs, served by the node agent: (environment, stdin) in, (exit code, stdout) out.
+
+`Plugin.handle` owns parsing and error formatting (like the reference plugins' skel); each verb
+handler only does its work and raises. A per-VNI lock serialises work on one LAN, so an ADD
+cannot race the last DEL that removes the LAN's bridge and VTEP.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from contextlib import contextmanager
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni import naming, spec
+from cni.config import NetConf, parse_netconf
+from cni.datapath import ConflictError, Datapath, DatapathError, ExistsError
+from cni.netns import NetnsGone
+from cni.spec import CniError, Interface
+
+log = logging.getLogger(__name__)
+
+
+class LanEvents:
+    """What the control plane hears from the datapath; the speaker overrides these. No-ops here."""
+
+    def lan_added(self, vni: int) -> None: ...
+    def lan_removed(self, vni: int) -> None: ...
+    def mac_added(self, vni: int, mac: str) -> None: ...
+    def mac_removed(self, vni: int, mac: str) -> None: ...
+
+
+class VniLocks:
+    """One lock per VNI, dropped when nobody holds or waits for it."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[int, list] = {}  # vni -> [lock, users]
+
+    @contextmanager
+    def hold(self, vni: int):
+        with self._guard:
+            entry = self._locks.setdefault(vni, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[vni]
+
+
+def _pod_mac(inv: spec.Invocation, conf: NetConf) -> str:
+    """runtimeConfig.mac (the `mac` capability), else CNI_ARGS MAC=, else a random one."""
+    if conf.runtime_mac:
+        return conf.runtime_mac
+    if inv.args.get("MAC"):
+        try:
+            return naming.normalize_mac(inv.args["MAC"])
+        except ValueError as exc:
+            raise CniError(spec.ERR_INVALID_ENV, f"CNI_ARGS MAC: {exc}") from None
+    return naming.random_mac()
+
+
+class Plugin:
+    def __init__(self, datapath: Datapath, events: LanEvents | None = None, not_ready=lambda: ""):
+        self.datapath = datapath
+        self.events = events or LanEvents()
+        self.not_ready = not_ready  # '' when the control plane is fine, else why not
+        self.locks = VniLocks()
+
+    # -- the skel: parse, dispatch, format ---------------------------------------------------
+    def handle(self, env: dict, stdin: str) -> tuple[int, str]:
+        version = spec.LATEST_VERSION
+        try:
+            inv = spec.parse_environment(env)
+            raw = spec.decode_config(stdin) if (stdin.strip() or inv.command != "VERSION") else {}
+            if isinstance(raw.get("cniVersion"), str):
+                version = raw["cniVersion"]
+            if inv.command == "VERSION":
+                return 0, json.dumps(spec.version_result(version))
+            conf = parse_netconf(raw)
+            version = conf.cni_version
+            spec.verb_allowed(inv.command, version)
+            handler = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check,
+                       "STATUS": self.status, "GC": self.gc}[inv.command]
+            result = handler(inv, conf)
+            return 0, json.dumps(result) if result is not None else ""
+        except CniError as exc:
+            return 1, json.dumps(exc.to_json(version))
+        except Exception as exc:  # never a traceback on the runtime's stdout
+            error = self._translate(exc)
+            if error.code == spec.ERR_DATAPATH:
+                log.exception("%s failed", env.get("CNI_COMMAND"))
+            return 1, json.dumps(error.to_json(version))
+
+    @staticmethod
+    def _translate(exc: Exception) -> CniError:
+        if isinstance(exc, NetnsGone):
+            return CniError(spec.ERR_UNKNOWN_CONTAINER, str(exc))
+        if isinstance(exc, ExistsError):
+            return CniError(spec.ERR_INTERFACE_EXISTS, str(exc))
+        if isinstance(exc, ConflictError):
+            return CniError(spec.ERR_VNI_CONFLICT, str(exc))
+        if isinstance(exc, (DatapathError, NetlinkError)):
+            return CniError(spec.ERR_DATAPATH, f"datapath: {exc}")
+        return CniError(spec.ERR_DATAPATH, f"internal error: {exc.__class__.__name__}: {exc}")
+
+    def _underlay(self, conf: NetConf):
+        if not conf.master:
+            return self.datapath.default_underlay
+        try:
+            return self.datapath.find_underlay(dev=conf.master)
+        except DatapathError as exc:
+            raise CniError(spec.ERR_INVALID_CONFIG, f"master: {exc}") from None
+
+    # -- verbs -------------------------------------------------------------------------------
+    def add(self, inv: spec.Invocation, conf: NetConf) -> dict:
+        mac = _pod_mac(inv, conf)
+        underlay = self._underlay(conf)
+        if conf.mtu > underlay.overlay_mtu:
+            raise CniError(spec.ERR_INVALID_CONFIG,
+                           f"mtu {conf.mtu} is above what the underlay allows ({underlay.overlay_mtu}: "
+                           f"{underlay.name} mtu {underlay.mtu} minus the VXLAN overhead)")
+        name = naming.port_name(inv.container_id, inv.ifname)
+        with self.locks.hold(conf.vni):
+            lan, created = self.datapath.ensure_lan(conf.vni, conf.vxlan_port, underlay, conf.mtu)
+            if created:
+                self.events.lan_added(conf.vni)
+            try:
+                host_mac = self.datapath.add_port(lan, name, inv.netns, inv.ifname, mac)
+            except Exception:
+                if self.datapath.remove_lan_if_unused(conf.vni):
+                    self.events.lan_removed(conf.vni)
+                raise
+            self.events.mac_added(conf.vni, mac)
+        return spec.shape_result(conf.cni_version, [
+            Interface(name=name, mac=host_mac),
+            Interface(name=inv.ifname, mac=mac, sandbox=inv.netns, mtu=lan.mtu)])
+
+    def _detach(self, name: str, vni: int) -> None:
+        """Delete one pod port (lock held) and tell the control plane its MACs are gone."""
+        port = self.datapath.port(name)
+        if port is None:
+            return
+        self.datapath.delete_port(name)
+        for mac in port.macs:
+            self.events.mac_removed(port.vni or vni, mac)
+
+    def _drop_lan_if_unused(self, vni: int) -> None:
+        if self.datapath.remove_lan_if_unused(vni):
+            self.events.lan_removed(vni)
+
+    def delete(self, inv: spec.Invocation, conf: NetConf) -> None:
+        with self.locks.hold(conf.vni):
+            self._detach(naming.port_name(inv.container_id, inv.ifname), conf.vni)
+            self._drop_lan_if_unused(conf.vni)
+
+    def check(self, inv: spec.Invocation, conf: NetConf) -> None:
+        name = naming.port_name(inv.container_id, inv.ifname)
+        lan = self.datapath.lan(conf.vni)
+        if lan is None:
+            raise CniError(spec.ERR_CHECK_FAILED, f"VNI {conf.vni} has no bridge or VTEP on this node")
+        host = self.datapath.host_port_state(name)
+        if host is None:
+            raise CniError(spec.ERR_CHECK_FAILED, f"host port {name} of {inv.ifname} is missing")
+        pod = self.datapath.pod_interface(inv.netns, inv.ifname)
+        if pod is None:
+            raise CniError(spec.ERR_CHECK_FAILED, f"interface {inv.ifname} is missing in {inv.netns}")
+        expected_mac = self._expected_mac(inv, conf) or pod["mac"]
+        problems = [
+            (host["master"] != lan.bridge_index, f"{name} is not a port of bridge {naming.bridge_name(conf.vni)}"),
+            (not host["up"], f"host port {name} is down"),
+            (not pod["up"], f"{inv.ifname} is down"),
+            (pod["kind"] != "veth", f"{inv.ifname} is a {pod['kind'] or 'plain'} device, not a veth"),
+            (pod["peer_index"] != host["index"], f"{inv.ifname} is not the peer of {name}"),
+            (pod["mac"] != expected_mac, f"{inv.ifname} has MAC {pod['mac']}, expected {expected_mac}"),
+            (pod["mtu"] != lan.mtu, f"{inv.ifname} has MTU {pod['mtu']}, expected {lan.mtu}"),
+            (host["mtu"] != lan.mtu, f"{name} has MTU {host['mtu']}, expected {lan.mtu}"),
+        ]
+        found = [msg for bad, msg in problems if bad]
+        if found:
+            raise CniError(spec.ERR_CHECK_FAILED, "; ".join(found))
+
+    @staticmethod
+    def _expected_mac(inv: spec.Invocation, conf: NetConf) -> str:
+        """The pod MAC the runtime expects: from prevResult's sandbox interface, else args."""
+        for itf in (conf.prev_result or {}).get("interfaces") or []:
+            if isinstance(itf, dict) and itf.get("name") == inv.ifname and itf.get("sandbox"):
+                try:
+                    return naming.normalize_mac(itf.get("mac"))
+                except ValueError:
+                    raise CniError(spec.ERR_INVALID_CONFIG,
+                                   f"prevResult has an invalid MAC for {inv.ifname}") from None
+        return conf.runtime_mac or inv.args.get("MAC", "").lower()
+
+    def status(self, inv: spec.Invocation, conf: NetConf) -> None:
+        reason = self.datapath.healthy() or self.not_ready()
+        if reason:
+            raise CniError(spec.ERR_NOT_AVAILABLE, "the megalos agent cannot serve ADD now", reason)
+
+    def gc(self, inv: spec.Invocation, conf: NetConf) -> None:
+        valid = {naming.port_name(cid, ifname) for cid, ifname in conf.valid_attachments}
+        with self.locks.hold(conf.vni):
+            for port in self.datapath.ports(conf.vni):
+                if port.name not in valid:
+                    log.info("GC: removing stale attachment %s on VNI %s", port.name, conf.vni)
+                    self._detach(port.name, conf.vni)
+            self._drop_lan_if_unused(conf.vni)
