@@ -1,6 +1,6 @@
 """`megalos`, the CNI binary: forwards the runtime's request to the node agent and prints its answer.
 
-Standard library only, so the interpreter starts fast (installed with `#!/usr/bin/python3 -I -S`).
+Standard library only, so the interpreter starts fast (installed with `#!/usr/bin/python3 -IS`).
 Wire protocol on the agent's UNIX socket, one request per connection:
     shim -> agent: {"env": {"CNI_COMMAND": ..., ...}, "stdin": "<network config>"} then EOF
     agent -> shim: {"exit": <exit code>, "stdout": "<what the plugin prints>"} then EOF

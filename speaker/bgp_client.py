@@ -1,0 +1,183 @@
+"""The agent's handle on a BGP process (``speaker.bgp_process``).
+
+Plain threads: no eventlet, no os_ken import. ``BgpProcess`` starts the
+process, sends JSON-line commands and waits for their replies, and hands
+every event to ``on_event`` from its reader thread::
+
+    with BgpProcess(on_event=queue.put) as bgp:
+        bgp.call('start', router_id='10.0.0.11', asn=65000, role='speaker')
+        bgp.call('peer_add', address='10.0.0.1', connect_mode='passive')
+        bgp.call('vni_add', vni=100, rd_index=1)
+
+The protocol is documented in ``speaker.bgp_process``.
+"""
+
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import threading
+
+LOG = logging.getLogger(__name__)
+
+BGP_PROCESS_MODULE = 'speaker.bgp_process'
+
+
+class BgpError(Exception):
+    """A command failed, timed out, or the BGP process is gone."""
+
+
+class _Pending:
+    __slots__ = ('done', 'reply')
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.reply = None
+
+
+class BgpProcess:
+    """One BGP process and the pipes to it.
+
+    ``argv_prefix`` runs it through another command, for example
+    ``['ip', 'netns', 'exec', 'ns1']``. ``on_event(dict)`` is called from
+    the reader thread, one event at a time, in the order the process wrote
+    them; it should not block for long (the process buffers meanwhile).
+    """
+
+    def __init__(self, on_event=None, argv_prefix=(), python=sys.executable,
+                 env=None, stderr=None, name='bgp'):
+        self.name = name
+        self._on_event = on_event
+        self._ids = itertools.count(1)
+        self._pending = {}
+        self._lock = threading.Lock()  # guards _pending and _exit_reason
+        self._write_lock = threading.Lock()  # one command line at a time
+        self._exit_reason = None
+        argv = [*argv_prefix, python, '-m', BGP_PROCESS_MODULE]
+        self._process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=stderr, env=env)
+        self._reader = threading.Thread(
+            target=self._read, name='%s-reader' % name, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self):
+        return self._process.pid
+
+    @property
+    def returncode(self):
+        return self._process.poll()
+
+    @property
+    def alive(self):
+        return self._exit_reason is None and self._process.poll() is None
+
+    def call(self, op, timeout=10, **args):
+        """Send one command and return its result.
+
+        Raises ``BgpError`` when the reply is not ok, no reply came within
+        ``timeout`` seconds, or the process is gone.
+        """
+        command_id = next(self._ids)
+        line = json.dumps({'id': command_id, 'op': op, **args}) + '\n'
+        pending = _Pending()
+        with self._lock:
+            if self._exit_reason is not None:
+                raise BgpError('%s: %s' % (self.name, self._exit_reason))
+            self._pending[command_id] = pending
+        try:
+            with self._write_lock:
+                self._process.stdin.write(line.encode())
+                self._process.stdin.flush()
+        except (OSError, ValueError) as e:
+            with self._lock:
+                self._pending.pop(command_id, None)
+            raise BgpError('%s: cannot send %s: %s'
+                           % (self.name, op, e)) from None
+        if not pending.done.wait(timeout):
+            with self._lock:
+                self._pending.pop(command_id, None)
+            raise BgpError('%s: no reply to %s within %s s'
+                           % (self.name, op, timeout))
+        reply = pending.reply
+        if reply.get('ok'):
+            return reply.get('result')
+        raise BgpError('%s: %s failed: %s'
+                       % (self.name, op, reply.get('error')))
+
+    def close(self, timeout=5):
+        """Stop the process (``stop``, then end of stdin, then SIGKILL)."""
+        if self._process.poll() is None and self._exit_reason is None:
+            try:
+                self.call('stop', timeout=timeout)
+            except BgpError as e:
+                LOG.warning('%s: stop: %s', self.name, e)
+        try:
+            with self._write_lock:
+                self._process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            LOG.warning('%s: killing pid %d', self.name, self._process.pid)
+            self._process.kill()
+            self._process.wait()
+        self._reader.join(timeout)
+
+    def kill(self):
+        """SIGKILL the process (tests: a node that dies without a word)."""
+        self._process.kill()
+        self._process.wait()
+        self._reader.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _read(self):
+        stdout = self._process.stdout
+        try:
+            for raw in stdout:
+                self._dispatch(raw)
+        except (OSError, ValueError) as e:
+            LOG.error('%s: reading stdout: %s', self.name, e)
+        returncode = self._process.wait()
+        self._fail_pending('process exited with code %s' % returncode)
+
+    def _dispatch(self, raw):
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            LOG.error('%s: not JSON: %r', self.name, raw[:200])
+            return
+        if 'reply' in message:
+            with self._lock:
+                pending = self._pending.pop(message['reply'], None)
+            if pending is None:
+                LOG.warning('%s: unexpected reply %r', self.name, message)
+                return
+            pending.reply = message
+            pending.done.set()
+        elif 'event' in message:
+            if self._on_event is None:
+                return
+            try:
+                self._on_event(message)
+            except Exception:
+                LOG.exception('%s: on_event failed for %r',
+                              self.name, message)
+        else:
+            LOG.warning('%s: unexpected message %r', self.name, message)
+
+    def _fail_pending(self, reason):
+        with self._lock:
+            self._exit_reason = reason
+            pending, self._pending = self._pending, {}
+        for item in pending.values():
+            item.reply = {'ok': False, 'error': reason}
+            item.done.set()
