@@ -99,21 +99,30 @@ class Node:
     def start_agent(self, *extra: str, wait: float = 15.0) -> None:
         """Run `megalos-agent` inside this node's namespace and wait until it serves CNI."""
         self.socket = str(self.cluster.run_dir / f"{self.name}.sock")
-        self.log_path = self.cluster.run_dir / f"{self.name}-agent.log"
+        self._spawn("speaker.agent", ["--vtep-ip", self.ip, "--socket", self.socket, *extra],
+                    self.socket, wait)
+
+    def start_reflector(self, *extra: str, wait: float = 15.0) -> None:
+        """Run `megalos-reflector` inside this node's namespace (a control-plane node)."""
+        self.socket = str(self.cluster.run_dir / f"{self.name}-state.sock")
+        self._spawn("reflector.agent", ["--router-id", self.ip, "--state-socket", self.socket, *extra],
+                    self.socket, wait)
+
+    def _spawn(self, module: str, args: list[str], ready_path: str, wait: float) -> None:
+        self.log_path = self.cluster.run_dir / f"{self.name}-{module.split('.')[0]}.log"
         log = open(self.log_path, "ab")
         self.agent = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "speaker.agent",
-             "--vtep-ip", self.ip, "--socket", self.socket, *extra],
+            ["ip", "netns", "exec", self.netns, sys.executable, "-m", module, *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         log.close()
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.agent.poll() is not None:
-                raise RuntimeError(f"agent on {self.name} exited: {self.log_path.read_text()[-2000:]}")
-            if os.path.exists(self.socket):
+                raise RuntimeError(f"{module} on {self.name} exited: {self.log_path.read_text()[-3000:]}")
+            if os.path.exists(ready_path):
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"agent on {self.name} did not open {self.socket} within {wait} s")
+        raise RuntimeError(f"{module} on {self.name} did not open {ready_path} within {wait} s")
 
     def stop_agent(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         if self.agent is None:

@@ -18,6 +18,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 
 LOG = logging.getLogger(__name__)
 
@@ -80,6 +81,40 @@ class BgpProcess:
         Raises ``BgpError`` when the reply is not ok, no reply came within
         ``timeout`` seconds, or the process is gone.
         """
+        return self.call_many(op, [args], timeout)[0]
+
+    def call_many(self, op, items, timeout=10):
+        """Send ``op`` once per dict in ``items`` without waiting in between.
+
+        The process applies them back to back, which lets it pack their
+        routes into few UPDATE messages. Returns the results in order;
+        raises ``BgpError`` (naming the first failure) if any failed.
+        ``timeout`` applies to the whole batch.
+        """
+        pendings = [self._send(op, args) for args in items]
+        deadline = time.monotonic() + timeout
+        results, errors = [], []
+        for command_id, pending in pendings:
+            if not pending.done.wait(max(0, deadline - time.monotonic())):
+                with self._lock:
+                    for other_id, _ in pendings:
+                        self._pending.pop(other_id, None)
+                raise BgpError('%s: no reply to %s within %s s'
+                               % (self.name, op, timeout))
+            reply = pending.reply
+            if reply.get('ok'):
+                results.append(reply.get('result'))
+            else:
+                results.append(None)
+                errors.append(reply.get('error'))
+        if errors:
+            more = ' (and %d more)' % (len(errors) - 1) if len(errors) > 1 else ''
+            raise BgpError('%s: %s failed: %s%s'
+                           % (self.name, op, errors[0], more))
+        return results
+
+    def _send(self, op, args):
+        """Write one command; (id, _Pending) to wait on."""
         command_id = next(self._ids)
         line = json.dumps({'id': command_id, 'op': op, **args}) + '\n'
         pending = _Pending()
@@ -96,16 +131,7 @@ class BgpProcess:
                 self._pending.pop(command_id, None)
             raise BgpError('%s: cannot send %s: %s'
                            % (self.name, op, e)) from None
-        if not pending.done.wait(timeout):
-            with self._lock:
-                self._pending.pop(command_id, None)
-            raise BgpError('%s: no reply to %s within %s s'
-                           % (self.name, op, timeout))
-        reply = pending.reply
-        if reply.get('ok'):
-            return reply.get('result')
-        raise BgpError('%s: %s failed: %s'
-                       % (self.name, op, reply.get('error')))
+        return command_id, pending
 
     def close(self, timeout=5):
         """Stop the process (``stop``, then end of stdin, then SIGKILL)."""

@@ -107,6 +107,7 @@ import re
 import stat
 import sys
 import time
+import warnings
 
 LOG = logging.getLogger('megalos.bgp_process')
 
@@ -722,6 +723,7 @@ class _OsKen:
 
 def main():
     os.environ['OSKEN_HUB_TYPE'] = 'eventlet'
+    warnings.filterwarnings('ignore', message=r'(?s).*Eventlet is deprecated')
     import eventlet
     eventlet.monkey_patch()
     import eventlet.queue
@@ -731,6 +733,9 @@ def main():
         level=os.environ.get('MEGALOS_BGP_LOG_LEVEL', 'INFO').upper(),
         format='%(asctime)s bgp[%(process)d] %(levelname)s %(name)s: '
                '%(message)s')
+    if LOG.getEffectiveLevel() > logging.DEBUG:
+        # One INFO line per API call, neighbour passwords included.
+        logging.getLogger('bgpspeaker.api.base').setLevel(logging.WARNING)
     _make_nonblocking_if_private(1)
     writer = LineWriter(1, eventlet)
     service = BgpService(_OsKen(eventlet), writer.emit)

@@ -14,6 +14,7 @@ Fixes that patch os-ken code in place (call once, at start-up, before the
 ``BGPSpeaker`` exists; ``apply_all`` does all of them):
 
 - ``patch_rib_identity_compare``: RIB queues compare nodes with ``==``.
+- ``patch_route_family_str``: ``str(route_family)`` costs 0.45 ms, per route.
 - ``patch_update_packing``: one route per BGP UPDATE.
 - ``patch_md5_str_password``: TCP MD5 needs a ``bytes`` key.
 - ``patch_peer_up_address``: ``peer_up_handler`` gets the router id.
@@ -31,8 +32,10 @@ from os_ken.lib import sockopt
 from os_ken.lib.packet.bgp import (
     BGP_ATTR_TYPE_MP_REACH_NLRI,
     BGP_ATTR_TYPE_MP_UNREACH_NLRI,
+    RF_L2_EVPN,
     BGPRouteRefresh,
     BGPUpdate,
+    RouteFamily,
 )
 from os_ken.services.protocols.bgp import bgpspeaker
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
@@ -49,6 +52,9 @@ LOG = logging.getLogger(__name__)
 MAX_ROUTES_PER_UPDATE = 64
 # RFC 4271 caps a BGP message at 4096 octets; keep a margin for our estimate.
 MAX_UPDATE_OCTETS = 4096 - 96
+# The longest EVPN NLRI (Type-5 with IPv6 prefix and gateway): counting this
+# instead of serialising each NLRI twice saves ~20% of the sender's CPU.
+_EVPN_NLRI_MAX_OCTETS = 2 + 8 + 10 + 4 + 1 + 16 + 16 + 3
 
 # (owner, attribute name) -> the upstream object we replaced.
 _ORIGINALS = {}
@@ -139,6 +145,13 @@ def _mp_nlri_list(mp_attr):
     return mp_attr.withdrawn_routes
 
 
+def _nlri_octets(mp_attr, nlri):
+    """An upper bound of the octets ``nlri`` takes in the message."""
+    if (mp_attr.afi, mp_attr.safi) == (RF_L2_EVPN.afi, RF_L2_EVPN.safi):
+        return _EVPN_NLRI_MAX_OCTETS * len(nlri)
+    return sum(len(n.serialize()) for n in nlri)
+
+
 class _UpdatePacker:
     """Merges consecutive single-route UPDATEs whose attributes are equal."""
 
@@ -158,7 +171,7 @@ class _UpdatePacker:
             return
         mp_attr = _mp_attribute(update)[1]
         nlri = _mp_nlri_list(mp_attr)
-        nlri_octets = sum(len(n.serialize()) for n in nlri)
+        nlri_octets = _nlri_octets(mp_attr, nlri)
         if (self._update is not None and key == self._key
                 and self._count < MAX_ROUTES_PER_UPDATE
                 and self._octets + nlri_octets <= MAX_UPDATE_OCTETS):
@@ -265,6 +278,31 @@ def patch_update_packing():
                     _process_outgoing_msg_list_packed)
 
 
+# --- RouteFamily str() ---------------------------------------------------------
+
+def _route_family_str_cached(self):
+    try:
+        return self._megalos_str
+    except AttributeError:
+        text = _ORIGINALS[(RouteFamily, '__str__')](self)
+        self._megalos_str = text  # '_' names are left out of stringify
+        return text
+
+
+def patch_route_family_str():
+    """Compute ``str(RouteFamily)`` once per route family object.
+
+    ``TableManager.import_single_vpn_path_to_all_vrfs`` builds a key with
+    ``str(route_family)`` for every best-path change, on every node and on
+    the reflector. ``RouteFamily`` inherits ``StringifyMixin.__str__``,
+    which walks the object with ``inspect.getmembers``: ~0.45 ms a call,
+    a third of a speaker's CPU per originated route (profiled: 4.7 s of
+    14 s for 5000 MACs added and withdrawn). The text is the same; route
+    families are immutable singletons, so caching it is safe.
+    """
+    return _replace(RouteFamily, '__str__', _route_family_str_cached)
+
+
 # --- TCP MD5 with a str password --------------------------------------------
 
 def _set_tcp_md5sig_any_key(sock, addr, key):
@@ -309,6 +347,7 @@ def patch_peer_up_address():
 def apply_all():
     """Apply every in-place fix (idempotent)."""
     patch_rib_identity_compare()
+    patch_route_family_str()
     patch_update_packing()
     patch_md5_str_password()
     patch_peer_up_address()

@@ -1,0 +1,109 @@
+"""What the node learned from BGP, and the VTEP forwarding entries it implies. Pure logic.
+
+Routes of every VNI are kept, local or not, so a VNI that appears later is programmed at once.
+A MAC announced by several VTEPs (a pod moved, or the old node has not withdrawn yet) resolves
+to one: highest MAC-mobility sequence number, then the most recently announced.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+@dataclass(frozen=True, order=True)
+class MacEntry:
+    """A remote unicast MAC: `bridge fdb replace MAC dev mgvx<vni> dst VTEP` (+ extern_learn)."""
+
+    vni: int
+    mac: str
+    vtep: str
+
+
+@dataclass(frozen=True, order=True)
+class FloodEntry:
+    """A remote VTEP on the VNI's flood list: `bridge fdb append 00:00:00:00:00:00 ... dst VTEP`."""
+
+    vni: int
+    vtep: str
+
+
+@dataclass
+class _Announcement:
+    seq: int
+    ip: str | None
+    order: int
+
+
+@dataclass
+class RemoteRoutes:
+    """Routes learned from peers: {(vni, mac): {vtep: announcement}} and {vni: {vtep}}."""
+
+    macs: dict = field(default_factory=dict)
+    floods: dict = field(default_factory=dict)
+    _clock: itertools.count = field(default_factory=itertools.count)
+
+    def winner(self, vni: int, mac: str) -> str | None:
+        candidates = self.macs.get((vni, mac))
+        if not candidates:
+            return None
+        return max(candidates.items(), key=lambda kv: (kv[1].seq, kv[1].order))[0]
+
+    def apply(self, event: dict) -> tuple[list, list]:
+        """Fold one BGP event in; returns (entries to add, entries to remove) for the kernel."""
+        vni, vtep, add = int(event["vni"]), event["vtep"], event["action"] == "add"
+        if event["event"] == "flood":
+            vteps = self.floods.setdefault(vni, set())
+            present = vtep in vteps
+            if add:
+                vteps.add(vtep)
+            else:
+                vteps.discard(vtep)
+                if not vteps:
+                    del self.floods[vni]
+            entry = FloodEntry(vni, vtep)
+            if add and not present:
+                return [entry], []
+            if not add and present:
+                return [], [entry]
+            return [], []
+        mac = event["mac"]
+        before = self.winner(vni, mac)
+        candidates = self.macs.setdefault((vni, mac), {})
+        if add:
+            candidates[vtep] = _Announcement(int(event.get("seq") or 0), event.get("ip"), next(self._clock))
+        else:
+            candidates.pop(vtep, None)
+            if not candidates:
+                del self.macs[(vni, mac)]
+        after = self.winner(vni, mac)
+        if before == after:
+            return [], []
+        adds = [MacEntry(vni, mac, after)] if after else []
+        removes = [MacEntry(vni, mac, before)] if before and not after else []
+        return adds, removes  # a replace needs no delete of the old VTEP's entry
+
+    def forget_vtep(self, vtep: str) -> tuple[list, list]:
+        """Drop everything learned from one VTEP (its node left); kernel changes as in apply()."""
+        adds, removes = [], []
+        for vni, mac in [key for key, c in self.macs.items() if vtep in c]:
+            a, r = self.apply({"event": "mac", "action": "del", "vni": vni, "mac": mac, "vtep": vtep})
+            adds += a
+            removes += r
+        for vni in [v for v, vteps in self.floods.items() if vtep in vteps]:
+            a, r = self.apply({"event": "flood", "action": "del", "vni": vni, "vtep": vtep})
+            adds += a
+            removes += r
+        return adds, removes
+
+    def desired(self, vni: int) -> set:
+        """Every entry the VNI's VTEP should hold."""
+        entries = {FloodEntry(vni, vtep) for vtep in self.floods.get(vni, ())}
+        for (v, mac) in self.macs:
+            if v == vni:
+                entries.add(MacEntry(vni, mac, self.winner(vni, mac)))
+        return entries
+
+    def mac_count(self) -> int:
+        return len(self.macs)

@@ -1,0 +1,77 @@
+"""Local MACs the bridges learn from pod traffic (a pod that changes its own MAC), from netlink.
+
+AF_BRIDGE RTM_NEWNEIGH/RTM_DELNEIGH events on Megalos pod ports only: a port's own address
+(permanent) and entries on the VTEP (remote MACs) are not local pods.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_NEIGH
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+
+from cni import naming
+
+log = logging.getLogger(__name__)
+AF_BRIDGE = 7
+
+
+class MacWatch:
+    """Calls on_mac(vni, mac, present) for MACs learned or forgotten on pod ports."""
+
+    def __init__(self, on_mac):
+        self.on_mac = on_mac
+        self._ipr = IPRoute(groups=RTMGRP_NEIGH)
+        self._ipr.bind(groups=RTMGRP_NEIGH)
+        self._names = IPRoute(groups=0)  # link lookups, never mixed with the event socket
+        self._vni_of_port: dict[int, int | None] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="macwatch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sock in (self._ipr, self._names):
+            try:
+                sock.close()
+            except Exception:
+                pass
+
+    def _port_vni(self, index: int) -> int | None:
+        """The VNI whose bridge a pod port belongs to (cached: a port never changes bridge)."""
+        if index in self._vni_of_port:
+            return self._vni_of_port[index]
+        vni = None
+        try:
+            link = self._names.get_links(index)[0]
+            master = link.get_attr("IFLA_MASTER")
+            if naming.is_port_name(link.get_attr("IFLA_IFNAME") or "") and master:
+                bridge = self._names.get_links(master)[0]
+                vni = naming.vni_of_device(bridge.get_attr("IFLA_IFNAME") or "")
+        except Exception:  # the port is gone already: nothing to cache
+            return None
+        if len(self._vni_of_port) > 4096:  # ports come and go: keep the cache bounded
+            self._vni_of_port.clear()
+        self._vni_of_port[index] = vni
+        return vni
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                messages = self._ipr.get()
+            except Exception:
+                if not self._stop.is_set():
+                    log.exception("MAC watch stopped")
+                return
+            for msg in messages:
+                if msg.get("family") != AF_BRIDGE or msg["state"] & NUD_PERMANENT:
+                    continue
+                vni = self._port_vni(msg["ifindex"])
+                mac = msg.get_attr("NDA_LLADDR")
+                if vni is None or not mac:
+                    continue
+                self.on_mac(vni, mac, msg["event"] == "RTM_NEWNEIGH")

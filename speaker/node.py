@@ -1,0 +1,254 @@
+"""The node's EVPN speaker: announces local LANs and MACs, programs remote ones into the VTEPs.
+
+One worker thread applies everything in order: local changes (from CNI verbs and the MAC
+watch) become BGP commands; BGP events become VTEP FDB entries. Between batches it drains the
+queue, so a burst of routes turns into one batch of BGP commands and one pass over netlink.
+
+Continuity: on start the kernel is read first (local LANs and MACs are re-announced) and remote
+FDB entries are left in place; they are reconciled against BGP only once a reflector session
+has been up for `settle` seconds, so restarting the agent does not interrupt pod traffic. When
+every reflector session is down, removals wait `stale_time` seconds (our substitute for BGP
+graceful restart, which os-ken lacks).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from cni.plugin import LanEvents
+from speaker.bgp_client import BgpError, BgpProcess
+from speaker.evpn_state import RemoteRoutes
+from speaker.fdb import VtepFdb
+from speaker.macwatch import MacWatch
+
+log = logging.getLogger(__name__)
+
+
+class NodeSpeaker(LanEvents):
+    def __init__(self, datapath, args, settle: float = 3.0, stale_time: float = 60.0):
+        self.datapath = datapath
+        self.router_id = datapath.default_underlay.ip
+        self.args = args
+        self.settle = settle
+        self.stale_time = stale_time
+        self.remote = RemoteRoutes()
+        self.fdb = VtepFdb()
+        self.rd_index: dict[int, int] = {}       # local VNI -> RD number
+        self.announced: set[tuple[int, str]] = set()  # local (vni, mac) in BGP
+        self.peers_up: set[str] = set()
+        self.up_since: float | None = None     # when the first session came up
+        self.all_down_since: float | None = time.monotonic()
+        self.deferred: list = []               # removals held while no session is up
+        self.bgp: BgpProcess | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="speaker", daemon=True)
+        self._macwatch = MacWatch(lambda vni, mac, present: self._queue.put(
+            ("learned", vni, mac, present)))
+        self._last_reconcile = 0.0
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._spawn_bgp()
+        self._macwatch.start()
+        self._read_kernel()
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(("stop",))
+        self._worker.join(timeout=5)
+        self._macwatch.stop()
+        if self.bgp:
+            self.bgp.close()
+        self.fdb.close()
+
+    def not_ready(self) -> str:
+        if self.bgp is None or not self.bgp.alive:
+            return "the BGP process is not running"
+        return ""
+
+    def _spawn_bgp(self) -> None:
+        self.bgp = BgpProcess(on_event=lambda event: self._queue.put(("bgp", event)), name="speaker-bgp")
+        a = self.args
+        self.bgp.call("start", router_id=self.router_id, asn=a.asn, role="speaker",
+                      listen_host=self.router_id, listen_port=a.bgp_port,
+                      hold_time=a.hold_time)
+        for reflector in a.reflector:
+            extra = {"password": a.md5_password} if a.md5_password else {}
+            self.bgp.call("peer_add", address=reflector, connect_mode="both", **extra)
+        self.peers_up.clear()
+
+    def _read_kernel(self) -> None:
+        """Queue the kernel's local LANs and pod MACs for announcement (start, BGP restart)."""
+        for vni in self.datapath.lans():
+            self._queue.put(("lan", vni, True))
+            for port in self.datapath.ports(vni):
+                for mac in port.macs:
+                    self._queue.put(("mac", vni, mac, True))
+
+    # -- LanEvents: called by CNI verbs (agent threads) ---------------------------------------
+    def lan_added(self, vni: int) -> None:
+        self._queue.put(("lan", vni, True))
+
+    def lan_removed(self, vni: int) -> None:
+        self._queue.put(("lan", vni, False))
+
+    def mac_added(self, vni: int, mac: str) -> None:
+        self._queue.put(("mac", vni, mac, True))
+
+    def mac_removed(self, vni: int, mac: str) -> None:
+        self._queue.put(("mac", vni, mac, False))
+
+    # -- the worker --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                items = [self._queue.get(timeout=1.0)]
+            except queue.Empty:
+                items = []
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._process(items)
+                self._housekeeping()
+            except Exception:
+                log.exception("speaker worker error; the next reconciliation repairs the state")
+
+    def _process(self, items: list) -> None:
+        commands: list[tuple[str, dict]] = []
+        adds, removes = [], []
+        for item in items:
+            kind = item[0]
+            if kind == "stop":
+                return
+            if kind == "lan":
+                self._local_lan(item[1], item[2], commands, adds)
+            elif kind in ("mac", "learned"):
+                self._local_mac(kind, item[1], item[2], item[3], commands)
+            elif kind == "bgp":
+                self._bgp_event(item[1], adds, removes)
+        self._send(commands)
+        self._program(adds, removes)
+
+    def _local_lan(self, vni: int, present: bool, commands: list, adds: list) -> None:
+        if present and vni not in self.rd_index:
+            used = set(self.rd_index.values())
+            self.rd_index[vni] = next(i for i in range(1, 65536) if i not in used)
+            commands.append(("vni_add", {"vni": vni, "rd_index": self.rd_index[vni]}))
+            adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
+        elif not present and vni in self.rd_index and self.datapath.lan(vni) is None:
+            del self.rd_index[vni]
+            self.announced = {(v, m) for v, m in self.announced if v != vni}
+            commands.append(("vni_del", {"vni": vni}))
+
+    def _local_mac(self, kind: str, vni: int, mac: str, present: bool, commands: list) -> None:
+        key = (vni, mac)
+        if present and key not in self.announced and vni in self.rd_index:
+            self.announced.add(key)
+            commands.append(("mac_add", {"vni": vni, "mac": mac}))
+        elif not present and key in self.announced:
+            if kind == "learned" and self._is_static(vni, mac):
+                return  # aged out of the bridge, but the pod still owns it (added at ADD)
+            self.announced.discard(key)
+            commands.append(("mac_del", {"vni": vni, "mac": mac}))
+
+    def _is_static(self, vni: int, mac: str) -> bool:
+        return any(mac in port.macs for port in self.datapath.ports(vni))
+
+    def _bgp_event(self, event: dict, adds: list, removes: list) -> None:
+        if event.get("event") == "peer":
+            self._peer_event(event["address"], event["state"] == "up")
+            return
+        if event.get("event") not in ("mac", "flood") or event.get("vtep") == self.router_id:
+            return
+        a, r = self.remote.apply(event)
+        adds.extend(a)
+        removes.extend(r)
+
+    def _peer_event(self, address: str, up: bool) -> None:
+        log.info("reflector %s %s", address, "up" if up else "down")
+        if up:
+            self.peers_up.add(address)
+            if self.up_since is None:
+                self.up_since = time.monotonic()
+            self.all_down_since = None
+        else:
+            self.peers_up.discard(address)
+            if not self.peers_up:
+                self.up_since = None
+                self.all_down_since = time.monotonic()
+
+    def _send(self, commands: list) -> None:
+        """Consecutive commands of one kind go as one batch (packed into few UPDATEs)."""
+        i = 0
+        while i < len(commands):
+            op = commands[i][0]
+            j = i
+            while j < len(commands) and commands[j][0] == op:
+                j += 1
+            try:
+                self.bgp.call_many(op, [args for _, args in commands[i:j]], timeout=30)
+            except BgpError as exc:
+                log.warning("BGP %s failed: %s", op, exc)
+            i = j
+
+    def _program(self, adds: list, removes: list) -> None:
+        local = {(v, m) for v, m in self.announced}
+        adds = [e for e in adds if e.vni in self.rd_index
+                and (e.vni, getattr(e, "mac", None)) not in local]
+        if removes and not self.peers_up:
+            self.deferred.extend(removes)  # keep forwarding while no reflector is reachable
+            removes = []
+        if removes:
+            self.fdb.remove(removes)
+        if adds:
+            self.fdb.install(adds)
+
+    # -- periodic work -------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self.bgp is not None and not self.bgp.alive and not self._stop.is_set():
+            log.error("BGP process died; restarting it and re-announcing local state")
+            self.rd_index.clear()
+            self.announced.clear()
+            self._spawn_bgp()
+            self._read_kernel()
+            return
+        if self.deferred and self.all_down_since is not None \
+                and now - self.all_down_since > self.stale_time:
+            log.warning("no reflector for %.0f s: removing %d stale entries",
+                        now - self.all_down_since, len(self.deferred))
+            self.fdb.remove(self.deferred)
+            self.deferred = []
+        interval = getattr(self.args, "reconcile_interval", 30.0)
+        if self.up_since is not None and now - self.up_since > self.settle \
+                and (now - self._last_reconcile > interval or self.deferred):
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        """Make every local VTEP hold exactly what BGP says, and BGP hold every local MAC."""
+        self._last_reconcile = time.monotonic()
+        self.deferred = []
+        local = self.announced
+        for vni in list(self.rd_index):
+            want = {e for e in self.remote.desired(vni) if (vni, getattr(e, "mac", None)) not in local}
+            have = self.fdb.current(vni)
+            if want - have:
+                log.info("reconcile VNI %d: %d missing entries", vni, len(want - have))
+                self.fdb.install(want - have)
+            if have - want:
+                log.info("reconcile VNI %d: %d stale entries", vni, len(have - want))
+                self.fdb.remove(have - want)
+        for vni in self.datapath.lans():
+            if vni not in self.rd_index:
+                self._queue.put(("lan", vni, True))
+            for port in self.datapath.ports(vni):
+                for mac in port.macs:
+                    if (vni, mac) not in self.announced:
+                        self._queue.put(("mac", vni, mac, True))
