@@ -313,7 +313,8 @@ class Datapath:
             with netns.netlink_in(netns_path) as pod:
                 pod.link("set", index=pod.link_lookup(ifname=ifname)[0], state="up")
             with self._lock:
-                self._ipr.fdb("add", ifindex=self._index(name), lladdr=mac,
+                # replace: the pod may have sent a frame already, and the bridge learned it
+                self._ipr.fdb("replace", ifindex=self._index(name), lladdr=mac,
                               state=NUD_NOARP, flags=NTF_MASTER)
         except Exception:
             self.delete_port(name)

@@ -32,9 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-time", type=int, default=9)
     p.add_argument("--keepalive", type=int, default=3)
     p.add_argument("--bgp-port", type=int, default=179, help="reflectors' BGP port")
+    p.add_argument("--connect-mode", choices=("passive", "active", "both"), default="passive",
+                   help="who opens BGP sessions: passive = our reflectors dial the nodes (fast "
+                   "reconnects, no collisions); active for an FRR reflector with a listen range")
     p.add_argument("--md5-password", default="", help="TCP MD5 password for BGP sessions")
     p.add_argument("--reconcile-interval", type=float, default=30.0,
                    help="seconds between full kernel/BGP reconciliations")
+    p.add_argument("--vtep-grace", type=float, default=5.0,
+                   help="seconds remote entries of a node that vanished are kept (a restarting "
+                   "agent comes back within it)")
     p.add_argument("--log-level", default="INFO")
     return p
 

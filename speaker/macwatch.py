@@ -23,21 +23,22 @@ class MacWatch:
 
     def __init__(self, on_mac):
         self.on_mac = on_mac
-        self._ipr = IPRoute(groups=RTMGRP_NEIGH)
-        self._ipr.bind(groups=RTMGRP_NEIGH)
-        self._names = IPRoute(groups=0)  # link lookups, never mixed with the event socket
+        self._ipr = self._names = None  # made in the watching thread: pyroute2's sync sockets
+        self._ready = threading.Event()  # belong to the thread (event loop) that made them
         self._vni_of_port: dict[int, int | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="macwatch", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._ready.wait(5)
 
     def stop(self) -> None:
         self._stop.set()
         for sock in (self._ipr, self._names):
             try:
-                sock.close()
+                if sock is not None:
+                    sock.close()
             except Exception:
                 pass
 
@@ -60,6 +61,10 @@ class MacWatch:
         return vni
 
     def _run(self) -> None:
+        self._ipr = IPRoute(groups=RTMGRP_NEIGH)
+        self._ipr.bind(groups=RTMGRP_NEIGH)
+        self._names = IPRoute(groups=0)  # link lookups, never mixed with the event socket
+        self._ready.set()
         while not self._stop.is_set():
             try:
                 messages = self._ipr.get()
@@ -68,7 +73,7 @@ class MacWatch:
                     log.exception("MAC watch stopped")
                 return
             for msg in messages:
-                if msg.get("family") != AF_BRIDGE or msg["state"] & NUD_PERMANENT:
+                if msg["family"] != AF_BRIDGE or msg["state"] & NUD_PERMANENT:
                     continue
                 vni = self._port_vni(msg["ifindex"])
                 mac = msg.get_attr("NDA_LLADDR")

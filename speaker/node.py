@@ -4,11 +4,15 @@ One worker thread applies everything in order: local changes (from CNI verbs and
 watch) become BGP commands; BGP events become VTEP FDB entries. Between batches it drains the
 queue, so a burst of routes turns into one batch of BGP commands and one pass over netlink.
 
-Continuity: on start the kernel is read first (local LANs and MACs are re-announced) and remote
-FDB entries are left in place; they are reconciled against BGP only once a reflector session
-has been up for `settle` seconds, so restarting the agent does not interrupt pod traffic. When
-every reflector session is down, removals wait `stale_time` seconds (our substitute for BGP
-graceful restart, which os-ken lacks).
+Continuity (os-ken has no graceful restart, so the agent provides its own):
+- on start the kernel is read first (local LANs and MACs are re-announced) and remote FDB
+  entries are left in place; they are reconciled against BGP only once a reflector session has
+  been up for `settle` seconds;
+- a withdrawn entry is removed after `withdraw_delay` seconds when its VTEP still serves the
+  VNI (a pod was deleted), but after `vtep_grace` seconds when the VTEP's Type-3 route went too
+  (the whole node vanished: a restarting agent re-announces within that time, so traffic
+  between existing pods is not interrupted; a dead node is gone within hold time + grace);
+- when every reflector session is down, removals wait `stale_time` seconds.
 """
 from __future__ import annotations
 
@@ -27,12 +31,15 @@ log = logging.getLogger(__name__)
 
 
 class NodeSpeaker(LanEvents):
-    def __init__(self, datapath, args, settle: float = 3.0, stale_time: float = 60.0):
+    def __init__(self, datapath, args, settle: float = 3.0, stale_time: float = 60.0,
+                 withdraw_delay: float = 0.2):
         self.datapath = datapath
         self.router_id = datapath.default_underlay.ip
         self.args = args
         self.settle = settle
         self.stale_time = stale_time
+        self.withdraw_delay = withdraw_delay
+        self.vtep_grace = getattr(args, "vtep_grace", 5.0)
         self.remote = RemoteRoutes()
         self.fdb = VtepFdb()
         self.rd_index: dict[int, int] = {}       # local VNI -> RD number
@@ -40,7 +47,7 @@ class NodeSpeaker(LanEvents):
         self.peers_up: set[str] = set()
         self.up_since: float | None = None     # when the first session came up
         self.all_down_since: float | None = time.monotonic()
-        self.deferred: list = []               # removals held while no session is up
+        self.pending: dict = {}                # entry -> when its withdrawal was seen
         self.bgp: BgpProcess | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -78,7 +85,7 @@ class NodeSpeaker(LanEvents):
                       hold_time=a.hold_time)
         for reflector in a.reflector:
             extra = {"password": a.md5_password} if a.md5_password else {}
-            self.bgp.call("peer_add", address=reflector, connect_mode="both", **extra)
+            self.bgp.call("peer_add", address=reflector, connect_mode=a.connect_mode, **extra)
         self.peers_up.clear()
 
     def _read_kernel(self) -> None:
@@ -106,7 +113,7 @@ class NodeSpeaker(LanEvents):
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                items = [self._queue.get(timeout=1.0)]
+                items = [self._queue.get(timeout=0.1 if self.pending else 1.0)]
             except queue.Empty:
                 items = []
             while True:
@@ -202,13 +209,31 @@ class NodeSpeaker(LanEvents):
         local = {(v, m) for v, m in self.announced}
         adds = [e for e in adds if e.vni in self.rd_index
                 and (e.vni, getattr(e, "mac", None)) not in local]
-        if removes and not self.peers_up:
-            self.deferred.extend(removes)  # keep forwarding while no reflector is reachable
-            removes = []
-        if removes:
-            self.fdb.remove(removes)
+        now = time.monotonic()
+        for entry in removes:
+            self.pending.setdefault(entry, now)
+        for entry in adds:
+            self.pending.pop(entry, None)
         if adds:
             self.fdb.install(adds)
+
+    def _due_removals(self, now: float) -> list:
+        """Withdrawn entries whose wait is over (see the module docstring), still not wanted."""
+        if not self.peers_up and self.all_down_since is not None \
+                and now - self.all_down_since < self.stale_time:
+            return []  # no reflector reachable: keep forwarding on what we know
+        due = []
+        for entry, since in list(self.pending.items()):
+            vtep_alive = entry.vtep in self.remote.floods.get(entry.vni, ())
+            wait = self.withdraw_delay if vtep_alive else self.vtep_grace
+            if not self.peers_up:
+                wait = 0  # stale_time already passed
+            if now - since < wait:
+                continue
+            del self.pending[entry]
+            if entry not in self.remote.desired(entry.vni):
+                due.append(entry)
+        return due
 
     # -- periodic work -------------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -220,21 +245,17 @@ class NodeSpeaker(LanEvents):
             self._spawn_bgp()
             self._read_kernel()
             return
-        if self.deferred and self.all_down_since is not None \
-                and now - self.all_down_since > self.stale_time:
-            log.warning("no reflector for %.0f s: removing %d stale entries",
-                        now - self.all_down_since, len(self.deferred))
-            self.fdb.remove(self.deferred)
-            self.deferred = []
+        due = self._due_removals(now)
+        if due:
+            self.fdb.remove(due)
         interval = getattr(self.args, "reconcile_interval", 30.0)
         if self.up_since is not None and now - self.up_since > self.settle \
-                and (now - self._last_reconcile > interval or self.deferred):
+                and now - self._last_reconcile > interval and not self.pending:
             self.reconcile()
 
     def reconcile(self) -> None:
         """Make every local VTEP hold exactly what BGP says, and BGP hold every local MAC."""
         self._last_reconcile = time.monotonic()
-        self.deferred = []
         local = self.announced
         for vni in list(self.rd_index):
             want = {e for e in self.remote.desired(vni) if (vni, getattr(e, "mac", None)) not in local}
