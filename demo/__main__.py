@@ -1,8 +1,10 @@
 """`make demo`: an emulated cluster on this machine, a small Kathara-style lab wired by `megalos`.
 
-Nodes and pods are network namespaces; each node runs `megalos-agent`; the pods are attached by
-calling the installed `megalos` plugin exactly as a runtime does (env + stdin). Everything is
-removed on exit, Ctrl-C included.
+Nodes and pods are network namespaces. A control-plane node runs `megalos-reflector`; every
+worker node runs `megalos-agent` (its EVPN speaker peers with the reflector). The pods are
+attached by calling the installed `megalos` plugin exactly as a runtime does (env + stdin),
+with the NADs Kathara's own code generates. LANs span nodes. Everything is removed on exit,
+Ctrl-C included.
 """
 from __future__ import annotations
 
@@ -36,6 +38,32 @@ def plan(nodes: list[str]) -> dict[str, str]:
     return dict(zip(LAB, itertools.cycle(nodes)))
 
 
+def wait_converged(control, macs: int, timeout: float = 30.0) -> bool:
+    """Wait on the reflector's change feed until it knows `macs` MACs (long poll, no busy loop)."""
+    from reflector.protocol import StateClient
+    client = StateClient(control.socket)
+    deadline = time.monotonic() + timeout
+    seq = 0
+    while time.monotonic() < deadline:
+        totals = client.call("totals")
+        print(f"    reflector: {totals['vnis']} LANs, {totals['macs']}/{macs} MACs", flush=True)
+        if totals["macs"] >= macs:
+            return True
+        seq = client.call("events", since=max(seq, totals["seq"]), timeout=2.0, limit=1)["seq"]
+    return False
+
+
+def show_reflector(control) -> None:
+    from reflector.protocol import StateClient
+    client = StateClient(control.socket)
+    for lan in client.call("vnis")["vnis"]:
+        detail = client.call("vni", vni=lan["vni"])
+        vteps = ", ".join(v["address"] for v in detail["vteps"])
+        print(f"    VNI {lan['vni']}: VTEPs {vteps}")
+        for mac in detail["macs"]:
+            print(f"        {mac['mac']} at {mac['vtep']}")
+
+
 def run(node_count: int) -> int:
     links: dict[str, list[str]] = {}
     for device, lans in LAB.items():
@@ -43,10 +71,13 @@ def run(node_count: int) -> int:
             links.setdefault(lan, []).append(device)
     _, nads = lab_nads(links, lab_name="megalos-demo")
     with Cluster() as cluster, tempfile.TemporaryDirectory() as bin_dir:
-        step(f"emulated cluster {cluster.prefix}: {node_count} node(s) as network namespaces")
+        step(f"emulated cluster {cluster.prefix}: a control-plane node and {node_count} worker(s)")
+        control = cluster.add_node("control")
         nodes = [cluster.add_node(f"node{i + 1}") for i in range(node_count)]
+        control.start_reflector(*[arg for n in nodes for arg in ("--peer", n.ip)])
+        print(f"    control: megalos-reflector (BGP route reflector) at {control.ip}")
         for node in nodes:
-            node.start_agent()
+            node.start_agent("--reflector", control.ip)
             print(f"    {node.name}: VTEP {node.ip}, megalos-agent on {node.socket}")
         runtime = Runtime(bin_dir)
         placement = plan([n.name for n in nodes])
@@ -73,24 +104,30 @@ def run(node_count: int) -> int:
                 mac = reply.json["interfaces"][1]["mac"]
                 print(f"    {device:4} net{index} on {node.name}: LAN {lan} (VNI {nad.config['vxlanId']}), "
                       f"MAC {mac}, {ip}  [{(time.perf_counter() - started) * 1000:.0f} ms]")
+        step("waiting for the EVPN control plane to converge (every MAC on every node of its LAN)")
+        if not wait_converged(control, sum(len(v) for v in LAB.values())):
+            print("    the reflector did not see every MAC within 30 s", file=sys.stderr)
+            return 1
         step("who reaches whom (ping over each LAN)")
         ok = True
         for lan, members in sorted(links.items()):
             for src, dst in itertools.permutations(members, 2):
                 pod = cluster.nodes[placement[src]].pods[src]
-                expected = placement[src] == placement[dst] or len(nodes) == 1
-                reached = pod.ping(addresses[(dst, lan)], count=1, timeout=1)
-                mark = "ok " if reached else "-- "
-                print(f"    {mark} LAN {lan}: {src} ({placement[src]}) -> {dst} ({placement[dst]})")
-                ok &= reached == expected or not expected
+                reached = pod.ping(addresses[(dst, lan)], count=1, timeout=2)
+                where = "same node" if placement[src] == placement[dst] else "across nodes"
+                print(f"    {'ok ' if reached else '!! '} LAN {lan}: {src} ({placement[src]}) -> "
+                      f"{dst} ({placement[dst]}), {where}")
+                ok &= reached
         pc1 = cluster.nodes[placement["pc1"]].pods["pc1"]
         isolated = not pc1.ping(addresses[("pc2", "C")], count=1, timeout=1)
         print(f"    {'ok ' if isolated else '!! '} pc1 (LAN A) cannot reach pc2 (LAN C): LANs are isolated")
-        step("bridge MAC tables (bridge fdb) per node")
+        step("MAC tables: the reflector's view, then each node's VTEP forwarding entries")
+        show_reflector(control)
         for node in nodes:
             for entry in node.fdb():
-                if entry.get("master", "").startswith("mgbr") and "static" in entry.get("state", ""):
-                    print(f"    {node.name}: {entry['mac']} on {entry['ifname']} ({entry['master']})")
+                if entry.get("dst") and entry["ifname"].startswith("mgvx"):
+                    kind = "flood" if entry["mac"] == "00:00:00:00:00:00" else "mac  "
+                    print(f"    {node.name}: {entry['ifname']:13} {kind} {entry['mac']} -> VTEP {entry['dst']}")
         step("detaching: CNI DEL for every interface")
         for device, lans in LAB.items():
             node = cluster.nodes[placement[device]]
@@ -105,7 +142,7 @@ def run(node_count: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--nodes", type=int, default=3, help="worker nodes (default %(default)s)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the demo needs root (it creates network namespaces)", file=sys.stderr)
