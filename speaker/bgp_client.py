@@ -44,12 +44,16 @@ class BgpProcess:
     ``['ip', 'netns', 'exec', 'ns1']``. ``on_event(dict)`` is called from
     the reader thread, one event at a time, in the order the process wrote
     them; it should not block for long (the process buffers meanwhile).
+    Calls made before the process is ready (os-ken imported) first wait up
+    to ``startup_timeout`` seconds for it; their own timeout starts then.
     """
 
     def __init__(self, on_event=None, argv_prefix=(), python=sys.executable,
-                 env=None, stderr=None, name='bgp'):
+                 env=None, stderr=None, name='bgp', startup_timeout=60):
         self.name = name
         self._on_event = on_event
+        self._startup_timeout = startup_timeout
+        self._ready = threading.Event()  # the process said "ready", or died
         self._ids = itertools.count(1)
         self._pending = {}
         self._lock = threading.Lock()  # guards _pending and _exit_reason
@@ -84,28 +88,47 @@ class BgpProcess:
         return self.call_many(op, [args], timeout)[0]
 
     def call_many(self, op, items, timeout=10):
-        """Send ``op`` once per dict in ``items`` without waiting in between.
+        """Send ``op`` once per dict in ``items`` in one write.
 
-        The process applies them back to back, which lets it pack their
-        routes into few UPDATE messages. Returns the results in order;
-        raises ``BgpError`` (naming the first failure) if any failed.
-        ``timeout`` applies to the whole batch.
+        The process reads and applies them back to back, which lets it pack
+        their routes into few UPDATE messages. Returns the results in
+        order; raises ``BgpError`` (naming the first failure) if any
+        failed. ``timeout`` applies to the whole batch.
         """
-        pendings = [self._send(op, args) for args in items]
+        commands, lines = [], []
+        for args in items:
+            command_id = next(self._ids)
+            commands.append((command_id, _Pending()))
+            lines.append(json.dumps({'id': command_id, 'op': op, **args}))
+        if not commands:
+            return []
+        with self._lock:
+            if self._exit_reason is not None:
+                raise BgpError('%s: %s' % (self.name, self._exit_reason))
+            self._pending.update(commands)
+        try:
+            with self._write_lock:
+                self._process.stdin.write(('\n'.join(lines) + '\n').encode())
+                self._process.stdin.flush()
+        except (OSError, ValueError) as e:
+            self._forget(commands)
+            raise BgpError('%s: cannot send %s: %s'
+                           % (self.name, op, e)) from None
+
+        if not self._ready.wait(self._startup_timeout):
+            self._forget(commands)
+            raise BgpError('%s: not ready within %s s'
+                           % (self.name, self._startup_timeout))
         deadline = time.monotonic() + timeout
         results, errors = [], []
-        for command_id, pending in pendings:
+        for _, pending in commands:
             if not pending.done.wait(max(0, deadline - time.monotonic())):
-                with self._lock:
-                    for other_id, _ in pendings:
-                        self._pending.pop(other_id, None)
+                self._forget(commands)
                 raise BgpError('%s: no reply to %s within %s s'
                                % (self.name, op, timeout))
             reply = pending.reply
-            if reply.get('ok'):
-                results.append(reply.get('result'))
-            else:
-                results.append(None)
+            results.append(reply.get('result'))
+            if not reply.get('ok'):
                 errors.append(reply.get('error'))
         if errors:
             more = ' (and %d more)' % (len(errors) - 1) if len(errors) > 1 else ''
@@ -113,25 +136,10 @@ class BgpProcess:
                            % (self.name, op, errors[0], more))
         return results
 
-    def _send(self, op, args):
-        """Write one command; (id, _Pending) to wait on."""
-        command_id = next(self._ids)
-        line = json.dumps({'id': command_id, 'op': op, **args}) + '\n'
-        pending = _Pending()
+    def _forget(self, commands):
         with self._lock:
-            if self._exit_reason is not None:
-                raise BgpError('%s: %s' % (self.name, self._exit_reason))
-            self._pending[command_id] = pending
-        try:
-            with self._write_lock:
-                self._process.stdin.write(line.encode())
-                self._process.stdin.flush()
-        except (OSError, ValueError) as e:
-            with self._lock:
+            for command_id, _ in commands:
                 self._pending.pop(command_id, None)
-            raise BgpError('%s: cannot send %s: %s'
-                           % (self.name, op, e)) from None
-        return command_id, pending
 
     def close(self, timeout=5):
         """Stop the process (``stop``, then end of stdin, then SIGKILL)."""
@@ -153,6 +161,10 @@ class BgpProcess:
             self._process.wait()
         self._reader.join(timeout)
 
+    def wait(self, timeout=None):
+        """Wait for the process to exit; its return code."""
+        return self._process.wait(timeout)
+
     def kill(self):
         """SIGKILL the process (tests: a node that dies without a word)."""
         self._process.kill()
@@ -172,8 +184,11 @@ class BgpProcess:
                 self._dispatch(raw)
         except (OSError, ValueError) as e:
             LOG.error('%s: reading stdout: %s', self.name, e)
-        returncode = self._process.wait()
-        self._fail_pending('process exited with code %s' % returncode)
+        try:
+            reason = 'process exited with code %s' % self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            reason = 'process closed its output'
+        self._fail_pending(reason)
 
     def _dispatch(self, raw):
         try:
@@ -189,6 +204,8 @@ class BgpProcess:
                 return
             pending.reply = message
             pending.done.set()
+        elif message.get('event') == 'ready':
+            self._ready.set()
         elif 'event' in message:
             if self._on_event is None:
                 return
@@ -204,6 +221,7 @@ class BgpProcess:
         with self._lock:
             self._exit_reason = reason
             pending, self._pending = self._pending, {}
+        self._ready.set()
         for item in pending.values():
             item.reply = {'ok': False, 'error': reason}
             item.done.set()

@@ -36,7 +36,10 @@ Commands (``op`` and its fields; results in brackets):
     only, defaults to router_id), ``listen_host`` (optional, default all
     IPv4 addresses), ``listen_port`` (default 179; 0 = do not listen),
     ``hold_time`` (default 9; 0 or >= 3), ``keepalive`` (optional; os-ken
-    always uses hold_time // 3, anything else is refused). [null]
+    always uses hold_time // 3, anything else is refused),
+    ``connect_retry`` (default 1: seconds between attempts to connect to
+    an active/both peer; os-ken's own 30 s delays every re-connection).
+    [null]
     Must come first; a second start is an error. A start that fails (for
     example, the address cannot be bound) leaves the process unusable:
     close it and start another.
@@ -53,6 +56,7 @@ Commands (``op`` and its fields; results in brackets):
     that peer (see ``osken_compat.delete_neighbor``). [false if unknown]
 ``vni_add``
     ``vni`` (1..16777215), ``rd_index`` (0..65535, unique per process).
+    Speaker role only (as is ``mac_add``).
     Creates the EVPN VRF RD ``<router_id>:<rd_index>``, import/export RT
     ``<asn>:<vni>``, and originates its Type-3 route: ethernet tag 0,
     originator = next hop = router_id, PMSI tunnel type 6 (ingress
@@ -81,7 +85,9 @@ Commands (``op`` and its fields; results in brackets):
     Shuts the speaker down, replies, and exits 0. End of stdin does the
     same without a reply.
 
-Events (no ``reply`` key), in the order os-ken produced them::
+Events (no ``reply`` key), in the order os-ken produced them. The first
+line the process writes is ``{"event": "ready", "pid": N}``, once os-ken
+is imported (that takes 0.5 s to several seconds on a busy machine)::
 
     {"event": "mac", "action": "add"|"del", "vni": N, "mac": "aa:..",
      "ip": "10.0.0.5"|null, "vtep": "<next hop>"}
@@ -93,9 +99,12 @@ Events (no ``reply`` key), in the order os-ken produced them::
 and vtep from the PMSI tunnel attribute (type 22), vtep falling back to the
 originator IP. Events cover every VNI (filter in the agent) and are emitted
 in both roles for routes learned from peers; routes this process originates,
-and routes whose vtep is our own router_id, produce none. A "del" may be
-followed by an "add" of the same route when the best path moves (for
-example, between two reflectors).
+and routes whose vtep is our own router_id, produce none. An "add" may
+repeat for a route already added, without a "del" in between, when its
+best path changes (the same route from two reflectors): treat adds as
+idempotent. A MAC that moves between nodes is two routes (each node has
+its own RD): an "add" with the new vtep, and a "del" with the old one, in
+either order; key the FDB on (vni, mac, vtep).
 """
 
 import dataclasses
@@ -235,6 +244,7 @@ class StartConfig:
     listen_host: str | None
     listen_port: int
     hold_time: int
+    connect_retry: int = 1
 
 
 def parse_start(args):
@@ -262,6 +272,7 @@ def parse_start(args):
         listen_host=_ip(args, 'listen_host', None),
         listen_port=_int_in(args, 'listen_port', 0, 65535, 179),
         hold_time=hold_time,
+        connect_retry=_int_in(args, 'connect_retry', 1, 3600, 1),
     )
 
 
@@ -426,6 +437,7 @@ class BgpService:
             peer_down_handler=self._on_peer_down,
             cluster_id=config.cluster_id,
         )
+        self._osken.compat.set_connect_retry(config.connect_retry)
         if config.listen_port and not self._wait_listening():
             raise ProtocolError('cannot listen on %s port %d (see log)'
                                 % (hosts[0], config.listen_port))
@@ -473,6 +485,7 @@ class BgpService:
         return True
 
     def op_vni_add(self, args):
+        self._check_originates()
         vni, rd_index = parse_vni(args), parse_rd_index(args)
         known = self._vnis.get(vni)
         if known is not None:
@@ -523,6 +536,7 @@ class BgpService:
         return True
 
     def op_mac_add(self, args):
+        self._check_originates()
         vni, mac, ip = parse_mac(args)
         known = self._vni(vni)
         if (mac, ip) in known.macs:
@@ -550,6 +564,10 @@ class BgpService:
         self._withdraw_mac(known.route_dist, mac, ip)
         known.macs.discard((mac, ip))
         return True
+
+    def _check_originates(self):
+        if self._config.role == ROLE_REFLECTOR:
+            raise ProtocolError('the reflector originates no routes')
 
     def _vni(self, vni):
         known = self._vnis.get(vni)
@@ -630,11 +648,18 @@ class BgpService:
 class LineWriter:
     """Writes messages to a file descriptor from one green thread, in order.
 
-    Emitting never blocks the hub: a slow reader delays only the writer.
+    Emitting never blocks the hub: a slow reader delays only the writer
+    (the fd should be non-blocking). Once the reader is gone (EPIPE), the
+    rest is dropped: eventlet's green ``os.write`` would retry EPIPE
+    forever, so this uses the original ``os.write``.
     """
 
     def __init__(self, fd, eventlet):
+        from eventlet import hubs, patcher
         self._fd = fd
+        self._write = patcher.original('os').write
+        self._wait_writable = lambda: hubs.trampoline(fd, write=True)
+        self._broken = False
         self._queue = eventlet.queue.Queue()
         self._thread = eventlet.spawn(self._run)
 
@@ -642,23 +667,28 @@ class LineWriter:
         self._queue.put(encode_line(message))
 
     def drain(self):
-        """Wait until everything emitted so far is written."""
+        """Wait until everything emitted so far is written (or dropped)."""
         self._queue.join()
 
     def _run(self):
         while True:
             data = self._queue.get()
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._fd, view)  # green
-                    if not written:
-                        raise BrokenPipeError('stdout closed')
-                    view = view[written:]
+                if not self._broken:
+                    self._write_all(data)
             except OSError as e:
-                LOG.error('cannot write to stdout: %s', e)
+                self._broken = True
+                LOG.error('cannot write to stdout, dropping output: %s', e)
             finally:
                 self._queue.task_done()
+
+    def _write_all(self, data):
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._write(self._fd, view):]
+            except BlockingIOError:
+                self._wait_writable()
 
 
 def _make_nonblocking_if_private(fd):
@@ -739,6 +769,7 @@ def main():
     _make_nonblocking_if_private(1)
     writer = LineWriter(1, eventlet)
     service = BgpService(_OsKen(eventlet), writer.emit)
+    writer.emit({'event': 'ready', 'pid': os.getpid()})
     try:
         serve(service, writer)
     finally:
