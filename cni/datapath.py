@@ -17,7 +17,7 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
-from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 
 from cni import naming, netns
 
@@ -265,11 +265,12 @@ class Datapath:
                          self._static_macs(link["index"])) for link in links]
 
     def _static_macs(self, index: int) -> tuple:
+        """Static bridge entries on a port: the pod MACs ADD recorded (a dump carries the
+        bridge as NDA_MASTER, not NTF_MASTER; NUD_PERMANENT would be the port's own MAC)."""
         entries = self._ipr.fdb("dump", ifindex=index)
         return tuple(sorted({_attr(e, "NDA_LLADDR") for e in entries
-                             if e["ifindex"] == index and e["state"] & NUD_NOARP
-                             and e["flags"] & NTF_MASTER
-                             and not e["state"] & 0x80}))  # 0x80: NUD_PERMANENT, the port's own
+                             if e["ifindex"] == index and e.get_attr("NDA_MASTER")
+                             and e["state"] & NUD_NOARP and not e["state"] & NUD_PERMANENT}))
 
     def port(self, name: str) -> Port | None:
         with self._lock:

@@ -60,9 +60,12 @@ class BgpProcess:
         self._write_lock = threading.Lock()  # one command line at a time
         self._exit_reason = None
         argv = [*argv_prefix, python, '-m', BGP_PROCESS_MODULE]
+        # Its own session: a signal to the agent's process group (Ctrl-C, a
+        # runtime stopping the agent) must not kill BGP under the agent's
+        # feet; the agent closes it, and stdin EOF stops it if the agent dies.
         self._process = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=stderr, env=env)
+            stderr=stderr, env=env, start_new_session=True)
         self._reader = threading.Thread(
             target=self._read, name='%s-reader' % name, daemon=True)
         self._reader.start()

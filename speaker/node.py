@@ -238,7 +238,9 @@ class NodeSpeaker(LanEvents):
     # -- periodic work -------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self.bgp is not None and not self.bgp.alive and not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if self.bgp is not None and not self.bgp.alive:
             log.error("BGP process died; restarting it and re-announcing local state")
             self.rd_index.clear()
             self.announced.clear()

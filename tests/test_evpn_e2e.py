@@ -87,13 +87,22 @@ def test_pods_across_nodes_reach_each_other_and_lans_stay_apart(runtime, evpn):
 def test_del_removes_remote_entries_on_every_node(runtime, evpn):
     _, _, (n1, n2, n3) = evpn
     pods = [n.add_pod("d1") for n in (n1, n2, n3)]
+    extra = n3.add_pod("d2")
     for i, (node, pod) in enumerate(zip((n1, n2, n3), pods)):
         attach(runtime, node, pod, 1010, f"02:11:00:00:00:0{i}")
-    assert wait_for(lambda: all(len(remote_macs(n, 1010)) == 2 for n in (n1, n2, n3)))
+    attach(runtime, n3, extra, 1010, "02:11:00:00:00:09")
+    assert wait_for(lambda: all(len(remote_macs(n, 1010)) == (2 if n is n3 else 3)
+                                for n in (n1, n2, n3)))
+    # One of n3's two pods goes: its MAC leaves every node, n3 stays on the flood lists.
     detach(runtime, n3, pods[2], 1010)
     assert wait_for(lambda: all("02:11:00:00:00:02" not in remote_macs(n, 1010) for n in (n1, n2)))
-    # n3 hosted nothing else on the VNI: its VTEP leaves every flood list (after the grace time).
-    assert wait_for(lambda: all(n3.ip not in flood_list(n, 1010) for n in (n1, n2)), timeout=GRACE + 4)
+    assert all(n3.ip in flood_list(n, 1010) for n in (n1, n2))
+    assert all(remote_macs(n, 1010).get("02:11:00:00:00:09") == n3.ip for n in (n1, n2))
+    # The last one goes: n3 leaves every flood list (after the VTEP grace time).
+    detach(runtime, n3, extra, 1010)
+    assert wait_for(lambda: all(n3.ip not in flood_list(n, 1010) and not
+                                {"02:11:00:00:00:09"} & set(remote_macs(n, 1010)) for n in (n1, n2)),
+                    timeout=GRACE + 4)
     for node, pod in zip((n1, n2), pods):
         detach(runtime, node, pod, 1010)
 
