@@ -68,7 +68,11 @@ Commands (``op`` and its fields; results in brackets):
 ``mac_add``
     ``vni``, ``mac``, ``ip`` (optional). A Type-2 route in the VNI's VRF:
     ethernet tag 0, ESI 0, VNI label = vni, next hop = router_id, VXLAN
-    encapsulation community. The route is keyed by (mac, ip). [true | false]
+    encapsulation community. The route is keyed by (mac, ip). ``seq``
+    (optional, default 0): the MAC mobility sequence number; above 0 the
+    route carries the MAC Mobility extended community (RFC 7432 15), so it
+    wins over an older announcement of the MAC from another node. Adding
+    again with another seq re-announces it. [true | false]
 ``mac_del``
     ``vni``, ``mac``, ``ip`` (optional, as added). Withdraws it.
     [false if unknown]
@@ -89,7 +93,7 @@ Events (no ``reply`` key), in the order os-ken produced them. The first
 line the process writes is ``{"event": "ready", "pid": N}``, once os-ken
 is imported (that takes 0.5 s to several seconds on a busy machine)::
 
-    {"event": "mac", "action": "add"|"del", "vni": N, "mac": "aa:..",
+    {"event": "mac", "action": "add"|"del", "vni": N, "mac": "aa:..", "seq": N,
      "ip": "10.0.0.5"|null, "vtep": "<next hop>"}
     {"event": "flood", "action": "add"|"del", "vni": N, "vtep": "<ip>"}
     {"event": "peer", "address": "<ip>", "state": "up"|"down"}
@@ -133,6 +137,7 @@ MAX_ASN = 2 ** 16 - 1  # the RT <asn>:<vni> is a 2-octet-AS route target
 TYPE2 = 'mac_ip_adv'
 TYPE3 = 'multicast_etag'
 PATH_ATTR_PMSI_TUNNEL = 22
+PATH_ATTR_EXTENDED_COMMUNITIES = 16
 
 _MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}$')
 
@@ -323,6 +328,15 @@ def route_target(asn, vni):
     return '%d:%d' % (asn, vni)
 
 
+def mobility_seq(path):
+    """The MAC mobility sequence number of a Type-2 path (0 when it has none)."""
+    communities = path.get_pattr(PATH_ATTR_EXTENDED_COMMUNITIES)
+    for community in getattr(communities, 'communities', None) or ():
+        if community.__class__.__name__ == 'BGPEvpnMacMobilityExtendedCommunity':
+            return int(community.sequence_number)
+    return 0
+
+
 def path_event(path, is_withdraw, own_router_id=None):
     """The ``mac``/``flood`` event for an os-ken EVPN path, or None.
 
@@ -340,7 +354,7 @@ def path_event(path, is_withdraw, own_router_id=None):
             return None
         return {'event': 'mac', 'action': action, 'vni': nlri.vni,
                 'mac': nlri.mac_addr, 'ip': nlri.ip_addr or None,
-                'vtep': vtep}
+                'vtep': vtep, 'seq': mobility_seq(path)}
     if kind == TYPE3:
         pmsi = path.get_pattr(PATH_ATTR_PMSI_TUNNEL)
         if pmsi is None or not pmsi.vni:
@@ -383,7 +397,7 @@ def peer_summary(address, state, established_at, received, sent,
 class _Vni:
     rd_index: int
     route_dist: str
-    macs: set = dataclasses.field(default_factory=set)
+    macs: dict = dataclasses.field(default_factory=dict)  # (mac, ip) -> mobility seq
 
 
 class BgpService:
@@ -538,10 +552,14 @@ class BgpService:
     def op_mac_add(self, args):
         self._check_originates()
         vni, mac, ip = parse_mac(args)
+        seq = _int_in(args, 'seq', 0, 2 ** 32 - 1, 0)
         known = self._vni(vni)
-        if (mac, ip) in known.macs:
+        if known.macs.get((mac, ip)) == seq:
             return False
         bgpspeaker = self._osken.bgpspeaker
+        # A sequence number (RFC 7432 MAC mobility) only once the MAC has moved:
+        # the route then wins over the one its old node may still announce.
+        mobility = {'mac_mobility': seq} if seq else {}
         self._speaker.evpn_prefix_add(
             route_type=bgpspeaker.EVPN_MAC_IP_ADV_ROUTE,
             route_dist=known.route_dist,
@@ -552,8 +570,9 @@ class BgpService:
             vni=vni,
             next_hop=self._config.router_id,
             tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN,
+            **mobility,
         )
-        known.macs.add((mac, ip))
+        known.macs[(mac, ip)] = seq
         return True
 
     def op_mac_del(self, args):
@@ -562,7 +581,7 @@ class BgpService:
         if (mac, ip) not in known.macs:
             return False
         self._withdraw_mac(known.route_dist, mac, ip)
-        known.macs.discard((mac, ip))
+        del known.macs[(mac, ip)]
         return True
 
     def _check_originates(self):

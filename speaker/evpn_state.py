@@ -50,6 +50,9 @@ class RemoteRoutes:
             return None
         return max(candidates.items(), key=lambda kv: (kv[1].seq, kv[1].order))[0]
 
+    def max_seq(self, vni: int, mac: str) -> int:
+        return max((a.seq for a in self.macs.get((vni, mac), {}).values()), default=0)
+
     def apply(self, event: dict) -> tuple[list, list]:
         """Fold one BGP event in; returns (entries to add, entries to remove) for the kernel."""
         vni, vtep, add = int(event["vni"]), event["vtep"], event["action"] == "add"

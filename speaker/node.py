@@ -23,7 +23,7 @@ import time
 
 from cni.plugin import LanEvents
 from speaker.bgp_client import BgpError, BgpProcess
-from speaker.evpn_state import RemoteRoutes
+from speaker.evpn_state import FloodEntry, MacEntry, RemoteRoutes
 from speaker.fdb import VtepFdb
 from speaker.macwatch import MacWatch
 
@@ -43,11 +43,12 @@ class NodeSpeaker(LanEvents):
         self.remote = RemoteRoutes()
         self.fdb = VtepFdb()
         self.rd_index: dict[int, int] = {}       # local VNI -> RD number
-        self.announced: set[tuple[int, str]] = set()  # local (vni, mac) in BGP
+        self.announced: dict[tuple[int, str], int] = {}  # local (vni, mac) in BGP -> mobility seq
         self.peers_up: set[str] = set()
         self.up_since: float | None = None     # when the first session came up
         self.all_down_since: float | None = time.monotonic()
         self.pending: dict = {}                # entry -> when its withdrawal was seen
+        self.flood_since: dict = {}            # (vni, vtep) -> when its Type-3 (re)appeared
         self.bgp: BgpProcess | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -137,7 +138,7 @@ class NodeSpeaker(LanEvents):
             if kind == "lan":
                 self._local_lan(item[1], item[2], commands, adds)
             elif kind in ("mac", "learned"):
-                self._local_mac(kind, item[1], item[2], item[3], commands)
+                self._local_mac(kind, item[1], item[2], item[3], commands, adds)
             elif kind == "bgp":
                 self._bgp_event(item[1], adds, removes)
         self._send(commands)
@@ -151,19 +152,25 @@ class NodeSpeaker(LanEvents):
             adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
         elif not present and vni in self.rd_index and self.datapath.lan(vni) is None:
             del self.rd_index[vni]
-            self.announced = {(v, m) for v, m in self.announced if v != vni}
+            self.announced = {k: seq for k, seq in self.announced.items() if k[0] != vni}
             commands.append(("vni_del", {"vni": vni}))
 
-    def _local_mac(self, kind: str, vni: int, mac: str, present: bool, commands: list) -> None:
+    def _local_mac(self, kind: str, vni: int, mac: str, present: bool, commands: list,
+                   adds: list) -> None:
         key = (vni, mac)
         if present and key not in self.announced and vni in self.rd_index:
-            self.announced.add(key)
-            commands.append(("mac_add", {"vni": vni, "mac": mac}))
+            # Seen elsewhere before: the MAC moved here, so outbid every other announcement.
+            seq = self.remote.max_seq(vni, mac) + 1 if self.remote.winner(vni, mac) else 0
+            self.announced[key] = seq
+            commands.append(("mac_add", {"vni": vni, "mac": mac, "seq": seq}))
         elif not present and key in self.announced:
             if kind == "learned" and self._is_static(vni, mac):
                 return  # aged out of the bridge, but the pod still owns it (added at ADD)
-            self.announced.discard(key)
+            del self.announced[key]
             commands.append(("mac_del", {"vni": vni, "mac": mac}))
+            winner = self.remote.winner(vni, mac)
+            if winner:  # the MAC lives on elsewhere (it moved): forward there now
+                adds.append(MacEntry(vni, mac, winner))
 
     def _is_static(self, vni: int, mac: str) -> bool:
         return any(mac in port.macs for port in self.datapath.ports(vni))
@@ -206,10 +213,13 @@ class NodeSpeaker(LanEvents):
             i = j
 
     def _program(self, adds: list, removes: list) -> None:
-        local = {(v, m) for v, m in self.announced}
+        local = self.announced
+        now = time.monotonic()
+        for entry in adds:
+            if isinstance(entry, FloodEntry):
+                self.flood_since[(entry.vni, entry.vtep)] = now
         adds = [e for e in adds if e.vni in self.rd_index
                 and (e.vni, getattr(e, "mac", None)) not in local]
-        now = time.monotonic()
         for entry in removes:
             self.pending.setdefault(entry, now)
         for entry in adds:
@@ -224,8 +234,11 @@ class NodeSpeaker(LanEvents):
             return []  # no reflector reachable: keep forwarding on what we know
         due = []
         for entry, since in list(self.pending.items()):
-            vtep_alive = entry.vtep in self.remote.floods.get(entry.vni, ())
-            wait = self.withdraw_delay if vtep_alive else self.vtep_grace
+            # Only a VTEP that stayed up throughout lost just this pod; one that vanished or
+            # came back meanwhile is a restarting node: its MACs return within the grace.
+            stayed = entry.vtep in self.remote.floods.get(entry.vni, ()) \
+                and self.flood_since.get((entry.vni, entry.vtep), now) < since
+            wait = self.withdraw_delay if stayed else self.vtep_grace
             if not self.peers_up:
                 wait = 0  # stale_time already passed
             if now - since < wait:

@@ -13,7 +13,7 @@ from lab.runtime import kathara_conf
 
 pytestmark = pytest.mark.root
 HOLD = 3  # short timers keep the suite fast; the defaults (9/3) are the original's
-GRACE = 5  # the default: a restarting agent is back within it
+GRACE = 10  # a restarting agent is back within it, even on a loaded 2-core machine
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
@@ -169,3 +169,27 @@ def test_agent_restart_does_not_interrupt_traffic(runtime, evpn):
     # After the restart both sides are announced again and reconciled.
     assert wait_for(lambda: remote_macs(n1, 1050).get("02:15:00:00:00:02") == n2.ip)
     assert wait_for(lambda: remote_macs(n2, 1050).get("02:15:00:00:00:01") == n1.ip)
+
+
+def test_mac_moving_to_another_node_points_there_everywhere(runtime, evpn):
+    """The pod is recreated on n2 before its old copy on n1 is deleted (as a rescheduled
+    Kathara device may be): MAC mobility sequence numbers make the new location win."""
+    _, _, (n1, n2, n3) = evpn
+    mac = "02:16:00:00:00:01"
+    watcher = n3.add_pod("w")
+    attach(runtime, n3, watcher, 1060, "02:16:00:00:00:33")
+    keeper = n1.add_pod("mv-keep")  # n1 stays on the LAN after the old copy goes
+    attach(runtime, n1, keeper, 1060, "02:16:00:00:00:11")
+    old = n1.add_pod("mv-old")
+    attach(runtime, n1, old, 1060, mac)
+    assert wait_for(lambda: remote_macs(n3, 1060).get(mac) == n1.ip)
+    new = n2.add_pod("mv-new")
+    attach(runtime, n2, new, 1060, mac)
+    assert wait_for(lambda: remote_macs(n3, 1060).get(mac) == n2.ip)
+    detach(runtime, n1, old, 1060)
+    assert wait_for(lambda: remote_macs(n1, 1060).get(mac) == n2.ip)
+    time.sleep(1.0)  # the old node's withdrawal must not take the new location away
+    assert remote_macs(n3, 1060).get(mac) == n2.ip
+    new.set_ip("net0", "10.16.0.2/24")
+    watcher.set_ip("net0", "10.16.0.3/24")
+    assert watcher.ping("10.16.0.2", count=2)
