@@ -136,7 +136,7 @@ def test_path_event_type2():
                       ip_addr=None)
     assert bp.path_event(path, False, '192.0.2.21') == {
         'event': 'mac', 'action': 'add', 'vni': BIG_VNI,
-        'mac': '02:00:00:00:00:01', 'ip': None, 'vtep': '192.0.2.11'}
+        'mac': '02:00:00:00:00:01', 'ip': None, 'vtep': '192.0.2.11', 'seq': 0}
     assert bp.path_event(path, True, None)['action'] == 'del'
     assert bp.path_event(path, False, '192.0.2.11') is None  # our own
 
@@ -181,7 +181,18 @@ def test_path_event_with_os_ken_objects_as_received():
 
     assert bp.path_event(path(mac, {}), False) == {
         'event': 'mac', 'action': 'add', 'vni': BIG_VNI,
-        'mac': '02:00:00:00:00:01', 'ip': '10.0.0.1', 'vtep': '192.0.2.11'}
+        'mac': '02:00:00:00:00:01', 'ip': '10.0.0.1', 'vtep': '192.0.2.11',
+        'seq': 0}
+    communities, _ = bgp._PathAttribute.parser(
+        bgp.BGPPathAttributeExtendedCommunities(communities=[
+            bgp.BGPEncapsulationExtendedCommunity.from_str('vxlan'),
+            bgp.BGPEvpnMacMobilityExtendedCommunity(
+                subtype=bgp._ExtendedCommunity.SUBTYPE_EVPN_MAC_MOBILITY,
+                flags=0, sequence_number=7),
+        ]).serialize())
+    assert communities.type == bp.PATH_ATTR_EXTENDED_COMMUNITIES
+    moved = bp.path_event(path(mac, {communities.type: communities}), False)
+    assert moved['seq'] == 7
     assert bp.path_event(path(imet, {pmsi.type: pmsi}), True) == {
         'event': 'flood', 'action': 'del', 'vni': BIG_VNI,
         'vtep': '192.0.2.11'}
@@ -401,9 +412,9 @@ def mac(i):
     return '02:00:00:00:00:%02x' % i
 
 
-def mac_event(action, vni, i, vtep, ip=None):
+def mac_event(action, vni, i, vtep, ip=None, seq=0):
     return {'event': 'mac', 'action': action, 'vni': vni, 'mac': mac(i),
-            'ip': ip, 'vtep': vtep}
+            'ip': ip, 'vtep': vtep, 'seq': seq}
 
 
 def flood_event(action, vni, vtep):
@@ -471,6 +482,17 @@ def test_routes_propagate_through_the_reflector(cluster):
 
 
 @pytest.mark.root
+
+def test_mac_mobility_sequence_number_reaches_the_other_side(cluster):
+    a, b = cluster['a'], cluster['b']
+    assert a.call('vni_add', vni=SMALL_VNI, rd_index=7) is True
+    assert a.call('mac_add', vni=SMALL_VNI, mac=mac(9)) is True
+    b.events.wait_for(mac_event('add', SMALL_VNI, 9, A))
+    # Announcing again with a sequence number re-announces the route with it.
+    assert a.call('mac_add', vni=SMALL_VNI, mac=mac(9), seq=3) is True
+    assert a.call('mac_add', vni=SMALL_VNI, mac=mac(9), seq=3) is False
+    b.events.wait_for(mac_event('add', SMALL_VNI, 9, A, seq=3))
+
 def test_vni_del_withdraws_all_its_routes(cluster):
     a, b = cluster['a'], cluster['b']
     a.call('vni_add', vni=BIG_VNI, rd_index=1)
