@@ -1,0 +1,66 @@
+"""RemoteRoutes: BGP events in, VTEP FDB changes out (pure logic, plain values)."""
+from speaker.evpn_state import FloodEntry, MacEntry, RemoteRoutes
+
+MAC = "02:00:00:00:00:01"
+
+
+def mac(action, vtep, vni=100, seq=0, m=MAC):
+    return {"event": "mac", "action": action, "vni": vni, "mac": m, "vtep": vtep, "seq": seq}
+
+
+def flood(action, vtep, vni=100):
+    return {"event": "flood", "action": action, "vni": vni, "vtep": vtep}
+
+
+def test_flood_entries_added_once_removed_once():
+    routes = RemoteRoutes()
+    assert routes.apply(flood("add", "10.0.0.2")) == ([FloodEntry(100, "10.0.0.2")], [])
+    assert routes.apply(flood("add", "10.0.0.2")) == ([], [])  # adds repeat: idempotent
+    assert routes.apply(flood("del", "10.0.0.2")) == ([], [FloodEntry(100, "10.0.0.2")])
+    assert routes.apply(flood("del", "10.0.0.2")) == ([], [])
+    assert routes.floods == {}
+
+
+def test_mac_add_and_withdraw():
+    routes = RemoteRoutes()
+    assert routes.apply(mac("add", "10.0.0.2")) == ([MacEntry(100, MAC, "10.0.0.2")], [])
+    assert routes.apply(mac("add", "10.0.0.2")) == ([], [])
+    assert routes.apply(mac("del", "10.0.0.2")) == ([], [MacEntry(100, MAC, "10.0.0.2")])
+    assert routes.winner(100, MAC) is None and routes.mac_count() == 0
+
+
+def test_higher_sequence_number_wins_whatever_the_order():
+    routes = RemoteRoutes()
+    routes.apply(mac("add", "10.0.0.3", seq=1))
+    assert routes.apply(mac("add", "10.0.0.2", seq=0)) == ([], [])  # older location: ignored
+    assert routes.winner(100, MAC) == "10.0.0.3"
+    assert routes.max_seq(100, MAC) == 1
+    # The newer location withdrawn: the older one is what is left (replace, no delete).
+    assert routes.apply(mac("del", "10.0.0.3")) == ([MacEntry(100, MAC, "10.0.0.2")], [])
+
+
+def test_equal_sequence_numbers_latest_announcement_wins():
+    routes = RemoteRoutes()
+    routes.apply(mac("add", "10.0.0.2"))
+    assert routes.apply(mac("add", "10.0.0.3")) == ([MacEntry(100, MAC, "10.0.0.3")], [])
+    assert routes.apply(mac("del", "10.0.0.2")) == ([], [])  # not the winner: nothing changes
+
+
+def test_routes_of_every_vni_are_kept_and_desired_per_vni():
+    routes = RemoteRoutes()
+    routes.apply(flood("add", "10.0.0.2", vni=7))
+    routes.apply(mac("add", "10.0.0.2", vni=7))
+    routes.apply(mac("add", "10.0.0.4", vni=8, m="02:00:00:00:00:08"))
+    assert routes.desired(7) == {FloodEntry(7, "10.0.0.2"), MacEntry(7, MAC, "10.0.0.2")}
+    assert routes.desired(8) == {MacEntry(8, "02:00:00:00:00:08", "10.0.0.4")}
+    assert routes.desired(9) == set()
+
+
+def test_forget_vtep_drops_everything_it_announced():
+    routes = RemoteRoutes()
+    routes.apply(flood("add", "10.0.0.2"))
+    routes.apply(mac("add", "10.0.0.2"))
+    routes.apply(mac("add", "10.0.0.3", m="02:00:00:00:00:03"))
+    adds, removes = routes.forget_vtep("10.0.0.2")
+    assert adds == [] and set(removes) == {FloodEntry(100, "10.0.0.2"), MacEntry(100, MAC, "10.0.0.2")}
+    assert routes.desired(100) == {MacEntry(100, "02:00:00:00:00:03", "10.0.0.3")}
