@@ -73,14 +73,14 @@ def parse_netconf(conf: dict) -> NetConf:
     """Validate a decoded network config; errors say which field is wrong and why."""
     version = negotiate_version(conf)
     name = conf.get("name")
-    if not isinstance(name, str) or not _NETWORK_NAME.match(name):
+    if not isinstance(name, str) or not _NETWORK_NAME.fullmatch(name):
         raise _invalid(f"name {name!r} is not a valid network name "
                        "(letters, digits, '_', '.', '-'; starting with a letter or digit)")
     if conf.get("type", "megalos") != "megalos":
         raise _invalid(f"type {conf.get('type')!r} is not megalos")
     vni = _integer(conf, "vxlanId", 1, naming.MAX_VNI)
     master = _string(conf, "master")
-    if master and not _DEVICE_NAME.match(master):
+    if master and not _DEVICE_NAME.fullmatch(master):
         raise _invalid(f"master {master!r} is not a valid interface name")
     mtu = _integer(conf, "mtu", MIN_MTU, 65535, default=0) if conf.get("mtu") else 0
     port = _integer(conf, "vxlanPort", 1, 65535, default=DEFAULT_VXLAN_PORT)

@@ -198,7 +198,7 @@ class Datapath:
         with self._lock:
             index = self._index(name)
             if index is not None:
-                self._check_vtep(name, index, vni, port, underlay)
+                self._check_vtep(name, index, vni, port, underlay, mtu)
                 return False
             local = {"vxlan_local": underlay.ip} if underlay.version == 4 \
                 else {"vxlan_local6": underlay.ip}
@@ -214,8 +214,9 @@ class Datapath:
                 raise
             return True
 
-    def _check_vtep(self, name, index, vni, port, underlay) -> None:
-        kind, data = _linkinfo(self._link(index))
+    def _check_vtep(self, name, index, vni, port, underlay, mtu) -> None:
+        link = self._link(index)
+        kind, data = _linkinfo(link)
         if kind != "vxlan":
             raise ConflictError(f"{name} exists and is a {kind or 'plain'} device, not a VXLAN device")
         have_port = data.get_attr("IFLA_VXLAN_PORT")
@@ -224,12 +225,15 @@ class Datapath:
             raise ConflictError(f"VNI {vni} is already set up with UDP port {have_port} and local "
                                 f"address {have_local}; this network asks for port {port} and "
                                 f"address {underlay.ip}")
+        if _attr(link, "IFLA_MTU") != mtu:
+            raise ConflictError(f"VNI {vni} is already set up with MTU {_attr(link, 'IFLA_MTU')}; "
+                                f"this network asks for MTU {mtu}")
 
     def remove_lan_if_unused(self, vni: int) -> bool:
         """Delete the VNI's VTEP and bridge when no pod port is left on the bridge."""
         with self._lock:
             bridge = self._index(naming.bridge_name(vni))
-            if bridge is not None and self.ports(vni, bridge_index=bridge):
+            if bridge is not None and self._port_links(bridge):
                 return False
             removed = self._delete(naming.vtep_name(vni))
             return self._delete(naming.bridge_name(vni)) or removed
@@ -258,11 +262,15 @@ class Datapath:
                 bridge_index = self._index(naming.bridge_name(vni))
                 if bridge_index is None:
                     return []
-            links = [link for link in self._ipr.get_links()
-                     if _attr(link, "IFLA_MASTER") == bridge_index
-                     and naming.is_port_name(_attr(link, "IFLA_IFNAME", ""))]
             return [Port(_attr(link, "IFLA_IFNAME"), link["index"], vni,
-                         self._static_macs(link["index"])) for link in links]
+                         self._static_macs(link["index"])) for link in self._port_links(bridge_index)]
+
+    def _port_links(self, bridge_index: int) -> list:
+        """The pod port links on a bridge, without their FDB entries (a dump per port is costly)."""
+        with self._lock:
+            return [link for link in self._ipr.get_links()
+                    if _attr(link, "IFLA_MASTER") == bridge_index
+                    and naming.is_port_name(_attr(link, "IFLA_IFNAME", ""))]
 
     def _static_macs(self, index: int) -> tuple:
         """Static bridge entries on a port: the pod MACs ADD recorded (a dump carries the

@@ -32,7 +32,7 @@ def vni_of_device(name: str) -> int | None:
     """The VNI a 'mgvx<vni>'/'mgbr<vni>' name stands for, else None."""
     for prefix in (VTEP_PREFIX, BRIDGE_PREFIX):
         digits = name[len(prefix):]
-        if name.startswith(prefix) and digits.isdigit() and digits[0] != "0":
+        if name.startswith(prefix) and digits.isascii() and digits.isdigit() and digits[0] != "0":
             vni = int(digits)
             if 1 <= vni <= MAX_VNI:
                 return vni

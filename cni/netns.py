@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 from contextlib import contextmanager
 
 from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl: the namespace type of an nsfs file descriptor
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -62,6 +64,14 @@ def netlink_in(netns_path: str):
 def open_fd(netns_path: str) -> int:
     """A file descriptor of the netns, for IFLA_NET_NS_FD."""
     try:
-        return os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NetnsGone(f"network namespace {netns_path} does not exist") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise NetnsGone(f"{netns_path} is not a network namespace")
+    return fd

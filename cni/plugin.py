@@ -188,7 +188,10 @@ class Plugin:
     @staticmethod
     def _expected_mac(inv: spec.Invocation, conf: NetConf) -> str:
         """The pod MAC the runtime expects: from prevResult's sandbox interface, else args."""
-        for itf in (conf.prev_result or {}).get("interfaces") or []:
+        interfaces = (conf.prev_result or {}).get("interfaces") or []
+        if not isinstance(interfaces, list):
+            raise CniError(spec.ERR_INVALID_CONFIG, "prevResult.interfaces must be a list")
+        for itf in interfaces:
             if isinstance(itf, dict) and itf.get("name") == inv.ifname and itf.get("sandbox"):
                 try:
                     return naming.normalize_mac(itf.get("mac"))

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 DEFAULT_SOCKET = "/run/megalos/agent.sock"
 SOCKET_ENV = "MEGALOS_AGENT_SOCKET"
@@ -53,12 +54,23 @@ def forward(env, stdin):
     unavailable = ERR_NOT_AVAILABLE if env.get("CNI_COMMAND") == "STATUS" else ERR_TRY_AGAIN_LATER
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        return _error(version, unavailable, f"megalos agent is not running: cannot connect to {path}",
-                      exc.strerror or str(exc))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            break
+        except BlockingIOError:  # EAGAIN: the agent's accept queue is full; it is busy, not gone
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            sock.close()
+            return _error(version, ERR_TRY_AGAIN_LATER,
+                          f"megalos agent at {path} is busy: no connection within {timeout:g} s")
+        except OSError as exc:
+            sock.close()
+            return _error(version, unavailable,
+                          f"megalos agent is not running: cannot connect to {path}",
+                          exc.strerror or str(exc))
     try:
         sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)

@@ -131,7 +131,7 @@ def parse_environment(env: dict) -> Invocation:
     container_id = env.get("CNI_CONTAINERID", "")
     if not container_id:
         raise CniError(ERR_INVALID_ENV, "CNI_CONTAINERID is required")
-    if not _CONTAINER_ID.match(container_id):
+    if not _CONTAINER_ID.fullmatch(container_id):
         raise CniError(ERR_INVALID_ENV, f"CNI_CONTAINERID {container_id!r} is not valid "
                        "(letters, digits, '_', '.', '-'; starting with a letter or digit)")
     netns = env.get("CNI_NETNS", "")

@@ -39,6 +39,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class CniServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # socketserver's default of 5 refuses a burst of ADDs
 
     def __init__(self, path: str, handle_cni):
         self.path = path

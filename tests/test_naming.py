@@ -1,0 +1,173 @@
+"""cni/naming.py with plain values: device names from VNIs and attachments, MAC addresses."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cni import naming
+
+vnis = st.integers(min_value=1, max_value=naming.MAX_VNI)
+# Every VNI with 1..8 decimal digits at both ends of its digit count, plus the extremes.
+EDGE_VNIS = sorted({1, naming.MAX_VNI} | {10 ** d for d in range(8) if 10 ** d <= naming.MAX_VNI}
+                   | {10 ** d - 1 for d in range(1, 8)})
+container_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,80}\Z")
+ifnames = st.from_regex(r"\A[A-Za-z0-9_\-]{1,15}\Z")
+
+
+def is_unicast_local(mac: str) -> bool:
+    first = int(mac[:2], 16)
+    return not first & 1 and bool(first & 2)
+
+
+# -- VTEP and bridge names --------------------------------------------------------------------
+def test_max_vni_is_24_bits():
+    assert naming.MAX_VNI == 16777215 == 2**24 - 1
+
+
+@pytest.mark.parametrize("vni", EDGE_VNIS)
+def test_names_fit_the_kernel_limit_at_every_digit_count(vni):
+    for name in (naming.vtep_name(vni), naming.bridge_name(vni)):
+        assert len(name) <= naming.IFNAMSIZ == 15
+        assert name.endswith(str(vni))
+    assert naming.vtep_name(vni) != naming.bridge_name(vni)
+
+
+def test_longest_names_are_those_of_the_largest_vni():
+    assert naming.vtep_name(naming.MAX_VNI) == "mgvx16777215"
+    assert naming.bridge_name(naming.MAX_VNI) == "mgbr16777215"
+
+
+@given(vnis)
+def test_names_fit_and_round_trip(vni):
+    for name in (naming.vtep_name(vni), naming.bridge_name(vni)):
+        assert len(name) <= 15
+        assert naming.vni_of_device(name) == vni
+        assert not naming.is_port_name(name)
+
+
+@given(vnis, vnis)
+def test_distinct_vnis_have_distinct_names(a, b):
+    if a != b:
+        assert naming.vtep_name(a) != naming.vtep_name(b)
+        assert naming.bridge_name(a) != naming.bridge_name(b)
+
+
+@pytest.mark.parametrize("name", [
+    "", "mgvx", "mgbr", "mgvx0", "mgbr0", "mgvx007", "mgvx16777216", "mgbr99999999", "mgvx-1",
+    "mgvx+1", "mgvx 1", "mgvx1a", "mgvx0x10", "mgvx1.0", "eth0", "lo", "vxlan100", "MGVX1",
+    "kt-lan-abcdef", "mgp0123456789ab",
+])
+def test_other_device_names_have_no_vni(name):
+    assert naming.vni_of_device(name) is None
+
+
+def test_non_ascii_digits_are_not_a_vni():
+    assert naming.vni_of_device("mgvx\u00b2") is None  # superscript two: isdigit(), int() fails
+
+
+def test_fullwidth_digits_are_not_a_vni():
+    assert naming.vni_of_device("mgbr\uff11") is None
+
+
+# -- pod port names ---------------------------------------------------------------------------
+@given(container_ids, ifnames)
+def test_port_names_are_15_characters_and_stable(container_id, ifname):
+    name = naming.port_name(container_id, ifname)
+    assert len(name) == 15 and name.startswith(naming.PORT_PREFIX)
+    assert naming.is_port_name(name)
+    assert int(name[len(naming.PORT_PREFIX):], 16) >= 0  # hex digits
+    assert naming.port_name(container_id, ifname) == name
+    assert naming.vni_of_device(name) is None
+
+
+@given(st.lists(st.tuples(container_ids, ifnames), min_size=2, max_size=50, unique=True))
+def test_port_names_are_distinct_per_attachment(attachments):
+    names = {naming.port_name(cid, ifname) for cid, ifname in attachments}
+    assert len(names) == len(attachments)
+
+
+def test_port_name_depends_on_both_container_and_ifname():
+    base = naming.port_name("c1", "net0")
+    assert base == naming.port_name("c1", "net0")
+    assert len({base, naming.port_name("c1", "net1"), naming.port_name("c2", "net0"),
+                naming.port_name("net0", "c1")}) == 4
+
+
+def test_port_name_is_pinned():
+    """DEL, CHECK and GC after an agent upgrade find ports made before it: the name must not drift."""
+    assert naming.port_name("c-p1", "net0") == "mgp" + hashlib.sha256(b"c-p1/net0").hexdigest()[:12]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mgp0123456789ab", True), ("mgp0123456789a", False), ("mgp0123456789abc", False),
+    ("mgvx16777215", False), ("eth0", False), ("", False),
+])
+def test_is_port_name(name, expected):
+    assert naming.is_port_name(name) is expected
+
+
+# -- MAC addresses ----------------------------------------------------------------------------
+@pytest.mark.parametrize("value, expected", [
+    ("02:aa:00:00:00:01", "02:aa:00:00:00:01"),
+    ("02:AA:00:00:00:0F", "02:aa:00:00:00:0f"),
+    ("02-aa-00-00-00-01", "02:aa:00:00:00:01"),
+    ("  02:aa:00:00:00:01\n", "02:aa:00:00:00:01"),
+    ("00:00:00:00:00:01", "00:00:00:00:00:01"),
+    ("fe:ff:ff:ff:ff:ff", "fe:ff:ff:ff:ff:ff"),
+])
+def test_normalize_mac_accepts(value, expected):
+    assert naming.normalize_mac(value) == expected
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("", "is not a MAC address"),
+    ("02:aa:00:00:00", "is not a MAC address"),
+    ("02:aa:00:00:00:01:02", "is not a MAC address"),
+    ("02aa00000001", "is not a MAC address"),
+    ("02.aa.00.00.00.01", "is not a MAC address"),
+    ("2:aa:0:0:0:1", "is not a MAC address"),
+    ("02:aa:00:00:00:0g", "is not a MAC address"),
+    ("02:aa:00:00:00:01x", "is not a MAC address"),
+    ("zz:zz:zz:zz:zz:zz", "is not a MAC address"),
+    ("01:00:5e:00:00:01", "multicast/broadcast"),
+    ("33:33:00:00:00:01", "multicast/broadcast"),
+    ("ff:ff:ff:ff:ff:ff", "multicast/broadcast"),
+    ("00:00:00:00:00:00", "not a usable MAC address"),
+    ("00-00-00-00-00-00", "not a usable MAC address"),
+    (None, "must be a string"),
+    (2, "must be a string"),
+    (b"02:aa:00:00:00:01", "must be a string"),
+    (["02:aa:00:00:00:01"], "must be a string"),
+])
+def test_normalize_mac_rejects_with_a_clear_message(value, fragment):
+    with pytest.raises(ValueError) as info:
+        naming.normalize_mac(value)
+    assert fragment in str(info.value)
+    if isinstance(value, str) and value.strip() and "usable" not in fragment:
+        assert repr(value) in str(info.value)  # the message quotes what was given
+
+
+def test_random_macs_are_unicast_locally_administered_and_differ():
+    macs = {naming.random_mac() for _ in range(200)}
+    assert len(macs) == 200
+    for mac in macs:
+        assert naming.normalize_mac(mac) == mac
+        assert is_unicast_local(mac)
+
+
+@given(st.lists(st.one_of(st.text(max_size=20), st.integers()), max_size=4))
+def test_derived_macs_are_stable_unicast_and_locally_administered(parts):
+    mac = naming.derived_mac(*parts)
+    assert mac == naming.derived_mac(*parts)
+    assert naming.normalize_mac(mac) == mac
+    assert is_unicast_local(mac)
+
+
+def test_derived_macs_differ_by_parts():
+    macs = {naming.derived_mac("bridge", vni, "192.0.2.1") for vni in range(1, 500)}
+    macs |= {naming.derived_mac("vtep", vni, "192.0.2.1") for vni in range(1, 500)}
+    macs |= {naming.derived_mac("bridge", 1, "192.0.2.2")}
+    assert len(macs) == 999
