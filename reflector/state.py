@@ -1,77 +1,165 @@
 """The reflector's view of the cluster, built from the routes it reflects. Pure logic, in memory.
 
 VNIs, the VTEPs hosting each (from Type-3 routes), MAC tables (from Type-2 routes: where, since
-when, last change), and a bounded log of changes with sequence numbers so clients can wait for
-convergence (`changes_since`). Nothing is stored on disk: after a restart the routes come back
-from the speakers and so does this state.
+when, last change), node names (given with POST /api/v1/nodes), and a bounded log of changes with
+sequence numbers so clients can wait for convergence (`changes_since`). Nothing is stored on
+disk: after a restart the routes come back from the speakers and so does this state (the change
+log starts again from 1 under a new `epoch`).
+
+Tables are read a page at a time: a page is `limit` rows after a `cursor`, the cursor being the
+key of the last row of the previous page (`str(vni)` for the VNI list, `"<mac>@<vtep>"` for a MAC
+table). Keys are kept sorted per VNI and re-sorted only after a change, so reading a page of a
+10,000-MAC table costs the page, not the table.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
+import json
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+MAX_PAGE = 10_000
+
 
 @dataclass
 class MacRecord:
+    """One MAC as announced by one VTEP. `routes` holds the IPs of its Type-2 routes (None for the
+    MAC-only route); the record lives while at least one of them does."""
     vni: int
     mac: str
     vtep: str
-    ip: str | None
+    routes: set
     first_seen: float
     last_changed: float
+    _text: tuple | None = field(default=None, repr=False, compare=False)  # (node, JSON text)
 
-    def json(self) -> dict:
-        return {"vni": self.vni, "mac": self.mac, "vtep": self.vtep, "ip": self.ip,
-                "first_seen": self.first_seen, "last_changed": self.last_changed}
+    def touch(self, now: float) -> None:
+        self.last_changed = now
+        self._text = None
+
+    def encoded(self, node: str | None = None) -> str:
+        """json(node) as JSON text, kept until the record (or the node's name) changes: a page of
+        a large table is then a join of strings, not an encoding of every row."""
+        if self._text is None or self._text[0] != node:
+            self._text = (node, json.dumps(self.json(node), separators=(",", ":")))
+        return self._text[1]
+
+    @property
+    def ips(self) -> list[str]:
+        return sorted(ip for ip in self.routes if ip)
+
+    def json(self, node: str | None = None) -> dict:
+        ips = self.ips
+        return {"vni": self.vni, "mac": self.mac, "vtep": self.vtep, "node": node,
+                "ip": ips[0] if ips else None, "ips": ips, "first_seen": self.first_seen,
+                "last_changed": self.last_changed}
+
+
+def mac_cursor(mac: str, vtep: str) -> str:
+    return f"{mac}@{vtep}"
+
+
+def parse_mac_cursor(cursor: str) -> tuple[str, str]:
+    mac, sep, vtep = cursor.partition("@")
+    if not sep or not mac or not vtep:
+        raise ValueError(f"malformed cursor {cursor!r}")
+    return mac, vtep
+
+
+def parse_vni_cursor(cursor: str) -> int:
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ValueError(f"malformed cursor {cursor!r}") from None
+
+
+def page_limit(limit) -> int:
+    limit = MAX_PAGE if limit is None else int(limit)
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be in 1..{MAX_PAGE}, not {limit}")
+    return limit
 
 
 @dataclass
 class ReflectorState:
     max_log: int = 100_000
     vteps: dict = field(default_factory=dict)       # vni -> {vtep ip}
-    macs: dict = field(default_factory=dict)        # (vni, mac) -> {vtep ip: MacRecord}
-    node_names: dict = field(default_factory=dict)  # vtep ip -> node name (from discovery)
+    macs: dict = field(default_factory=dict)        # vni -> {mac -> {vtep ip -> MacRecord}}
+    where: dict = field(default_factory=dict)       # mac -> {vni}
+    node_names: dict = field(default_factory=dict)  # node address -> name (POST /api/v1/nodes)
+    epoch: float = field(default_factory=time.time)  # tells one life of the change log from another
     seq: int = 0
     log: deque = field(default_factory=deque)
     changed: threading.Condition = field(default_factory=threading.Condition)
+    _order: dict = field(default_factory=dict)      # vni -> sorted [(mac, vtep)], dropped on change
 
-    def apply(self, event: dict, now: float | None = None) -> None:
-        """Fold one BGP event (see speaker.bgp_process) into the state."""
+    # -- changes ----------------------------------------------------------------------------------
+    def apply(self, event: dict, now: float | None = None) -> bool:
+        """Fold one BGP event (see speaker.bgp_process) into the state; True if it changed it."""
         now = time.time() if now is None else now
         kind, vni, vtep = event.get("event"), event.get("vni"), event.get("vtep")
         if kind not in ("mac", "flood") or vni is None or not vtep:
-            return
+            return False
         add = event.get("action") == "add"
         with self.changed:
             if kind == "flood":
-                vteps = self.vteps.setdefault(vni, set())
-                if add == (vtep in vteps):
-                    return
-                (vteps.add if add else vteps.discard)(vtep)
-                if not vteps:
-                    del self.vteps[vni]
-                self._record({"type": "vtep", "action": "add" if add else "del", "vni": vni,
-                              "vtep": vtep}, now)
-                return
-            key = (vni, event["mac"])
-            records = self.macs.setdefault(key, {})
-            if add:
-                old = records.get(vtep)
-                if old and old.ip == event.get("ip"):
-                    return
-                records[vtep] = MacRecord(vni, event["mac"], vtep, event.get("ip"),
-                                          old.first_seen if old else now, now)
-            else:
-                if records.pop(vtep, None) is None:
-                    if not records:
-                        del self.macs[key]
-                    return
-                if not records:
-                    del self.macs[key]
-            self._record({"type": "mac", "action": "add" if add else "del", "vni": vni,
-                          "mac": event["mac"], "vtep": vtep, "ip": event.get("ip")}, now)
+                return self._apply_flood(vni, vtep, add, now)
+            return self._apply_mac(vni, event.get("mac"), vtep, event.get("ip") or None, add, now)
+
+    def _apply_flood(self, vni: int, vtep: str, add: bool, now: float) -> bool:
+        vteps = self.vteps.setdefault(vni, set())
+        if add == (vtep in vteps):
+            if not vteps:
+                del self.vteps[vni]
+            return False
+        (vteps.add if add else vteps.discard)(vtep)
+        if not vteps:
+            del self.vteps[vni]
+        self._record({"type": "vtep", "action": "add" if add else "del", "vni": vni, "vtep": vtep}, now)
+        return True
+
+    def _apply_mac(self, vni: int, mac: str | None, vtep: str, ip: str | None, add: bool,
+                   now: float) -> bool:
+        if not mac:
+            return False
+        table = self.macs.get(vni, {})
+        record = table.get(mac, {}).get(vtep)
+        if add:
+            if record is not None and ip in record.routes:
+                return False
+            if record is None:
+                record = MacRecord(vni, mac, vtep, set(), now, now)
+                self.macs.setdefault(vni, {}).setdefault(mac, {})[vtep] = record
+                self.where.setdefault(mac, set()).add(vni)
+                self._order.pop(vni, None)
+            record.routes.add(ip)
+            record.touch(now)
+        else:
+            if record is None or ip not in record.routes:
+                return False
+            record.routes.discard(ip)
+            record.touch(now)
+            if not record.routes:
+                self._drop(vni, mac, vtep)
+        self._record({"type": "mac", "action": "add" if add else "del", "vni": vni, "mac": mac,
+                      "vtep": vtep, "ip": ip}, now)
+        return True
+
+    def _drop(self, vni: int, mac: str, vtep: str) -> None:
+        records = self.macs[vni][mac]
+        del records[vtep]
+        self._order.pop(vni, None)
+        if records:
+            return
+        del self.macs[vni][mac]
+        if not self.macs[vni]:
+            del self.macs[vni]
+        self.where[mac].discard(vni)
+        if not self.where[mac]:
+            del self.where[mac]
 
     def _record(self, change: dict, now: float) -> None:
         self.seq += 1
@@ -83,51 +171,142 @@ class ReflectorState:
     def forget_vtep(self, vtep: str, now: float | None = None) -> None:
         """A peer left: drop what it announced (os-ken's withdrawals normally do this first)."""
         now = time.time() if now is None else now
-        for vni in [v for v, vteps in self.vteps.items() if vtep in vteps]:
-            self.apply({"event": "flood", "action": "del", "vni": vni, "vtep": vtep}, now)
-        for vni, mac in [k for k, r in self.macs.items() if vtep in r]:
-            self.apply({"event": "mac", "action": "del", "vni": vni, "mac": mac, "vtep": vtep}, now)
+        with self.changed:
+            for vni in [v for v, vteps in self.vteps.items() if vtep in vteps]:
+                self._apply_flood(vni, vtep, False, now)
+            doomed = [(vni, mac, ip) for vni, table in self.macs.items()
+                      for mac, records in table.items() if vtep in records
+                      for ip in records[vtep].routes]
+            for vni, mac, ip in doomed:
+                self._apply_mac(vni, mac, vtep, ip, False, now)
+
+    def name_node(self, address: str, name: str | None) -> None:
+        with self.changed:
+            if name:
+                self.node_names[address] = name
+            else:
+                self.node_names.pop(address, None)
+
+    def node_address(self, name: str) -> str | None:
+        with self.changed:
+            return next((ip for ip, named in self.node_names.items() if named == name), None)
 
     # -- queries (callers hold no lock: each takes a consistent snapshot) -------------------------
-    def vni_summary(self) -> list[dict]:
-        with self.changed:
-            vnis = set(self.vteps) | {vni for vni, _ in self.macs}
-            counts: dict[int, int] = {}
-            for vni, _ in self.macs:
-                counts[vni] = counts.get(vni, 0) + 1
-            return [{"vni": vni, "vteps": len(self.vteps.get(vni, ())), "macs": counts.get(vni, 0)}
-                    for vni in sorted(vnis)]
+    def _vnis(self) -> list[int]:
+        return sorted(set(self.vteps) | set(self.macs))
 
-    def vni_detail(self, vni: int) -> dict | None:
+    def vni_summary(self, limit: int | None = None, cursor: str | None = None,
+                    vtep: str | None = None) -> dict:
+        """A page of {vni, vteps, macs (distinct MACs)}, VNIs in order; `vtep` keeps the VNIs
+        that VTEP takes part in (hosts or announces a MAC in)."""
+        limit = page_limit(limit)
         with self.changed:
-            if vni not in self.vteps and not any(v == vni for v, _ in self.macs):
+            vnis = self._vnis()
+            if vtep:
+                vnis = [vni for vni in vnis if vtep in self.vteps.get(vni, ())
+                        or any(vtep in records for records in self.macs.get(vni, {}).values())]
+            total = len(vnis)
+            start = bisect.bisect_right(vnis, parse_vni_cursor(cursor)) if cursor else 0
+            page = vnis[start:start + limit]
+            items = [{"vni": vni, "vteps": len(self.vteps.get(vni, ())),
+                      "macs": len(self.macs.get(vni, ()))} for vni in page]
+            more = start + limit < len(vnis)
+            return {"vnis": items, "total": total, "next": str(page[-1]) if more else None}
+
+    def _sorted_keys(self, vni: int) -> list[tuple[str, str]]:
+        keys = self._order.get(vni)
+        if keys is None:
+            keys = sorted((mac, vtep) for mac, records in self.macs.get(vni, {}).items()
+                          for vtep in records)
+            self._order[vni] = keys
+        return keys
+
+    def vni_detail(self, vni: int, limit: int | None = None, cursor: str | None = None,
+                   vtep: str | None = None) -> dict | None:
+        """The VNI's VTEPs (all of them) and a page of its MAC table (ordered by MAC, then VTEP;
+        only `vtep`'s rows if given). None if the VNI is unknown."""
+        return self._detail(vni, limit, cursor, vtep, MacRecord.json)
+
+    def vni_detail_json(self, vni: int, limit: int | None = None, cursor: str | None = None,
+                        vtep: str | None = None) -> str | None:
+        """vni_detail as JSON text, built from the rows' kept encodings."""
+        detail = self._detail(vni, limit, cursor, vtep, MacRecord.encoded)
+        if detail is None:
+            return None
+        return '{"vni":%d,"vteps":%s,"mac_count":%d,"macs":[%s],"next":%s}' % (
+            detail["vni"], json.dumps(detail["vteps"], separators=(",", ":")), detail["mac_count"],
+            ",".join(detail["macs"]), json.dumps(detail["next"]))
+
+    def _detail(self, vni: int, limit: int | None, cursor: str | None, vtep: str | None, row):
+        limit = page_limit(limit)
+        after = parse_mac_cursor(cursor) if cursor else None
+        with self.changed:
+            if vni not in self.vteps and vni not in self.macs:
                 return None
-            vteps = [{"address": ip, "node": self.node_names.get(ip)}
-                     for ip in sorted(self.vteps.get(vni, ()))]
-            macs = [record.json() for (v, _), records in sorted(self.macs.items()) if v == vni
-                    for record in records.values()]
-            return {"vni": vni, "vteps": vteps, "macs": macs}
+            table = self.macs.get(vni, {})
+            keys = self._sorted_keys(vni)
+            start = bisect.bisect_right(keys, after) if after else 0
+            if vtep:
+                rows = (keys[i] for i in range(start, len(keys)) if keys[i][1] == vtep)
+                page = list(itertools.islice(rows, limit + 1))
+            else:
+                page = keys[start:start + limit + 1]
+            more = len(page) > limit
+            page = page[:limit]
+            return {
+                "vni": vni,
+                "vteps": [{"address": ip, "node": self.node_names.get(ip)}
+                          for ip in sorted(self.vteps.get(vni, ()))],
+                "mac_count": len(table),
+                "macs": [row(table[mac][at], self.node_names.get(at)) for mac, at in page],
+                "next": mac_cursor(*page[-1]) if more else None,
+            }
 
-    def where_is(self, mac: str) -> list[dict]:
+    def where_is(self, mac: str, vni: int | None = None, vtep: str | None = None) -> list[dict]:
+        """Every VNI and VTEP a MAC is announced in (a MAC on two nodes gives two rows)."""
         with self.changed:
-            return [record.json() for (_, m), records in sorted(self.macs.items()) if m == mac
-                    for record in records.values()]
+            rows = []
+            for at_vni in sorted(self.where.get(mac, ())):
+                if vni is not None and at_vni != vni:
+                    continue
+                records = self.macs[at_vni][mac]
+                rows += [records[ip].json(self.node_names.get(ip)) for ip in sorted(records)
+                         if not vtep or ip == vtep]
+            return rows
 
-    def changes_since(self, since: int, timeout: float = 0.0, limit: int = 1000) -> dict:
-        """Changes with seq > since; waits up to `timeout` s for the first one (long poll)."""
+    def changes_since(self, since: int, timeout: float = 0.0, limit: int = 1000,
+                      vni: int | None = None) -> dict:
+        """Changes with seq > since (of `vni` only, if given); waits up to `timeout` s for the
+        first one (long poll). `next` is the `since` of the following call. `truncated` says
+        changes were lost: `since` is older than the log, or from another life of the reflector
+        (since > seq); the caller should read the tables again."""
+        limit = page_limit(limit)
         deadline = time.monotonic() + timeout
         with self.changed:
-            while self.seq <= since:
+            while True:
+                reset = since > self.seq
+                start_seq = 0 if reset else since
+                oldest = self.log[0]["seq"] if self.log else self.seq + 1
+                skip = max(0, start_seq + 1 - oldest)
+                changes, examined = [], start_seq
+                for change in itertools.islice(self.log, skip, None):
+                    if len(changes) == limit:
+                        break
+                    examined = change["seq"]
+                    if vni is None or change.get("vni") == vni:
+                        changes.append(change)
+                else:
+                    examined = self.seq
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if changes or reset or left <= 0:
                     break
                 self.changed.wait(left)
-            oldest = self.log[0]["seq"] if self.log else self.seq + 1
-            changes = [c for c in self.log if c["seq"] > since][:limit]
-            return {"seq": self.seq, "changes": changes, "truncated": since + 1 < oldest and since < self.seq}
+            return {"seq": self.seq, "epoch": self.epoch, "changes": changes, "next": examined,
+                    "truncated": reset or (start_seq + 1 < oldest and start_seq < self.seq)}
 
     def totals(self) -> dict:
         with self.changed:
-            return {"vnis": len(set(self.vteps) | {v for v, _ in self.macs}),
+            return {"vnis": len(self._vnis()),
                     "vteps": len({ip for vteps in self.vteps.values() for ip in vteps}),
-                    "macs": sum(len(r) for r in self.macs.values()), "seq": self.seq}
+                    "macs": sum(len(table) for table in self.macs.values()),
+                    "seq": self.seq, "epoch": self.epoch}

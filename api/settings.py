@@ -1,0 +1,68 @@
+"""The API's configuration: defaults, and the environment a deployment sets them with.
+
+    MEGALOS_REFLECTOR_SOCKET       the reflector's state socket (default /run/megalos/reflector.sock)
+    MEGALOS_API_TOKEN              the bearer token for mutating calls, or
+    MEGALOS_API_TOKEN_FILE         a file holding it (a mounted Secret); neither: mutations refused
+    MEGALOS_API_EVENTS_MAX_TIMEOUT the longest long poll, seconds (default 30)
+    MEGALOS_API_PAGE_LIMIT         rows in a page when the client gives no limit (default 1000)
+    MEGALOS_API_METRICS_DIR        where gunicorn workers keep their request metrics (set by
+                                   api/gunicorn.conf.py)
+
+Gunicorn's own settings (bind, workers, threads) are read in api/gunicorn.conf.py.
+"""
+from __future__ import annotations
+
+from reflector.protocol import DEFAULT_SOCKET
+
+DEFAULTS = {
+    "REFLECTOR_SOCKET": DEFAULT_SOCKET,
+    "REFLECTOR_TIMEOUT": 5.0,        # seconds for one reply (a long poll adds its own wait)
+    "API_TOKEN": None,               # None: POST/DELETE are refused with 403
+    "PAGE_LIMIT": 1000,              # rows in a page when the client gives no limit
+    "MAX_PAGE_LIMIT": 10_000,
+    "EVENTS_MAX_TIMEOUT": 30.0,      # a long poll never waits longer than this
+    "EVENTS_MAX_WAITERS": 8,         # concurrent long polls per worker; more are answered at once
+    "METRICS_DIR": None,             # None: request metrics of this process only
+    "STATE_CLIENT": None,            # a StateClient-compatible object (tests); None: StateClient
+}
+
+
+class SettingsError(Exception):
+    pass
+
+
+def read_token(environ) -> str | None:
+    """MEGALOS_API_TOKEN, else the first line of MEGALOS_API_TOKEN_FILE; empty means none."""
+    token = environ.get("MEGALOS_API_TOKEN", "").strip()
+    path = environ.get("MEGALOS_API_TOKEN_FILE", "")
+    if not token and path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except OSError as exc:
+            raise SettingsError(f"MEGALOS_API_TOKEN_FILE {path}: {exc.strerror or exc}") from None
+        if not token:
+            raise SettingsError(f"MEGALOS_API_TOKEN_FILE {path} is empty")
+    return token or None
+
+
+def from_env(environ) -> dict:
+    """The settings a deployment gives through the environment (only those it gives)."""
+    settings: dict = {"API_TOKEN": read_token(environ)}
+    if environ.get("MEGALOS_REFLECTOR_SOCKET"):
+        settings["REFLECTOR_SOCKET"] = environ["MEGALOS_REFLECTOR_SOCKET"]
+    if environ.get("MEGALOS_API_METRICS_DIR"):
+        settings["METRICS_DIR"] = environ["MEGALOS_API_METRICS_DIR"]
+    if environ.get("MEGALOS_API_PAGE_LIMIT"):
+        try:
+            settings["PAGE_LIMIT"] = int(environ["MEGALOS_API_PAGE_LIMIT"])
+        except ValueError:
+            raise SettingsError("MEGALOS_API_PAGE_LIMIT must be a whole number") from None
+        if not 1 <= settings["PAGE_LIMIT"] <= DEFAULTS["MAX_PAGE_LIMIT"]:
+            raise SettingsError(f"MEGALOS_API_PAGE_LIMIT must be in 1..{DEFAULTS['MAX_PAGE_LIMIT']}")
+    if environ.get("MEGALOS_API_EVENTS_MAX_TIMEOUT"):
+        try:
+            settings["EVENTS_MAX_TIMEOUT"] = float(environ["MEGALOS_API_EVENTS_MAX_TIMEOUT"])
+        except ValueError:
+            raise SettingsError("MEGALOS_API_EVENTS_MAX_TIMEOUT must be a number of seconds") from None
+    return settings

@@ -1,0 +1,100 @@
+"""The API served for real, for tests and benchmarks: gunicorn with api/gunicorn.conf.py on a free
+loopback port, in a process group of its own, stopped (and its metrics directory removed) on exit.
+
+    with ApiServer(reflector_socket, token="t") as api:
+        urllib.request.urlopen(api.url + "/readyz")
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().with_name("gunicorn.conf.py")
+REPO = CONFIG.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiServer:
+    def __init__(self, reflector_socket: str, token: str | None = None, workers: int = 2,
+                 threads: int = 8, env: dict | None = None, log_path: str | None = None):
+        self.reflector_socket = reflector_socket
+        self.token = token
+        self.workers, self.threads = workers, threads
+        self.extra_env = env or {}
+        self._own_log = log_path is None  # a temporary log, removed by stop()
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="megalos-api-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, wait: float = 30.0) -> "ApiServer":
+        for _ in range(3):  # another program may take the free port before gunicorn binds it
+            port = free_port()
+            env = {**os.environ, "MEGALOS_API_BIND": f"127.0.0.1:{port}",
+                   "MEGALOS_REFLECTOR_SOCKET": self.reflector_socket,
+                   "MEGALOS_API_WORKERS": str(self.workers), "MEGALOS_API_THREADS": str(self.threads),
+                   **self.extra_env}
+            env.pop("MEGALOS_API_METRICS_DIR", None)
+            env.pop("MEGALOS_API_TOKEN_FILE", None)
+            env["MEGALOS_API_TOKEN"] = self.token or ""
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "gunicorn", "-c", str(CONFIG)], env=env, cwd=REPO,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.url = f"http://127.0.0.1:{port}"
+            if self._wait_serving(wait):
+                return self
+        raise RuntimeError(f"gunicorn did not serve: {self.log()[-3000:]}")
+
+    def _wait_serving(self, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as reply:
+                    if reply.status == 200:
+                        return True
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.1)
+        self._stop_process(5.0)
+        return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        self._stop_process(timeout)
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
+
+    def _stop_process(self, timeout: float) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> "ApiServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

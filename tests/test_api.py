@@ -1,0 +1,594 @@
+"""The HTTP API.
+
+First, the app alone (Flask test client) in front of a real state socket served by a reflector
+whose BGP process is a stand-in: the factory, the error paths, auth, settings, metrics.
+
+Then the main tests (root): real HTTP to gunicorn serving the app, a real reflector and real
+speakers in network namespaces (lab.cluster), pods attached through the CNI plugin: every
+endpoint, auth, paging and filters, 400/404, the events long poll returning when a pod is added,
+and 503 once the reflector is killed (that test comes last: it restarts the reflector).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+from api import create_app, settings
+from api.metrics import RequestMetrics
+from api.openapi import DOCUMENT
+from api.testing import CONFIG, ApiServer
+from lab.cluster import Cluster
+from lab.runtime import kathara_conf
+from reflector.agent import Reflector, StateServer
+from reflector.protocol import ReflectorError, StateClient
+from reflector.state import ReflectorState
+from speaker.bgp_client import BgpError
+
+TOKEN = "test-token-0123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+# -- the app alone -------------------------------------------------------------------------------
+class StandInBgp:
+    """The reflector's BGP process, as far as the state socket needs it."""
+
+    def __init__(self):
+        self.peers: dict[str, dict] = {}
+        self.fail: Exception | None = None
+
+    def call(self, op, **args):
+        if self.fail:
+            raise self.fail
+        if op == "peers":
+            return [dict(p) for p in self.peers.values()]
+        if op == "peer_add":
+            new = args["address"] not in self.peers
+            self.peers.setdefault(args["address"], {
+                "address": args["address"], "state": "Established", "uptime": 12.5, "received": 3,
+                "sent": 1, "updates_received": 2, "updates_sent": 1})
+            return new
+        if op == "peer_del":
+            return self.peers.pop(args["address"], None) is not None
+        raise AssertionError(op)
+
+
+@pytest.fixture
+def reflector():
+    """A Reflector (real state, real state socket) with a stand-in BGP process."""
+    node = object.__new__(Reflector)
+    node.args = argparse.Namespace(router_id="192.0.2.1", md5_password="")
+    node.state, node.peers, node.started, node.bgp = ReflectorState(), set(), time.time(), StandInBgp()
+    node.add_peer("192.0.2.2")
+    for event in ({"event": "flood", "action": "add", "vni": 100, "vtep": "192.0.2.2"},
+                  {"event": "mac", "action": "add", "vni": 100, "mac": "02:00:00:00:00:01",
+                   "vtep": "192.0.2.2", "ip": None}):
+        node.state.apply(event)
+    directory = tempfile.mkdtemp(prefix="mgapi")  # short: a UNIX socket path has 107 bytes
+    server = StateServer(os.path.join(directory, "state.sock"), node)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    node.socket = server.server_address
+    yield node
+    server.shutdown()
+    server.server_close()
+    shutil.rmtree(directory)
+
+
+@pytest.fixture
+def app(reflector):
+    return create_app({"REFLECTOR_SOCKET": reflector.socket, "API_TOKEN": TOKEN})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def test_the_factory_takes_its_config_and_ignores_the_environment(monkeypatch, reflector):
+    monkeypatch.setenv("MEGALOS_API_TOKEN", "from-env")
+    app = create_app({"REFLECTOR_SOCKET": reflector.socket, "PAGE_LIMIT": 7})
+    assert app.config["API_TOKEN"] is None and app.config["PAGE_LIMIT"] == 7
+    assert create_app().config["API_TOKEN"] == "from-env"  # no config: the environment
+
+
+def test_settings_read_the_token_from_the_environment_or_a_file(tmp_path):
+    assert settings.read_token({}) is None
+    assert settings.read_token({"MEGALOS_API_TOKEN": " t1 "}) == "t1"
+    secret = tmp_path / "token"
+    secret.write_text("t2\n")
+    assert settings.read_token({"MEGALOS_API_TOKEN_FILE": str(secret)}) == "t2"
+    with pytest.raises(settings.SettingsError, match="missing"):
+        settings.read_token({"MEGALOS_API_TOKEN_FILE": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(settings.SettingsError, match="empty"):
+        settings.read_token({"MEGALOS_API_TOKEN_FILE": str(tmp_path / "empty")})
+    env = settings.from_env({"MEGALOS_REFLECTOR_SOCKET": "/x.sock",
+                             "MEGALOS_API_EVENTS_MAX_TIMEOUT": "2.5"})
+    assert env == {"API_TOKEN": None, "REFLECTOR_SOCKET": "/x.sock", "EVENTS_MAX_TIMEOUT": 2.5}
+
+
+def test_the_state_client_hands_large_tables_through_as_sent(reflector):
+    client = StateClient(reflector.socket)
+    raw = client.call_raw("vni", vni=100, limit=10)
+    assert raw.startswith(b'{"vni":100,') and json.loads(raw) == client.call("vni", vni=100, limit=10)
+    assert json.loads(client.call_raw("totals"))["macs"] == 1  # an ordinary result, re-encoded
+    with pytest.raises(ReflectorError) as error:
+        client.call_raw("vni", vni=7)
+    assert error.value.status == 404 and "unknown VNI 7" in str(error.value)
+
+
+def test_reads_go_through_the_state_socket(client):
+    assert client.get("/api/v1/vnis").json == {
+        "vnis": [{"vni": 100, "vteps": 1, "macs": 1}], "total": 1, "next": None}
+    assert client.get("/api/v1/macs/02-00-00-00-00-01").json["locations"][0]["vtep"] == "192.0.2.2"
+    assert client.get("/api/v1/nodes").json["nodes"][0]["address"] == "192.0.2.2"
+
+
+@pytest.mark.parametrize("path, status, message", [
+    ("/api/v1/vnis/abc", 400, "malformed VNI"),
+    ("/api/v1/vnis/0", 400, "malformed VNI"),
+    ("/api/v1/vnis/16777216", 400, "malformed VNI"),
+    ("/api/v1/vnis/" + "9" * 5000, 400, "malformed VNI"),
+    ("/api/v1/vnis/7", 404, "unknown VNI 7"),
+    ("/api/v1/vnis?limit=0", 400, "malformed limit"),
+    ("/api/v1/vnis?limit=10001", 400, "malformed limit"),
+    ("/api/v1/vnis?cursor=x", 400, "malformed cursor"),
+    ("/api/v1/vnis/100?cursor=no-at-sign", 400, "malformed cursor"),
+    ("/api/v1/vnis?vtep=not-an-ip", 400, "malformed vtep"),
+    ("/api/v1/vnis?node=Bad_Name", 400, "malformed node name"),
+    ("/api/v1/macs/02:00:00:00:00", 400, "malformed MAC"),
+    ("/api/v1/macs/02:00:00:00:00:99", 404, "not announced"),
+    ("/api/v1/macs/02:00:00:00:00:01?vni=x", 400, "malformed VNI"),
+    ("/api/v1/nodes/192.0.2.77", 404, "not a peer"),
+    ("/api/v1/nodes/nope", 400, "malformed address"),
+    ("/api/v1/events?since=-1", 400, "malformed since"),
+    ("/api/v1/events?timeout=nan", 400, "malformed timeout"),
+    ("/api/v1/events?timeout=-1", 400, "malformed timeout"),
+    ("/no/such/path", 404, "not found"),
+])
+def test_errors_are_json(client, path, status, message):
+    reply = client.get(path)
+    assert reply.status_code == status
+    assert reply.json["status"] == status and message in reply.json["error"], reply.json
+
+
+def test_long_polls_beyond_the_waiters_allowed_answer_at_once(reflector):
+    client = create_app({"REFLECTOR_SOCKET": reflector.socket, "EVENTS_MAX_WAITERS": 0}).test_client()
+    started = time.monotonic()
+    reply = client.get("/api/v1/events?since=2&timeout=5")
+    assert reply.status_code == 200 and reply.json["changes"] == []
+    assert time.monotonic() - started < 2
+
+
+def test_a_wrong_method_is_a_json_405(client):
+    reply = client.put("/api/v1/vnis")
+    assert reply.status_code == 405 and reply.json["status"] == 405
+    assert "GET" in reply.headers["Allow"]
+
+
+def test_mutating_calls_need_the_bearer_token(client, reflector):
+    body = {"address": "192.0.2.9", "name": "node-9"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + TOKEN}):
+        reply = client.post("/api/v1/nodes", json=body, headers=headers)
+        assert reply.status_code == 401 and reply.json["status"] == 401
+        assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.delete("/api/v1/nodes/192.0.2.2").status_code == 401
+    reply = client.post("/api/v1/nodes", json=body, headers=AUTH)
+    assert reply.status_code == 201 and reply.json == {**body, "added": True}
+    assert reply.headers["Location"].endswith("/api/v1/nodes/192.0.2.9")
+    assert client.post("/api/v1/nodes", json=body, headers=AUTH).status_code == 200
+    assert reflector.state.node_names == {"192.0.2.9": "node-9"}
+    assert client.get("/api/v1/nodes/192.0.2.9").json["name"] == "node-9"
+    assert client.delete("/api/v1/nodes/192.0.2.9", headers=AUTH).status_code == 204
+    assert client.delete("/api/v1/nodes/192.0.2.9", headers=AUTH).status_code == 404
+    assert reflector.state.node_names == {}
+
+
+@pytest.mark.parametrize("body, message", [
+    ("not json", "JSON object"),
+    ([], "JSON object"),
+    ({}, "JSON object"),
+    ({"address": "192.0.2.9", "extra": 1}, "unknown fields"),
+    ({"address": 7}, "address"),
+    ({"address": "300.1.1.1"}, "malformed address"),
+    ({"address": "192.0.2.9", "name": "Not A Name"}, "malformed node name"),
+    ({"address": "224.0.0.5"}, "cannot be a BGP peer"),
+    ({"address": "127.0.0.1"}, "cannot be a BGP peer"),
+    ({"address": "192.0.2.1"}, "the reflector itself"),
+])
+def test_a_bad_node_is_refused(client, body, message):
+    data = body if isinstance(body, str) else json.dumps(body)
+    reply = client.post("/api/v1/nodes", data=data, headers=AUTH)
+    assert reply.status_code == 400 and message in reply.json["error"], reply.json
+
+
+def test_without_a_token_on_the_server_mutations_are_forbidden(reflector):
+    client = create_app({"REFLECTOR_SOCKET": reflector.socket}).test_client()
+    reply = client.post("/api/v1/nodes", json={"address": "192.0.2.9"}, headers=AUTH)
+    assert reply.status_code == 403 and "no API token" in reply.json["error"]
+    assert client.delete("/api/v1/nodes/192.0.2.2", headers=AUTH).status_code == 403
+    assert client.get("/api/v1/nodes").status_code == 200
+
+
+def test_a_reflector_that_is_not_there_gives_503():
+    client = create_app({"REFLECTOR_SOCKET": "/nonexistent/megalos.sock", "API_TOKEN": TOKEN}).test_client()
+    for path in ("/api/v1/vnis", "/api/v1/vnis/100", "/api/v1/macs/02:00:00:00:00:01",
+                 "/api/v1/nodes", "/api/v1/events", "/readyz"):
+        reply = client.get(path)
+        assert reply.status_code == 503 and "not answering" in reply.json["error"], path
+    assert client.post("/api/v1/nodes", json={"address": "192.0.2.9"}, headers=AUTH).status_code == 503
+    assert client.get("/healthz").status_code == 200
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and "megalos_reflector_up 0" in metrics.text
+
+
+def test_a_failing_bgp_process_is_503_and_a_reflector_bug_502(client, reflector):
+    reflector.bgp.fail = BgpError("reflector-bgp: process exited with code 1")
+    reply = client.get("/api/v1/nodes")
+    assert reply.status_code == 503 and "process exited" in reply.json["error"]
+    reflector.bgp.fail = RuntimeError("boom")
+    reply = client.get("/api/v1/nodes")
+    assert reply.status_code == 502 and "boom" in reply.json["error"]
+    reflector.bgp.fail = None
+    assert client.get("/api/v1/nodes").status_code == 200  # the connection survived both
+
+
+def test_an_unexpected_error_is_a_json_500_without_traceback():
+    class Broken:
+        def call(self, op, **args):
+            raise RuntimeError("a bug with a secret")
+    client = create_app({"STATE_CLIENT": Broken()}).test_client()
+    reply = client.get("/api/v1/vnis")
+    assert reply.status_code == 500
+    assert reply.json == {"error": "internal error (see the API server's log)", "status": 500}
+
+
+def test_metrics_count_requests_per_endpoint(client):
+    for _ in range(3):
+        client.get("/api/v1/vnis/100")
+    client.get("/api/v1/vnis/abc")
+    client.get("/nowhere")
+    text = client.get("/metrics").text
+    assert 'megalos_api_request_duration_seconds_count{endpoint="/api/v1/vnis/{vni}"} 4' in text
+    assert 'megalos_api_requests_total{endpoint="/api/v1/vnis/{vni}",code="4xx"} 1' in text
+    assert 'megalos_api_requests_total{endpoint="unmatched",code="4xx"} 1' in text
+    assert 'megalos_api_request_duration_seconds_bucket{endpoint="/api/v1/vnis/{vni}",le="+Inf"} 4' in text
+    assert "megalos_vnis 1" in text and "megalos_bgp_peers_established 1" in text
+
+
+def test_worker_metrics_files_add_up(tmp_path, monkeypatch):
+    first = RequestMetrics(["/a", "/b"], str(tmp_path))
+    first.observe("/a", 0.003, 200)
+    first.observe("/b", 2.0, 503)
+    monkeypatch.setattr(os, "getpid", lambda: 999_999)  # another worker, another file
+    second = RequestMetrics(["/a", "/b"], str(tmp_path))
+    second.observe("/a", 0.0001, 200)
+    assert len(list(tmp_path.glob("worker-*.metrics"))) == 2
+    text = "\n".join(second.exposition())
+    assert 'megalos_api_request_duration_seconds_count{endpoint="/a"} 2' in text
+    assert 'megalos_api_request_duration_seconds_bucket{endpoint="/a",le="0.001"} 1' in text
+    assert 'megalos_api_request_duration_seconds_bucket{endpoint="/a",le="0.005"} 2' in text
+    assert 'megalos_api_requests_total{endpoint="/b",code="5xx"} 1' in text
+    other_layout = RequestMetrics(["/c"], str(tmp_path))  # files of another layout are skipped
+    assert 'endpoint="/c"} 0' in "\n".join(other_layout.exposition())
+
+
+def test_the_openapi_document_is_served(client):
+    assert client.get("/api/v1/openapi.json").json == json.loads(json.dumps(DOCUMENT))
+
+
+def test_gunicorn_settings_come_from_the_environment():
+    env = {**os.environ, "MEGALOS_API_BIND": "127.0.0.1:9999,[::1]:9999", "MEGALOS_API_WORKERS": "3"}
+    env.pop("MEGALOS_API_THREADS", None)
+    out = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "--print-config"],
+                         capture_output=True, text=True, env=env, cwd=CONFIG.parent.parent,
+                         timeout=60).stdout
+    config = dict(re.findall(r"^(\w+)\s+= (.*)$", out, re.M))
+    assert config["bind"] == "['127.0.0.1:9999', '[::1]:9999']"
+    assert config["worker_class"] == "gthread" and config["workers"] == "3"
+    assert config["threads"] == "16" and config["wsgi_app"] == "api:create_app()"
+    assert config["control_socket_disable"] == "True"
+
+
+# -- real HTTP, real reflector and speakers ------------------------------------------------------
+root = pytest.mark.root
+V1, V2, V_NONE = 70100, 70101, 70199
+MACS = {"a": "02:a1:00:00:00:01", "b": "02:a1:00:00:00:02", "c": "02:a1:00:00:00:03"}
+TWICE = "02:a1:00:00:00:99"   # announced by two nodes in V2
+MAX_WAIT = 8                  # the live server's longest long poll, seconds
+
+
+def http(method: str, url: str, body=None, headers=None, timeout: float = 15.0):
+    """(status, headers, JSON body or text) of one real HTTP request."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            status, head, raw = reply.status, reply.headers, reply.read()
+    except urllib.error.HTTPError as exc:
+        status, head, raw = exc.code, exc.headers, exc.read()
+    text = raw.decode()
+    is_json = head.get("Content-Type", "").startswith("application/json")
+    return status, head, json.loads(text) if is_json and text else text
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()
+
+
+def attach(runtime, node, pod, vni, mac):
+    reply = runtime.call("ADD", kathara_conf("lan", vni), container_id=f"c-{pod.name}",
+                         netns=pod.netns_path, ifname="net0", args=f"MAC={mac}", socket=node.socket)
+    assert reply.code == 0, reply
+
+
+@dataclass
+class Live:
+    cluster: Cluster
+    rr: object
+    n1: object
+    n2: object
+    n3: object
+    api: ApiServer
+    runtime: object
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    def get(self, path: str, **kw):
+        return http("GET", self.url + path, **kw)
+
+
+@pytest.fixture(scope="module")
+def live(runtime):
+    """rr reflects for n1 and n2 (n3 runs an agent but is no peer until POST /api/v1/nodes);
+    V1 has a MAC of each of a, b (n1, n2) and c (n1); V2 has one MAC announced by both nodes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    with Cluster() as cluster:
+        rr, n1, n2, n3 = (cluster.add_node(name) for name in ("rr", "n1", "n2", "n3"))
+        rr.start_reflector("--peer", n1.ip, "--peer", n2.ip)
+        for node in (n1, n2, n3):
+            node.start_agent("--reflector", rr.ip)
+        for node, pod, vni, mac in ((n1, "a", V1, MACS["a"]), (n2, "b", V1, MACS["b"]),
+                                    (n1, "c", V1, MACS["c"]), (n1, "d", V2, TWICE),
+                                    (n2, "e", V2, TWICE)):
+            attach(runtime, node, node.add_pod(pod), vni, mac)
+        api = ApiServer(rr.socket, token=TOKEN, env={"MEGALOS_API_EVENTS_MAX_TIMEOUT": str(MAX_WAIT)})
+        with api:
+            live = Live(cluster, rr, n1, n2, n3, api, runtime)
+            expected = [{"vni": V1, "vteps": 2, "macs": 3}, {"vni": V2, "vteps": 2, "macs": 1}]
+            converged = wait_for(lambda: live.get("/api/v1/vnis")[2].get("vnis") == expected
+                                 and len(live.get(f"/api/v1/macs/{TWICE}")[2].get("locations", [])) == 2)
+            assert converged, (live.get("/api/v1/vnis"), api.log()[-2000:])
+            yield live
+
+
+@root
+def test_vnis_lists_each_vni_with_its_vtep_and_mac_counts(live):
+    status, headers, body = live.get("/api/v1/vnis")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert body == {"vnis": [{"vni": V1, "vteps": 2, "macs": 3}, {"vni": V2, "vteps": 2, "macs": 1}],
+                    "total": 2, "next": None}
+
+
+@root
+def test_a_vni_shows_its_vteps_and_mac_table(live):
+    status, _, body = live.get(f"/api/v1/vnis/{V1}")
+    assert status == 200
+    assert [v["address"] for v in body["vteps"]] == sorted([live.n1.ip, live.n2.ip])
+    assert body["mac_count"] == 3 and body["next"] is None
+    table = {row["mac"]: row for row in body["macs"]}
+    assert {mac: table[mac]["vtep"] for mac in table} == {
+        MACS["a"]: live.n1.ip, MACS["b"]: live.n2.ip, MACS["c"]: live.n1.ip}
+    for row in body["macs"]:
+        assert row["vni"] == V1 and row["ip"] is None and row["ips"] == []
+        assert time.time() - 600 < row["first_seen"] <= row["last_changed"] <= time.time()
+
+
+@root
+def test_a_mac_seen_on_two_nodes_shows_both(live):
+    status, _, body = live.get(f"/api/v1/macs/{TWICE.upper().replace(':', '-')}")
+    assert status == 200 and body["mac"] == TWICE
+    assert [(row["vni"], row["vtep"]) for row in body["locations"]] == [
+        (V2, ip) for ip in sorted([live.n1.ip, live.n2.ip])]
+    assert live.get(f"/api/v1/macs/{TWICE}?vtep={live.n2.ip}")[2]["locations"][0]["vtep"] == live.n2.ip
+    assert live.get(f"/api/v1/macs/{TWICE}?vni={V1}")[0] == 404
+
+
+@root
+def test_tables_come_in_pages(live):
+    vnis, cursor = [], None
+    while True:
+        status, _, page = live.get("/api/v1/vnis?limit=1" + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200 and len(page["vnis"]) <= 1 and page["total"] == 2
+        vnis += [v["vni"] for v in page["vnis"]]
+        cursor = page["next"]
+        if not cursor:
+            break
+    assert vnis == [V1, V2]
+    macs, cursor = [], None
+    while True:
+        query = "limit=2" + (f"&cursor={urllib.request.quote(cursor)}" if cursor else "")
+        page = live.get(f"/api/v1/vnis/{V1}?{query}")[2]
+        assert page["mac_count"] == 3 and len(page["vteps"]) == 2  # every page: all the VTEPs
+        macs += [row["mac"] for row in page["macs"]]
+        cursor = page["next"]
+        if not cursor:
+            break
+    assert macs == sorted(MACS.values())
+    assert live.get(f"/api/v1/vnis/{V1}?cursor=garbage")[0] == 400
+
+
+@root
+def test_tables_filter_by_vtep_and_by_node_name(live):
+    body = live.get(f"/api/v1/vnis/{V1}?vtep={live.n2.ip}")[2]
+    assert [row["mac"] for row in body["macs"]] == [MACS["b"]]
+    # Name n1 (already a peer: 200, not 201); its rows carry the name, and the name filters.
+    status, _, added = http("POST", live.url + "/api/v1/nodes",
+                            {"address": live.n1.ip, "name": "n1"}, AUTH)
+    assert status == 200 and added == {"address": live.n1.ip, "name": "n1", "added": False}
+    body = live.get(f"/api/v1/vnis/{V1}?node=n1")[2]
+    assert [row["mac"] for row in body["macs"]] == [MACS["a"], MACS["c"]]
+    assert {row["node"] for row in body["macs"]} == {"n1"}
+    assert {v["address"]: v["node"] for v in body["vteps"]} == {live.n1.ip: "n1", live.n2.ip: None}
+    assert live.get("/api/v1/vnis?node=nobody")[2] == {"vnis": [], "total": 0, "next": None}
+    both = f"/api/v1/vnis/{V1}?node=n1&vtep="
+    assert len(live.get(both + live.n1.ip)[2]["macs"]) == 2  # given both, rows match both
+    assert live.get(both + live.n2.ip)[2]["macs"] == []
+    nodes = {n["address"]: n for n in live.get("/api/v1/nodes")[2]["nodes"]}
+    assert nodes[live.n1.ip]["name"] == "n1"
+
+
+@root
+def test_unknown_and_malformed_are_404_and_400(live):
+    for path, status in ((f"/api/v1/vnis/{V_NONE}", 404), ("/api/v1/vnis/x1", 400),
+                         ("/api/v1/macs/02:a1:00:00:00:77", 404), ("/api/v1/macs/02:a1", 400),
+                         ("/api/v1/nodes/192.0.2.200", 404), ("/api/v2/vnis", 404)):
+        code, headers, body = live.get(path)
+        assert code == status and body["status"] == status, (path, body)
+        assert headers["Content-Type"] == "application/json"
+
+
+@root
+def test_nodes_are_the_reflectors_bgp_peers(live):
+    status, _, body = live.get("/api/v1/nodes")
+    assert status == 200
+    peers = {n["address"]: n for n in body["nodes"]}
+    for node in (live.n1, live.n2):
+        peer = peers[node.ip]
+        assert peer["state"] == "Established" and peer["uptime"] > 0
+        assert peer["received"] >= 2 and peer["sent"] >= 1  # its Type-3s and MACs; the other's
+    assert live.get(f"/api/v1/nodes/{live.n2.ip}")[2]["address"] == live.n2.ip
+
+
+@root
+def test_adding_and_removing_a_node_needs_the_token(live):
+    url, n3 = live.url + "/api/v1/nodes", live.n3
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        status, head, body = http("POST", url, {"address": n3.ip}, headers)
+        assert status == 401 and body["status"] == 401 and "Bearer" in head["WWW-Authenticate"]
+    status, head, body = http("POST", url, {"address": n3.ip, "name": "n3"}, AUTH)
+    assert status == 201 and body == {"address": n3.ip, "name": "n3", "added": True}
+    assert head["Location"].endswith(f"/api/v1/nodes/{n3.ip}")
+    up = wait_for(lambda: live.get(f"/api/v1/nodes/{n3.ip}")[2].get("state") == "Established")
+    assert up, live.get(f"/api/v1/nodes/{n3.ip}")
+    assert http("DELETE", f"{url}/{n3.ip}")[0] == 401
+    assert http("DELETE", f"{url}/{n3.ip}", headers=AUTH)[0] == 204
+    assert http("DELETE", f"{url}/{n3.ip}", headers=AUTH)[0] == 404
+    assert live.get(f"/api/v1/nodes/{n3.ip}")[0] == 404
+    assert http("POST", url, {"adress": n3.ip}, AUTH)[0] == 400
+
+
+@root
+def test_a_server_without_a_token_refuses_changes(live):
+    with ApiServer(live.rr.socket, token=None, workers=1, threads=2) as api:
+        status, _, body = http("POST", api.url + "/api/v1/nodes", {"address": live.n3.ip}, AUTH)
+        assert status == 403 and "no API token" in body["error"]
+        assert http("DELETE", f"{api.url}/api/v1/nodes/{live.n1.ip}", headers=AUTH)[0] == 403
+        assert http("GET", api.url + "/api/v1/nodes")[0] == 200
+
+
+@root
+def test_the_events_long_poll_returns_when_a_pod_is_added(live):
+    seq = live.get("/api/v1/events?timeout=0&limit=1")[2]["seq"]
+    result = {}
+
+    def poll():
+        started = time.monotonic()
+        result["reply"] = live.get(f"/api/v1/events?since={seq}&timeout={MAX_WAIT}&vni={V1}",
+                                   timeout=30)
+        result["elapsed"] = time.monotonic() - started
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    time.sleep(0.3)  # the poll is waiting
+    attach(live.runtime, live.n2, live.n2.add_pod("f"), V1, "02:a1:00:00:00:f0")
+    waiter.join(30)
+    status, _, body = result["reply"]
+    assert status == 200 and result["elapsed"] < MAX_WAIT - 0.5, result  # woken, not timed out
+    added = [c for c in body["changes"] if c.get("mac") == "02:a1:00:00:00:f0"]
+    assert added and added[0]["action"] == "add" and added[0]["vtep"] == live.n2.ip, body
+    assert all(change["seq"] > seq and change["vni"] == V1 for change in body["changes"])
+    assert body["next"] >= body["changes"][-1]["seq"] and not body["truncated"]
+
+
+@root
+def test_the_events_long_poll_is_bounded(live):
+    seq = live.get("/api/v1/events?timeout=0&limit=1")[2]["seq"]
+    started = time.monotonic()
+    status, _, body = live.get(f"/api/v1/events?since={seq}&timeout=999&vni={V_NONE}", timeout=30)
+    elapsed = time.monotonic() - started
+    assert status == 200 and body["changes"] == []
+    assert MAX_WAIT - 0.5 < elapsed < MAX_WAIT + 4  # shortened to the server's maximum
+
+
+@root
+def test_health_readiness_and_metrics(live):
+    assert live.get("/healthz")[:3:2] == (200, {"status": "ok"})
+    status, _, body = live.get("/readyz")
+    assert status == 200 and body["reflector"]["router_id"] == live.rr.ip
+    for _ in range(20):  # on fresh connections: both workers answer some
+        assert live.get(f"/api/v1/vnis/{V2}")[0] == 200
+    status, headers, text = live.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    values = dict(re.findall(r"^(megalos_\S+) (\S+)$", text, re.M))
+    assert values["megalos_reflector_up"] == "1"
+    assert int(values["megalos_bgp_peers"]) >= 2 and int(values["megalos_bgp_peers_established"]) >= 2
+    assert int(values["megalos_bgp_routes"]) >= 6 and int(values["megalos_vnis"]) == 2
+    assert int(values["megalos_macs"]) >= 4
+    count = 'megalos_api_request_duration_seconds_count{endpoint="/api/v1/vnis/{vni}"}'
+    assert int(values[count]) >= 20
+    # Every scrape, whichever worker answers it, adds up both workers' counts.
+    assert all(int(dict(re.findall(r"^(megalos_\S+) (\S+)$", live.get("/metrics")[2], re.M))[count])
+               >= 20 for _ in range(6))
+
+
+@root
+def test_the_openapi_document_is_served_live(live):
+    status, _, body = live.get("/api/v1/openapi.json")
+    assert status == 200 and body["openapi"].startswith("3.") and "/api/v1/vnis/{vni}" in body["paths"]
+
+
+@root
+def test_a_dead_reflector_gives_503_until_it_is_back(live):
+    """Runs last in this module: it kills the reflector, then starts it again."""
+    live.rr.stop_agent(sig=signal.SIGKILL)
+    try:
+        for path in ("/api/v1/vnis", f"/api/v1/vnis/{V1}", f"/api/v1/macs/{TWICE}", "/api/v1/nodes",
+                     "/api/v1/events?timeout=1", "/readyz"):
+            status, headers, body = live.get(path)
+            assert status == 503 and body["status"] == 503 and "not answering" in body["error"], path
+            assert headers["Retry-After"]
+        assert http("POST", live.url + "/api/v1/nodes", {"address": live.n3.ip}, AUTH)[0] == 503
+        assert live.get("/healthz")[0] == 200
+        status, _, text = live.get("/metrics")
+        assert status == 200 and "megalos_reflector_up 0" in text
+    finally:
+        if os.path.exists(live.rr.socket):
+            os.unlink(live.rr.socket)  # stale: the killed reflector could not remove it
+        live.rr.start_reflector("--peer", live.n1.ip, "--peer", live.n2.ip)
+    assert wait_for(lambda: live.get("/readyz")[0] == 200, timeout=15)
+    assert wait_for(lambda: live.get("/api/v1/vnis")[2]["total"] == 2, timeout=30)

@@ -1,0 +1,174 @@
+"""megalosctl run as a subprocess (`python -m api.cli`) against the live API (gunicorn, a real
+reflector and speakers in namespaces): tables, -o json, wait that converges and wait that times
+out. Its pure presentation helpers are tested with plain values first."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from api import cli
+from api.testing import ApiServer, free_port
+from lab.cluster import REPO, Cluster
+from lab.runtime import kathara_conf
+
+TOKEN = "ctl-token"
+VNI = 70300
+MAC_A, MAC_B, MAC_LATE = "02:c1:00:00:00:01", "02:c1:00:00:00:02", "02:c1:00:00:00:0f"
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+def test_table_aligns_columns_and_shows_empty_cells_as_dashes():
+    assert cli.table(["A", "LONGER"], [["x", None], ["wide-cell", 7]]).splitlines() == [
+        "A          LONGER", "x          -", "wide-cell  7"]
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "-"), (5.9, "5s"), (65, "1m05s"),
+                                           (3 * 3600 + 120, "3h02m"), (2 * 86400 + 3600, "2d01h")])
+def test_durations_read_like_kubectl(seconds, text):
+    assert cli.duration(seconds) == text
+
+
+def test_times_are_utc():
+    assert cli.when(0) == "1970-01-01T00:00:00Z" and cli.when(None) == "-"
+
+
+# -- against the live server ----------------------------------------------------------------------
+def ctl(live, *argv, timeout=60, env=None):
+    """Run megalosctl; (exit code, stdout, stderr)."""
+    environ = {**os.environ, "MEGALOS_API": live["url"], "MEGALOS_API_TOKEN": "", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "api.cli", *argv], capture_output=True, text=True,
+                          cwd=REPO, env=environ, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def attach(runtime, node, name, mac):
+    pod = node.add_pod(name)
+    reply = runtime.call("ADD", kathara_conf("lan", VNI), container_id=f"c-{name}",
+                         netns=pod.netns_path, ifname="net0", args=f"MAC={mac}", socket=node.socket)
+    assert reply.code == 0, reply
+
+
+@pytest.fixture(scope="module")
+def live(runtime):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    with Cluster() as cluster:
+        rr, n1, n2 = (cluster.add_node(name) for name in ("rr", "n1", "n2"))
+        rr.start_reflector("--peer", n1.ip, "--peer", n2.ip)
+        n1.start_agent("--reflector", rr.ip)
+        n2.start_agent("--reflector", rr.ip)
+        attach(runtime, n1, "a", MAC_A)
+        attach(runtime, n2, "b", MAC_B)
+        # Pages of one row: the CLI has to follow them.
+        with ApiServer(rr.socket, token=TOKEN, workers=1, threads=8,
+                       env={"MEGALOS_API_PAGE_LIMIT": "1"}) as api:
+            live = {"url": api.url, "n1": n1, "n2": n2, "runtime": runtime}
+            code, _, err = ctl(live, "wait", "--mac", MAC_A, "--mac", MAC_B, "--timeout", "30")
+            assert code == 0, err
+            yield live
+
+
+root = pytest.mark.root
+
+
+@root
+def test_vnis_as_a_table_and_as_json(live):
+    code, out, _ = ctl(live, "vnis")
+    assert code == 0
+    assert out.split("\n")[0].split() == ["VNI", "VTEPS", "MACS"]
+    assert out.split("\n")[1].split() == [str(VNI), "2", "2"]
+    code, out, _ = ctl(live, "vnis", "-o", "json")
+    assert code == 0 and json.loads(out) == {"vnis": [{"vni": VNI, "vteps": 2, "macs": 2}]}
+
+
+@root
+def test_vni_shows_vteps_and_the_mac_table(live):
+    n1, n2 = live["n1"], live["n2"]
+    code, out, _ = ctl(live, "vni", str(VNI))
+    assert code == 0
+    assert out.startswith(f"VNI {VNI}: 2 VTEPs, 2 MACs")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("02:")}
+    assert rows[MAC_A][1] == n1.ip and rows[MAC_B][1] == n2.ip
+    assert "FIRST SEEN" in out and rows[MAC_A][4].endswith("Z")
+    # Every page (of one row, on this server) is followed into one document.
+    code, out, _ = ctl(live, "-o", "json", "vni", str(VNI))
+    doc = json.loads(out)
+    assert [row["mac"] for row in doc["macs"]] == [MAC_A, MAC_B] and doc["next"] is None
+    code, out, _ = ctl(live, "vni", str(VNI), "--limit", "1", "-o", "json")
+    assert len(json.loads(out)["macs"]) == 1 and json.loads(out)["next"]
+    code, out, _ = ctl(live, "vni", str(VNI), "--vtep", n2.ip)
+    assert MAC_B in out and MAC_A not in out
+
+
+@root
+def test_mac_and_nodes(live):
+    code, out, _ = ctl(live, "mac", MAC_A.upper())
+    assert code == 0 and out.splitlines()[1].split()[:3] == [str(VNI), MAC_A, live["n1"].ip]
+    code, out, _ = ctl(live, "nodes")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["ADDRESS", "NAME", "STATE"]
+    assert sum("Established" in line for line in out.splitlines()) == 2
+    code, out, _ = ctl(live, "nodes", "-o", "json")
+    assert {n["address"] for n in json.loads(out)["nodes"]} == {live["n1"].ip, live["n2"].ip}
+
+
+@root
+def test_errors_have_clear_messages_and_exit_codes(live):
+    code, out, err = ctl(live, "mac", "02:c1:00:00:00:77")
+    assert code == 3 and out == "" and "404" in err and "not announced" in err
+    code, _, err = ctl(live, "vni", "70399")
+    assert code == 3 and "unknown VNI 70399" in err
+    code, _, err = ctl(live, "add-node", "192.0.2.250")
+    assert code == 3 and "401" in err
+    code, _, err = ctl(live, "--server", f"http://127.0.0.1:{free_port()}", "vnis")
+    assert code == 4 and "cannot reach the API" in err
+    code, _, err = ctl(live, "wait", "--timeout", "1")
+    assert code == 2 and "nothing to wait for" in err
+    code, _, err = ctl(live, "wait", "--vteps", "2")
+    assert code == 2 and "--vteps needs --vni" in err
+
+
+@root
+def test_add_node_and_remove_node_with_the_token(live):
+    code, out, err = ctl(live, "add-node", "192.0.2.250", "--name", "n-250", "--token", TOKEN)
+    assert code == 0 and "added" in out, err
+    code, out, _ = ctl(live, "nodes", "-o", "json")
+    assert {"address": "192.0.2.250", "name": "n-250"}.items() <= next(
+        n for n in json.loads(out)["nodes"] if n["address"] == "192.0.2.250").items()
+    code, out, _ = ctl(live, "remove-node", "192.0.2.250", env={"MEGALOS_API_TOKEN": TOKEN})
+    assert code == 0 and "removed" in out
+
+
+@root
+def test_wait_returns_when_the_mac_and_vteps_converge(live):
+    ok, out, err = ctl(live, "wait", "--vni", str(VNI), "--vteps", "2", "--timeout", "5")
+    assert ok == 0 and "converged" in err
+    started = time.monotonic()
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "wait", "--mac", MAC_LATE, "--vni", str(VNI),
+         "--timeout", "30", "-o", "json"], cwd=REPO, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**os.environ, "MEGALOS_API": live["url"]})
+    time.sleep(1.5)
+    assert waiting.poll() is None  # still waiting: the MAC is not there
+    attach(live["runtime"], live["n2"], "late", MAC_LATE)
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, err
+    assert time.monotonic() - started < 15
+    assert f"MAC {MAC_LATE} in VNI {VNI} not announced" in err  # progress, on stderr
+    assert json.loads(out)["converged"] is True
+
+
+@root
+def test_wait_times_out_with_a_clear_message(live):
+    started = time.monotonic()
+    code, out, err = ctl(live, "wait", "--mac", "02:c1:00:00:00:ee", "--vni", str(VNI),
+                         "--vteps", "3", "--timeout", "2")
+    assert code == 1 and out == ""
+    assert 1.5 < time.monotonic() - started < 10
+    assert "timed out after 2 s" in err
+    assert "MAC 02:c1:00:00:00:ee in VNI 70300 not announced" in err
+    assert f"VNI {VNI} has 2 of 3 VTEPs" in err
