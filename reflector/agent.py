@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from reflector.protocol import DEFAULT_SOCKET, VERSION, encode
+from reflector.protocol import DEFAULT_SOCKET, OPS, VERSION, RawJson, encode, encode_ok
 from reflector.state import ReflectorState
 from speaker.bgp_client import BgpError, BgpProcess
 
@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-cidr", action="append", default=[], metavar="CIDR",
                    help=f"accept every address of this network as a peer (at most {MAX_CIDR_PEERS})")
     p.add_argument("--hold-time", type=int, default=9)
+    p.add_argument("--restart-grace", type=int, default=-1,
+                   help="seconds a node's routes are kept after its session closes, so a "
+                   "restarting agent does not interrupt traffic (default: hold time - 1, so a "
+                   "dead node is still withdrawn within the hold time; a silent node whose hold "
+                   "timer expires is withdrawn at once)")
     p.add_argument("--md5-password", default="")
     p.add_argument("--state-socket", default=DEFAULT_SOCKET)
     p.add_argument("--log-level", default="INFO")
@@ -69,7 +74,9 @@ class Reflector:
         self.bgp = BgpProcess(on_event=self._on_event, name="reflector-bgp")
         self.bgp.call("start", router_id=args.router_id, asn=args.asn, role="reflector",
                       cluster_id=args.cluster_id, listen_host=args.listen_host or args.router_id,
-                      listen_port=args.bgp_port, hold_time=args.hold_time)
+                      listen_port=args.bgp_port, hold_time=args.hold_time,
+                      restart_grace=args.restart_grace if args.restart_grace >= 0
+                      else max(args.hold_time - 1, 0))
 
     def _on_event(self, event: dict) -> None:
         if event.get("event") == "peer":
@@ -78,10 +85,13 @@ class Reflector:
         self.state.apply(event)
 
     def add_peer(self, address: str, passive: bool = False) -> bool:
+        """The reflector dials its nodes (they listen): sessions come back about 1 s after a
+        restart on either side, and two sides dialling at once cannot collide (os-ken drops
+        both connections of a collision and waits its full retry time)."""
         address = str(ipaddress.ip_address(address))
         extra = {"password": self.args.md5_password} if self.args.md5_password else {}
         added = self.bgp.call("peer_add", address=address,
-                              connect_mode="passive" if passive else "both", **extra)
+                              connect_mode="passive" if passive else "active", **extra)
         self.peers.add(address)
         return bool(added)
 
@@ -97,50 +107,133 @@ class Reflector:
 
     # -- the state socket ----------------------------------------------------------------------
     def answer(self, request: dict):
+        """The result of one state-socket request (see reflector.protocol for the ops).
+        Raises LookupError (404), ValueError/TypeError/KeyError (400) or BgpError (503)."""
         op = request.get("op")
-        if op == "hello":
-            return {"version": VERSION, "router_id": self.args.router_id, "started": self.started}
-        if op == "totals":
-            return {**self.state.totals(), "peers": len(self.peers)}
-        if op == "vnis":
-            return self.state.vni_summary()
-        if op == "vni":
-            detail = self.state.vni_detail(int(request["vni"]))
-            if detail is None:
-                raise LookupError(f"unknown VNI {request['vni']}")
-            return detail
-        if op == "mac":
-            return self.state.where_is(str(request["mac"]))
-        if op == "peers":
-            return self.bgp.call("peers")
-        if op == "events":
-            return self.state.changes_since(int(request.get("since", 0)),
-                                            min(float(request.get("timeout", 0)), 60.0),
-                                            int(request.get("limit", 1000)))
-        if op == "peer_add":
-            return self.add_peer(request["address"])
-        if op == "peer_del":
-            return self.remove_peer(request["address"])
-        raise ValueError(f"unknown op {op!r}")
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}")
+        return getattr(self, f"_answer_{op}")(request)
+
+    def _answer_hello(self, request: dict):
+        return {"version": VERSION, "router_id": self.args.router_id, "started": self.started,
+                "ops": list(OPS)}
+
+    def _answer_totals(self, request: dict):
+        return {**self.state.totals(), "peers": len(self.peers)}
+
+    def _answer_vnis(self, request: dict):
+        return self.state.vni_summary(request.get("limit"), _cursor(request),
+                                      self._vtep_filter(request))
+
+    def _answer_vni(self, request: dict):
+        vni = _int(request, "vni")
+        detail = self.state.vni_detail_json(vni, request.get("limit"), _cursor(request),
+                                            self._vtep_filter(request))
+        if detail is None:
+            raise LookupError(f"unknown VNI {vni}")
+        return RawJson(detail)
+
+    def _answer_mac(self, request: dict):
+        vni = request.get("vni")
+        return self.state.where_is(str(request["mac"]).lower(),
+                                   None if vni is None else _int(request, "vni"),
+                                   self._vtep_filter(request))
+
+    def _answer_peers(self, request: dict):
+        peers = self.bgp.call("peers")
+        for peer in peers:
+            peer["name"] = self.state.node_names.get(peer["address"])
+        return peers
+
+    def _answer_events(self, request: dict):
+        since, timeout = _int(request, "since", 0), float(request.get("timeout") or 0)
+        if since < 0 or not 0 <= timeout <= 3600:
+            raise ValueError("since must be >= 0 and timeout a number of seconds >= 0")
+        vni = request.get("vni")
+        return self.state.changes_since(since, min(timeout, 60.0), request.get("limit", 1000),
+                                        None if vni is None else _int(request, "vni"))
+
+    def _answer_peer_add(self, request: dict):
+        address = _peer_address(request)
+        if address == self.args.router_id:
+            raise ValueError(f"{address} is the reflector itself")
+        name = request.get("name")
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= 253):
+            raise ValueError("a node name is a string of 1 to 253 characters")
+        added = self.add_peer(address)
+        if name is not None:
+            self.state.name_node(address, name)
+        return added
+
+    def _answer_peer_del(self, request: dict):
+        address = str(ipaddress.ip_address(str(request["address"])))
+        removed = self.remove_peer(address)
+        self.state.name_node(address, None)
+        return removed
+
+    def _vtep_filter(self, request: dict) -> str | None:
+        """The VTEP address a query is narrowed to: `vtep` (an address) and/or `node` (a name;
+        both: rows must match both)."""
+        vtep, node = request.get("vtep"), request.get("node")
+        vtep = str(ipaddress.ip_address(vtep)) if vtep else None
+        if not node:
+            return vtep
+        named = self.state.node_address(node)
+        if named is None or (vtep and vtep != named):
+            return f"no such node {node}"  # matches no row
+        return named
+
+
+def _int(request: dict, key: str, default=None) -> int:
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer")
+    return value
+
+
+def _cursor(request: dict) -> str | None:
+    cursor = request.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise ValueError("cursor must be a string")
+    return cursor or None
+
+
+def _peer_address(request: dict) -> str:
+    address = ipaddress.ip_address(str(request["address"]))
+    if (address.is_multicast or address.is_unspecified or address.is_loopback
+            or address.is_link_local or address.is_reserved):
+        raise ValueError(f"{address} cannot be a BGP peer")
+    return str(address)
 
 
 class _StateHandler(socketserver.StreamRequestHandler):
     def handle(self):
         for line in self.rfile:
+            reply = self.reply(line)
             try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("a request is a JSON object")
-                if request.get("v") != VERSION:
-                    raise ValueError(f"protocol version {request.get('v')!r} is not {VERSION}")
-                reply = {"v": VERSION, "ok": True, "result": self.server.reflector.answer(request)}
-            except LookupError as exc:
-                reply = {"v": VERSION, "ok": False, "error": str(exc).strip("'\""), "status": 404}
-            except (ValueError, TypeError, KeyError) as exc:
-                reply = {"v": VERSION, "ok": False, "error": f"bad request: {exc}", "status": 400}
-            except BgpError as exc:
-                reply = {"v": VERSION, "ok": False, "error": str(exc), "status": 503}
-            self.wfile.write(encode(reply))
+                self.wfile.write(reply if isinstance(reply, bytes) else encode(reply))
+            except OSError:
+                return  # the client went away
+
+    def reply(self, line: bytes) -> bytes | dict:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            if request.get("v") != VERSION:
+                raise ValueError(f"protocol version {request.get('v')!r} is not {VERSION}")
+            return encode_ok(self.server.reflector.answer(request))
+        except KeyError as exc:  # before LookupError, of which it is one
+            return {"v": VERSION, "ok": False, "error": f"bad request: missing {exc}", "status": 400}
+        except LookupError as exc:
+            return {"v": VERSION, "ok": False, "error": str(exc).strip("'\""), "status": 404}
+        except (ValueError, TypeError) as exc:
+            return {"v": VERSION, "ok": False, "error": f"bad request: {exc}", "status": 400}
+        except BgpError as exc:
+            return {"v": VERSION, "ok": False, "error": str(exc), "status": 503}
+        except Exception as exc:  # a bug: answer it rather than drop the connection
+            log.exception("state socket request %r", line[:200])
+            return {"v": VERSION, "ok": False, "error": f"reflector error: {exc}", "status": 500}
 
 
 class StateServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -38,9 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md5-password", default="", help="TCP MD5 password for BGP sessions")
     p.add_argument("--reconcile-interval", type=float, default=30.0,
                    help="seconds between full kernel/BGP reconciliations")
-    p.add_argument("--vtep-grace", type=float, default=5.0,
-                   help="seconds remote entries of a node that vanished are kept (a restarting "
-                   "agent comes back within it)")
+    p.add_argument("--stale-time", type=float, default=60.0,
+                   help="seconds remote entries are kept while no reflector is reachable")
     p.add_argument("--log-level", default="INFO")
     return p
 

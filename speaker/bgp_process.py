@@ -38,8 +38,10 @@ Commands (``op`` and its fields; results in brackets):
     ``hold_time`` (default 9; 0 or >= 3), ``keepalive`` (optional; os-ken
     always uses hold_time // 3, anything else is refused),
     ``connect_retry`` (default 1: seconds between attempts to connect to
-    an active/both peer; os-ken's own 30 s delays every re-connection).
-    [null]
+    an active/both peer; os-ken's own 30 s delays every re-connection),
+    ``restart_grace`` (seconds a peer's routes are kept after its session
+    closes, for a restarting agent; default 0 = upstream behaviour; a
+    hold-timer expiry still withdraws at once). [null]
     Must come first; a second start is an error. A start that fails (for
     example, the address cannot be bound) leaves the process unusable:
     close it and start another.
@@ -250,6 +252,7 @@ class StartConfig:
     listen_port: int
     hold_time: int
     connect_retry: int = 1
+    restart_grace: float = 0.0
 
 
 def parse_start(args):
@@ -278,6 +281,7 @@ def parse_start(args):
         listen_port=_int_in(args, 'listen_port', 0, 65535, 179),
         hold_time=hold_time,
         connect_retry=_int_in(args, 'connect_retry', 1, 3600, 1),
+        restart_grace=float(_int_in(args, 'restart_grace', 0, 3600, 0)),
     )
 
 
@@ -452,6 +456,8 @@ class BgpService:
             cluster_id=config.cluster_id,
         )
         self._osken.compat.set_connect_retry(config.connect_retry)
+        if config.restart_grace:
+            self._osken.compat.enable_restart_grace(config.restart_grace)
         if config.listen_port and not self._wait_listening():
             raise ProtocolError('cannot listen on %s port %d (see log)'
                                 % (hosts[0], config.listen_port))

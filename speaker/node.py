@@ -8,10 +8,10 @@ Continuity (os-ken has no graceful restart, so the agent provides its own):
 - on start the kernel is read first (local LANs and MACs are re-announced) and remote FDB
   entries are left in place; they are reconciled against BGP only once a reflector session has
   been up for `settle` seconds;
-- a withdrawn entry is removed after `withdraw_delay` seconds when its VTEP still serves the
-  VNI (a pod was deleted), but after `vtep_grace` seconds when the VTEP's Type-3 route went too
-  (the whole node vanished: a restarting agent re-announces within that time, so traffic
-  between existing pods is not interrupted; a dead node is gone within hold time + grace);
+- a restarting agent's routes are kept by the reflector for a grace time (see
+  speaker.osken_compat.enable_restart_grace), so other nodes do not drop its MACs;
+- a withdrawn entry is removed after `withdraw_delay` seconds unless it is announced again
+  meanwhile (a withdrawal and its replacement may arrive in separate UPDATEs);
 - when every reflector session is down, removals wait `stale_time` seconds.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 
 from cni.plugin import LanEvents
 from speaker.bgp_client import BgpError, BgpProcess
-from speaker.evpn_state import FloodEntry, MacEntry, RemoteRoutes
+from speaker.evpn_state import MacEntry, RemoteRoutes
 from speaker.fdb import VtepFdb
 from speaker.macwatch import MacWatch
 
@@ -39,7 +39,6 @@ class NodeSpeaker(LanEvents):
         self.settle = settle
         self.stale_time = stale_time
         self.withdraw_delay = withdraw_delay
-        self.vtep_grace = getattr(args, "vtep_grace", 5.0)
         self.remote = RemoteRoutes()
         self.fdb = VtepFdb()
         self.rd_index: dict[int, int] = {}       # local VNI -> RD number
@@ -48,7 +47,6 @@ class NodeSpeaker(LanEvents):
         self.up_since: float | None = None     # when the first session came up
         self.all_down_since: float | None = time.monotonic()
         self.pending: dict = {}                # entry -> when its withdrawal was seen
-        self.flood_since: dict = {}            # (vni, vtep) -> when its Type-3 (re)appeared
         self.bgp: BgpProcess | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -215,9 +213,6 @@ class NodeSpeaker(LanEvents):
     def _program(self, adds: list, removes: list) -> None:
         local = self.announced
         now = time.monotonic()
-        for entry in adds:
-            if isinstance(entry, FloodEntry):
-                self.flood_since[(entry.vni, entry.vtep)] = now
         adds = [e for e in adds if e.vni in self.rd_index
                 and (e.vni, getattr(e, "mac", None)) not in local]
         for entry in removes:
@@ -234,14 +229,7 @@ class NodeSpeaker(LanEvents):
             return []  # no reflector reachable: keep forwarding on what we know
         due = []
         for entry, since in list(self.pending.items()):
-            # Only a VTEP that stayed up throughout lost just this pod; one that vanished or
-            # came back meanwhile is a restarting node: its MACs return within the grace.
-            stayed = entry.vtep in self.remote.floods.get(entry.vni, ()) \
-                and self.flood_since.get((entry.vni, entry.vtep), now) < since
-            wait = self.withdraw_delay if stayed else self.vtep_grace
-            if not self.peers_up:
-                wait = 0  # stale_time already passed
-            if now - since < wait:
+            if self.peers_up and now - since < self.withdraw_delay:
                 continue
             del self.pending[entry]
             if entry not in self.remote.desired(entry.vni):

@@ -18,6 +18,9 @@ Fixes that patch os-ken code in place (call once, at start-up, before the
 - ``patch_update_packing``: one route per BGP UPDATE.
 - ``patch_md5_str_password``: TCP MD5 needs a ``bytes`` key.
 - ``patch_peer_up_address``: ``peer_up_handler`` gets the router id.
+- ``patch_route_refresh_without_med``: a ROUTE-REFRESH kills the session.
+- ``enable_restart_grace`` (reflector only, not in ``apply_all``): os-ken has no
+  graceful restart; keep a peer's routes a while when its session closes.
 
 Helpers used instead of a broken or missing API:
 
@@ -40,6 +43,8 @@ from os_ken.lib.packet.bgp import (
 )
 from os_ken.services.protocols.bgp import bgpspeaker
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
+from os_ken.services.protocols.bgp.core_managers import peer_manager
+from os_ken.services.protocols.bgp.core_managers.peer_manager import PeerManager
 from os_ken.services.protocols.bgp.model import OutgoingRoute, SentRoute
 from os_ken.services.protocols.bgp.peer import Peer, PeerCounterNames
 from os_ken.services.protocols.bgp.rtconf import neighbors
@@ -347,8 +352,29 @@ def patch_peer_up_address():
                     _notify_peer_up_with_address)
 
 
+def _clone_path_keeping_absent_med(path, med):
+    if not med:
+        return path  # no MED configured for the neighbour: nothing to set
+    return original(peer_manager, 'clone_path_and_update_med_for_target_neighbor')(path, med)
+
+
+def patch_route_refresh_without_med():
+    """Answer a ROUTE-REFRESH for paths that carry no MED without dropping the session.
+
+    ``PeerManager.resend_sent`` re-sends every route already sent to the peer and, for a path
+    without a MED, calls ``clone_path_and_update_med_for_target_neighbor(path, peer.med)``,
+    which asserts that the MED is set. EVPN routes have none, so the reflector's answer to a
+    refresh raised AssertionError and it reset the session. A node's speaker sends a refresh
+    each time it adds a VRF (a pod on a new LAN): every such ADD flapped the node's session
+    and, on the other nodes, withdrew and re-learned all of its MACs.
+    """
+    return _replace(peer_manager, 'clone_path_and_update_med_for_target_neighbor',
+                    _clone_path_keeping_absent_med)
+
+
 def apply_all():
     """Apply every in-place fix (idempotent)."""
+    patch_route_refresh_without_med()
     patch_rib_identity_compare()
     patch_route_family_str()
     patch_update_packing()
@@ -441,3 +467,66 @@ def set_connect_retry(seconds):
     if seconds < 1:
         raise ValueError('connect retry must be at least 1 s, not %d' % seconds)
     CORE_MANAGER.common_conf._settings['bgp_conn_retry_time'] = seconds
+
+
+# --- restart grace (reflector role) -------------------------------------------
+
+HOLD_TIMER_EXPIRED_REASON = 'Negotiated hold time'
+_restart_grace = {'seconds': 0.0}
+
+
+def _connection_lost_remembering_reason(self, reason):
+    self._megalos_lost_reason = reason or ''
+    return original(Peer, 'connection_lost')(self, reason)
+
+
+def _forget_sent_routes(table_manager, peer):
+    """What upstream's cleanup does for routes *sent to* the peer: they died with the session."""
+    for table in table_manager._global_tables.values():
+        for dest in table.values():
+            dest.remove_sent_route(peer)
+
+
+def _clean_learned_paths(table_manager, peer):
+    """What upstream's cleanup does for paths *learned from* the peer: drop those older than
+    its current version (those it did not announce again since)."""
+    for table in table_manager._global_tables.values():
+        for dest in table.values():
+            if dest.remove_old_paths_from_source(peer):
+                table._signal_bus.dest_changed(dest)
+
+
+def _on_peer_down_with_grace(self, peer):
+    """Clean the peer's routes now after a hold-timer expiry, later after a closed session."""
+    reason = getattr(peer, '_megalos_lost_reason', '')
+    seconds = _restart_grace['seconds']
+    if not seconds or reason.startswith(HOLD_TIMER_EXPIRED_REASON):
+        return original(PeerManager, 'on_peer_down')(self, peer)
+    LOG.info('peer %s closed its session: keeping its routes %.0f s for a restart',
+             peer.ip_address, seconds)
+    # Sent-route records must go now: deferred, they would erase what the next session sent.
+    _forget_sent_routes(self._table_manager, peer)
+    from os_ken.lib import hub
+    hub.spawn_after(seconds, _clean_learned_paths, self._table_manager, peer)
+
+
+def enable_restart_grace(seconds):
+    """Keep a peer's routes ``seconds`` after its session *closes*; not after a hold expiry.
+
+    Upstream, ``Peer.connection_lost`` bumps the peer's version and
+    ``PeerManager.on_peer_down`` withdraws every route of the peer at once,
+    everywhere. A node agent that restarts closes its session and is back a
+    few seconds later with the same routes: without this, every other node
+    lost its MACs meanwhile and the traffic of existing pods stopped. The
+    cleanup is the upstream one, deferred: it removes only paths older than
+    the peer's current version, so what the restarted peer announced again
+    stays, and what it did not is withdrawn when the grace ends. A peer that
+    goes silent (hold timer expiry: partition, frozen node) is cleaned at
+    once, as upstream does; a dead one after at most ``seconds``.
+    """
+    seconds = float(seconds)
+    if seconds < 0:
+        raise ValueError('restart grace must be >= 0, not %s' % seconds)
+    _restart_grace['seconds'] = seconds
+    _replace(Peer, 'connection_lost', _connection_lost_remembering_reason)
+    _replace(PeerManager, 'on_peer_down', _on_peer_down_with_grace)

@@ -379,6 +379,32 @@ def _connect_loop_started(mode):
     return spawned == ['peer.connect_loop']
 
 
+# --- ROUTE-REFRESH for paths without a MED -----------------------------------------
+
+def _evpn_path_without_med():
+    nlri = bgp_packet.EvpnMacIPAdvertisementNLRI(
+        route_dist='192.0.2.11:1', ethernet_tag_id=0, mac_addr='02:00:00:00:00:01',
+        ip_addr=None, vni=100, esi=bgp_packet.EvpnArbitraryEsi(type_desc.Int9.from_user(0)))
+    origin = bgp_packet.BGPPathAttributeOrigin(bgp_packet.BGP_ATTR_ORIGIN_IGP)
+    return EvpnPath(types.SimpleNamespace(version_num=1), nlri, 1, nexthop='192.0.2.11',
+                    pattrs={bgp_packet.BGP_ATTR_TYPE_ORIGIN: origin})
+
+
+def test_upstream_refresh_clone_asserts_without_med():
+    from os_ken.services.protocols.bgp.core_managers import peer_manager
+    clone = upstream(peer_manager, 'clone_path_and_update_med_for_target_neighbor')
+    with pytest.raises(AssertionError):
+        clone(_evpn_path_without_med(), None)
+
+
+def test_refresh_clone_keeps_a_path_without_med():
+    from os_ken.services.protocols.bgp.core_managers import peer_manager
+    path = _evpn_path_without_med()
+    assert peer_manager.clone_path_and_update_med_for_target_neighbor(path, None) is path
+    with_med = peer_manager.clone_path_and_update_med_for_target_neighbor(path, 50)
+    assert with_med.get_pattr(bgp_packet.BGP_ATTR_TYPE_MULTI_EXIT_DISC).value == 50
+
+
 def test_upstream_connect_mode_compared_by_identity():
     from_json = json.loads('"passive"')
     assert from_json == neighbors.CONNECT_MODE_PASSIVE
