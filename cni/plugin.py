@@ -213,3 +213,15 @@ class Plugin:
                     log.info("GC: removing stale attachment %s on VNI %s", port.name, conf.vni)
                     self._detach(port.name, conf.vni)
             self._drop_lan_if_unused(conf.vni)
+
+    def sweep(self) -> list[int]:
+        """Remove LANs left without pods (their pods' netns went without a DEL: the kernel took
+        the veths with them). What GC does when the runtime calls it, without waiting for it."""
+        removed = []
+        for vni in self.datapath.lans():
+            with self.locks.hold(vni):
+                if self.datapath.remove_lan_if_unused(vni):
+                    log.info("sweep: VNI %d had no pod left: removed its bridge and VTEP", vni)
+                    self.events.lan_removed(vni)
+                    removed.append(vni)
+        return removed

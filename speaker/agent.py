@@ -27,7 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", default=DEFAULT_AGENT_SOCKET, help="CNI request socket "
                    "(default %(default)s)")
     p.add_argument("--reflector", action="append", default=[], metavar="IP",
-                   help="route reflector address (repeat for several); none: no control plane")
+                   help="route reflector address (repeat for several); none (and no "
+                   "--reflector-service): no control plane")
+    p.add_argument("--reflector-service", default="", metavar="NAMESPACE/NAME",
+                   help="find the reflectors in the EndpointSlices of this (headless) Service "
+                   "and follow them as they move (list + watch of the Kubernetes API); with "
+                   "--reflector too, those stay peers whatever the Service says")
+    p.add_argument("--kubeconfig", default=None, help="for --reflector-service: a kubeconfig "
+                   "file (default: the pod's ServiceAccount, else $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--asn", type=int, default=65000)
     p.add_argument("--hold-time", type=int, default=9)
     p.add_argument("--keepalive", type=int, default=3)
@@ -40,8 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between full kernel/BGP reconciliations")
     p.add_argument("--stale-time", type=float, default=60.0,
                    help="seconds remote entries are kept while no reflector is reachable")
+    p.add_argument("--sweep-interval", type=float, default=10.0,
+                   help="seconds between sweeps for LANs whose pods vanished without a DEL")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def follow_reflectors(args, speaker):
+    """Watch the reflectors' Service (--reflector-service) and peer with its endpoints as they
+    come and go; the started ReflectorFinder. The endpoints' BGP port is not used: the speaker
+    only listens (connect mode passive), the reflectors dial it."""
+    from kubernetes import client as k8s_client
+
+    from speaker.k8s_watch import ReflectorFinder, ReflectorPeers, api_client, parse_service_ref
+    parse_service_ref(args.reflector_service)  # a malformed name fails here, not in the watch
+    if args.connect_mode != "passive":
+        log.warning("--reflector-service with --connect-mode %s: the speaker dials reflectors on "
+                    "TCP 179, not on the Service's port; ours listen elsewhere (1790) and dial the "
+                    "nodes themselves (use passive)", args.connect_mode)
+    peers = ReflectorPeers(speaker.add_reflector, speaker.remove_reflector, list(args.reflector))
+    finder = ReflectorFinder(k8s_client.DiscoveryV1Api(api_client(args.kubeconfig)),
+                             args.reflector_service, peers)
+    finder.start()
+    return finder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,18 +89,27 @@ def main(argv: list[str] | None = None) -> int:
 
     events: LanEvents = LanEvents()
     not_ready = lambda: ""  # noqa: E731
-    speaker = None
-    if args.reflector:
+    speaker = finder = None
+    if args.reflector or args.reflector_service:
         from speaker.node import NodeSpeaker
         speaker = NodeSpeaker(datapath, args)
         events, not_ready = speaker, speaker.not_ready
         speaker.start()
+    if args.reflector_service:
+        try:
+            finder = follow_reflectors(args, speaker)
+        except Exception as exc:  # noqa: BLE001 - a bad Service name, no kubeconfig...
+            print(f"megalos-agent: --reflector-service: {exc}", file=sys.stderr)
+            speaker.stop()
+            return 2
 
     plugin = Plugin(datapath, events, not_ready)
     try:
         server = CniServer(args.socket, plugin.handle)
     except (RuntimeError, OSError) as exc:
         print(f"megalos-agent: {exc}", file=sys.stderr)
+        if finder:
+            finder.stop()
         if speaker:
             speaker.stop()
         return 1
@@ -82,9 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     log.info("serving CNI requests on %s", args.socket)
     print(f"megalos-agent ready on {args.socket}", flush=True)
-    stop.wait()
+    while not stop.wait(args.sweep_interval):
+        try:
+            plugin.sweep()
+        except Exception:
+            log.exception("sweep failed; retrying at the next interval")
     log.info("stopping")
     server.stop()
+    if finder:
+        finder.stop()
     if speaker:
         speaker.stop()
     datapath.close()

@@ -42,19 +42,27 @@ class MacWatch:
             except Exception:
                 pass
 
-    def _port_vni(self, index: int) -> int | None:
+    def _bridge_vni(self, index: int) -> int | None:
+        try:
+            bridge = self._names.get_links(index)[0]
+        except Exception:
+            return None
+        return naming.vni_of_device(bridge.get_attr("IFLA_IFNAME") or "")
+
+    def _port_vni(self, index: int, master: int | None) -> int | None:
         """The VNI whose bridge a pod port belongs to (cached: a port never changes bridge)."""
         if index in self._vni_of_port:
             return self._vni_of_port[index]
-        vni = None
         try:
             link = self._names.get_links(index)[0]
-            master = link.get_attr("IFLA_MASTER")
-            if naming.is_port_name(link.get_attr("IFLA_IFNAME") or "") and master:
-                bridge = self._names.get_links(master)[0]
-                vni = naming.vni_of_device(bridge.get_attr("IFLA_IFNAME") or "")
-        except Exception:  # the port is gone already: nothing to cache
-            return None
+        except Exception:
+            # The port is gone (its pod's netns was deleted): its entries are being flushed.
+            # The VTEP never goes before its bridge, so an entry on a vanished device of a
+            # Megalos bridge was a pod's.
+            return self._bridge_vni(master) if master else None
+        vni = None
+        if naming.is_port_name(link.get_attr("IFLA_IFNAME") or "") and link.get_attr("IFLA_MASTER"):
+            vni = self._bridge_vni(link.get_attr("IFLA_MASTER"))
         if len(self._vni_of_port) > 4096:  # ports come and go: keep the cache bounded
             self._vni_of_port.clear()
         self._vni_of_port[index] = vni
@@ -75,7 +83,7 @@ class MacWatch:
             for msg in messages:
                 if msg["family"] != AF_BRIDGE or msg["state"] & NUD_PERMANENT:
                     continue
-                vni = self._port_vni(msg["ifindex"])
+                vni = self._port_vni(msg["ifindex"], msg.get_attr("NDA_MASTER"))
                 mac = msg.get_attr("NDA_LLADDR")
                 if vni is None or not mac:
                     continue

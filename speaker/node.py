@@ -12,7 +12,8 @@ Continuity (os-ken has no graceful restart, so the agent provides its own):
   speaker.osken_compat.enable_restart_grace), so other nodes do not drop its MACs;
 - a withdrawn entry is removed after `withdraw_delay` seconds unless it is announced again
   meanwhile (a withdrawal and its replacement may arrive in separate UPDATEs);
-- when every reflector session is down, removals wait `stale_time` seconds.
+- when every reflector session is down, removals wait `stale_time` seconds, and `settle`
+  seconds more once a session is back (the reflectors relearn from the other nodes meanwhile).
 """
 from __future__ import annotations
 
@@ -31,13 +32,12 @@ log = logging.getLogger(__name__)
 
 
 class NodeSpeaker(LanEvents):
-    def __init__(self, datapath, args, settle: float = 3.0, stale_time: float = 60.0,
-                 withdraw_delay: float = 0.2):
+    def __init__(self, datapath, args, settle: float = 3.0, withdraw_delay: float = 0.2):
         self.datapath = datapath
         self.router_id = datapath.default_underlay.ip
         self.args = args
         self.settle = settle
-        self.stale_time = stale_time
+        self.stale_time = getattr(args, "stale_time", 60.0)
         self.withdraw_delay = withdraw_delay
         self.remote = RemoteRoutes()
         self.fdb = VtepFdb()
@@ -108,6 +108,39 @@ class NodeSpeaker(LanEvents):
     def mac_removed(self, vni: int, mac: str) -> None:
         self._queue.put(("mac", vni, mac, False))
 
+    # -- reflectors that come and go (the agent's --reflector-service) -------------------------
+    def add_reflector(self, address: str) -> None:
+        """Peer with one more reflector. Our speaker is passive (reflectors dial the nodes), but
+        os-ken refuses a connection from an address it was not told about."""
+        self._queue.put(("reflector", address, True))
+
+    def remove_reflector(self, address: str) -> None:
+        """Stop peering with a reflector; routes learned only from it are withdrawn."""
+        self._queue.put(("reflector", address, False))
+
+    def _reflector(self, address: str, present: bool) -> None:
+        """On the worker. `args.reflector` is the live list: a restarted BGP process
+        (`_spawn_bgp`) peers with exactly the reflectors known then."""
+        reflectors = self.args.reflector
+        if present == (address in reflectors):
+            return
+        try:
+            if present:
+                reflectors.append(address)
+                extra = {"password": self.args.md5_password} if self.args.md5_password else {}
+                self.bgp.call("peer_add", address=address, connect_mode=self.args.connect_mode,
+                              **extra)
+            else:
+                reflectors.remove(address)
+                self.bgp.call("peer_del", address=address)
+                if address in self.peers_up:  # os-ken reports no "down" for a deleted peer
+                    self._peer_event(address, False)
+        except BgpError as exc:  # a dead BGP process is respawned with the list as it is now
+            log.warning("reflector %s: BGP %s failed: %s", address,
+                        "peer_add" if present else "peer_del", exc)
+            return
+        log.info("reflector %s %s", address, "added" if present else "removed")
+
     # -- the worker --------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -139,6 +172,8 @@ class NodeSpeaker(LanEvents):
                 self._local_mac(kind, item[1], item[2], item[3], commands, adds)
             elif kind == "bgp":
                 self._bgp_event(item[1], adds, removes)
+            elif kind == "reflector":
+                self._reflector(item[1], item[2])
         self._send(commands)
         self._program(adds, removes)
 
@@ -227,6 +262,8 @@ class NodeSpeaker(LanEvents):
         if not self.peers_up and self.all_down_since is not None \
                 and now - self.all_down_since < self.stale_time:
             return []  # no reflector reachable: keep forwarding on what we know
+        if self.peers_up and self.up_since is not None and now - self.up_since < self.settle:
+            return []  # sessions just came back: the reflectors may not have relearned it all
         due = []
         for entry, since in list(self.pending.items()):
             if self.peers_up and now - since < self.withdraw_delay:
@@ -269,10 +306,16 @@ class NodeSpeaker(LanEvents):
             if have - want:
                 log.info("reconcile VNI %d: %d stale entries", vni, len(have - want))
                 self.fdb.remove(have - want)
-        for vni in self.datapath.lans():
+        lans = set(self.datapath.lans())
+        for vni in lans:
             if vni not in self.rd_index:
                 self._queue.put(("lan", vni, True))
-            for port in self.datapath.ports(vni):
-                for mac in port.macs:
-                    if (vni, mac) not in self.announced:
-                        self._queue.put(("mac", vni, mac, True))
+            kernel = self.fdb.local_macs(vni)
+            for mac in kernel:
+                if (vni, mac) not in self.announced:
+                    self._queue.put(("mac", vni, mac, True))
+            for v, mac in list(self.announced):
+                if v == vni and mac not in kernel:  # its port went without a DEL
+                    self._queue.put(("learned", vni, mac, False))
+        for vni in set(self.rd_index) - lans:  # the LAN went without a DEL
+            self._queue.put(("lan", vni, False))
