@@ -9,11 +9,16 @@ Ctrl-C included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
+import secrets
+import subprocess
 import sys
 import tempfile
 import time
+
+from api.testing import ApiServer
 
 from lab.cluster import Cluster
 from lab.kathara import lab_nads
@@ -38,30 +43,15 @@ def plan(nodes: list[str]) -> dict[str, str]:
     return dict(zip(LAB, itertools.cycle(nodes)))
 
 
-def wait_converged(control, macs: int, timeout: float = 30.0) -> bool:
-    """Wait on the reflector's change feed until it knows `macs` MACs (long poll, no busy loop)."""
-    from reflector.protocol import StateClient
-    client = StateClient(control.socket)
-    deadline = time.monotonic() + timeout
-    seq = 0
-    while time.monotonic() < deadline:
-        totals = client.call("totals")
-        print(f"    reflector: {totals['vnis']} LANs, {totals['macs']}/{macs} MACs", flush=True)
-        if totals["macs"] >= macs:
-            return True
-        seq = client.call("events", since=max(seq, totals["seq"]), timeout=2.0, limit=1)["seq"]
-    return False
-
-
-def show_reflector(control) -> None:
-    from reflector.protocol import StateClient
-    client = StateClient(control.socket)
-    for lan in client.call("vnis")["vnis"]:
-        detail = client.call("vni", vni=lan["vni"])
-        vteps = ", ".join(v["address"] for v in detail["vteps"])
-        print(f"    VNI {lan['vni']}: VTEPs {vteps}")
-        for mac in detail["macs"]:
-            print(f"        {mac['mac']} at {mac['vtep']}")
+def megalosctl(api, *args: str) -> int:
+    """Run the command-line client against the demo's API, as a user would."""
+    print(f"    $ megalosctl {' '.join(args)}", flush=True)
+    env = {**os.environ, "MEGALOS_API": api.url}
+    proc = subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, text=True,
+                          capture_output=True)
+    for line in (proc.stdout + proc.stderr).rstrip().splitlines():
+        print(f"      {line}")
+    return proc.returncode
 
 
 def run(node_count: int) -> int:
@@ -70,7 +60,8 @@ def run(node_count: int) -> int:
         for lan in lans:
             links.setdefault(lan, []).append(device)
     _, nads = lab_nads(links, lab_name="megalos-demo")
-    with Cluster() as cluster, tempfile.TemporaryDirectory() as bin_dir:
+    with Cluster() as cluster, tempfile.TemporaryDirectory() as bin_dir, \
+            contextlib.ExitStack() as stack:
         step(f"emulated cluster {cluster.prefix}: a control-plane node and {node_count} worker(s)")
         control = cluster.add_node("control")
         nodes = [cluster.add_node(f"node{i + 1}") for i in range(node_count)]
@@ -79,9 +70,13 @@ def run(node_count: int) -> int:
         for node in nodes:
             node.start_agent("--reflector", control.ip)
             print(f"    {node.name}: VTEP {node.ip}, megalos-agent on {node.socket}")
+        api = ApiServer(control.socket, token=secrets.token_hex(8)).start()
+        stack.callback(api.stop)
+        print(f"    control: REST API (gunicorn) at {api.url}")
         runtime = Runtime(bin_dir)
         placement = plan([n.name for n in nodes])
         addresses: dict[tuple[str, str], str] = {}
+        macs: list[str] = []
         lan_hosts = {lan: itertools.count(1) for lan in links}
         step("attaching devices: Multus-style CNI ADD per interface (netN = lab ethN)")
         for device, lans in LAB.items():
@@ -102,10 +97,12 @@ def run(node_count: int) -> int:
                 pod.set_ip(f"net{index}", f"{ip}/24")
                 addresses[(device, lan)] = ip
                 mac = reply.json["interfaces"][1]["mac"]
+                macs.append(mac)
                 print(f"    {device:4} net{index} on {node.name}: LAN {lan} (VNI {nad.config['vxlanId']}), "
                       f"MAC {mac}, {ip}  [{(time.perf_counter() - started) * 1000:.0f} ms]")
-        step("waiting for the EVPN control plane to converge (every MAC on every node of its LAN)")
-        if not wait_converged(control, sum(len(v) for v in LAB.values())):
+        step("waiting for the EVPN control plane to converge (the reflector knows every MAC)")
+        if megalosctl(api, "wait", *[arg for mac in macs for arg in ("--mac", mac)],
+                      "--timeout", "30") != 0:
             print("    the reflector did not see every MAC within 30 s", file=sys.stderr)
             return 1
         step("who reaches whom (ping over each LAN)")
@@ -121,8 +118,11 @@ def run(node_count: int) -> int:
         pc1 = cluster.nodes[placement["pc1"]].pods["pc1"]
         isolated = not pc1.ping(addresses[("pc2", "C")], count=1, timeout=1)
         print(f"    {'ok ' if isolated else '!! '} pc1 (LAN A) cannot reach pc2 (LAN C): LANs are isolated")
-        step("MAC tables: the reflector's view, then each node's VTEP forwarding entries")
-        show_reflector(control)
+        step("the cluster through the API: LANs, one LAN's MAC table, the BGP peers")
+        megalosctl(api, "vnis")
+        megalosctl(api, "vni", str(nads["A"].config["vxlanId"]))
+        megalosctl(api, "nodes")
+        step("each node's VTEP forwarding entries (bridge fdb), programmed from BGP")
         for node in nodes:
             for entry in node.fdb():
                 if entry.get("dst") and entry["ifname"].startswith("mgvx"):
