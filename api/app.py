@@ -8,7 +8,7 @@ import time
 
 from flask import Flask, g, request
 
-from api import errors, events, health, macs, nodes, openapi, settings, vnis
+from api import errors, events, health, lans, macs, nodes, openapi, settings, vnis
 from api.metrics import RequestMetrics
 from api.state import make_client
 
@@ -24,7 +24,7 @@ def build_app(config: dict | None = None) -> Flask:
 
     app.extensions["megalos.reflector"] = make_client(app.config)
     app.extensions["megalos.waiters"] = threading.BoundedSemaphore(app.config["EVENTS_MAX_WAITERS"])
-    for blueprint in (vnis.bp, macs.bp, nodes.bp, events.bp, health.bp, openapi.bp):
+    for blueprint in (vnis.bp, macs.bp, nodes.bp, lans.bp, events.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     _measure_requests(app)

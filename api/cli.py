@@ -4,6 +4,7 @@
     megalosctl vni 70000                a VNI's VTEPs and MAC table
     megalosctl mac 02:00:00:00:00:0a    where a MAC is announced
     megalosctl nodes                    the reflector's BGP peers
+    megalosctl lans --namespace LAB     a lab's LANs, their pods, and whether each converged
     megalosctl add-node 192.0.2.7 --name node-7 / remove-node 192.0.2.7   (need the token)
     megalosctl wait --mac 02:00:00:00:00:0a --vni 70000 --vteps 2 --timeout 60
 
@@ -154,6 +155,45 @@ def nodes_table(doc: dict) -> str:
                    n["received"], n["sent"]] for n in doc["nodes"]])
 
 
+def yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def lans_text(doc: dict) -> str:
+    """Two tables: the LANs (members announced / members, converged), then their members."""
+    lans = doc["lans"]
+    every = doc.get("namespace") is None  # all namespaces: say which
+    ns = (lambda row: [row["namespace"]]) if every else (lambda row: [])
+    lan_rows, member_rows = [], []
+    for lan in lans:
+        ready = sum(1 for m in lan["members"] if m["attached"] and m["announced"])
+        lan_rows.append(ns(lan) + [lan["name"], lan["link"], lan["vni"],
+                                   f"{ready}/{len(lan['members'])}", yes_no(lan["converged"])])
+        for m in lan["members"]:
+            member_rows.append(ns(lan) + [lan["name"], m["pod"], m["interface"], m["mac"],
+                                          m["node"], ",".join(m["vteps"]),
+                                          yes_no(m["announced"]) if m["attached"]
+                                          else "not attached"])
+    prefix = ["NAMESPACE"] if every else []
+    out = [table(prefix + ["LAN", "LINK", "VNI", "MEMBERS", "CONVERGED"], lan_rows)]
+    if member_rows:
+        out += ["", table(prefix + ["LAN", "POD", "INTERFACE", "MAC", "NODE", "VTEPS",
+                                    "ANNOUNCED"], member_rows)]
+    if not lans:
+        out.append("(no LANs" + ("" if every else f" in namespace {doc['namespace']}") + ")")
+    return "\n".join(out)
+
+
+def lans_notice(doc: dict) -> str | None:
+    """Why the view may be empty or partial, or None."""
+    if not doc["watching"]:
+        return ("the reflector does not watch the Kubernetes API for LANs (run megalos-reflector "
+                "with --lans-from-k8s)")
+    if not doc["synced"]:
+        return "the reflector has not listed NetworkAttachmentDefinitions and pods yet"
+    return None
+
+
 # -- wait ---------------------------------------------------------------------------------------
 def normalise_mac(raw: str) -> str:
     if not _MAC.match(raw):
@@ -253,6 +293,18 @@ def cmd_nodes(api: Api, args) -> int:
     return 0
 
 
+def cmd_lans(api: Api, args) -> int:
+    doc = api.get("/api/v1/lans", namespace=args.namespace)
+    if args.output == "json":
+        print(json.dumps(doc, indent=2))
+        return 0
+    notice = lans_notice(doc)
+    if notice:
+        print(f"megalosctl: {notice}", file=sys.stderr)
+    print(lans_text(doc))
+    return 0
+
+
 def cmd_add_node(api: Api, args) -> int:
     body = {"address": args.address, **({"name": args.name} if args.name else {})}
     doc = api.request("POST", "/api/v1/nodes", body=body)
@@ -330,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("mac")
     sub.add_argument("--vni", type=int, help="only in this VNI")
     command("nodes", cmd_nodes, "the reflector's BGP peers")
+    sub = command("lans", cmd_lans, "LANs (NetworkAttachmentDefinitions) with their pods, and "
+                  "whether each converged")
+    sub.add_argument("--namespace", "-n", help="only this namespace (a Kathara lab's: its hash)")
     sub = command("add-node", cmd_add_node, "make an address a peer of the reflector")
     sub.add_argument("address")
     sub.add_argument("--name", help="the node's name, shown next to its address")

@@ -31,6 +31,8 @@ _IP = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
 _TIME = {"type": "number", "description": "Unix time, seconds"}
 _NODE_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
               "maxLength": 253, "example": "node-1"}
+_NAMESPACE = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+              "maxLength": 63, "example": "sebje0xn5pjx6sqombfcfg"}
 
 _PARAMETERS = {
     "vni": {"name": "vni", "in": "path", "required": True,
@@ -56,6 +58,8 @@ _PARAMETERS = {
              "schema": _NODE_NAME},
     "vniFilter": {"name": "vni", "in": "query", "description": "only this VNI",
                   "schema": {"type": "integer", "minimum": 1, "maximum": MAX_VNI}},
+    "namespace": {"name": "namespace", "in": "query", "description": "only this namespace's "
+                  "LANs (a Kathara lab's namespace is its hash, lower case)", "schema": _NAMESPACE},
     "since": {"name": "since", "in": "query", "description": "changes after this sequence "
               "number (default 0)", "schema": {**_INT, "maximum": 2 ** 53 - 1}},
     "timeout": {"name": "timeout", "in": "query", "description": "seconds to wait for a change "
@@ -130,6 +134,46 @@ _SCHEMAS = {
                               "truncated": {"type": "boolean", "description": "changes were "
                                             "lost (log trimmed, or the reflector restarted): "
                                             "read the tables again"}}},
+    "LanMember": {"type": "object",
+                  "required": ["pod", "namespace", "interface", "mac", "node", "attached", "vteps",
+                               "announced"],
+                  "properties": {"pod": {"type": "string"}, "namespace": {"type": "string"},
+                                 "interface": _nullable({"type": "string", "example": "net0",
+                                                         "description": "null: requested without "
+                                                         "a name, not attached yet"}),
+                                 "mac": _nullable({"type": "string",
+                                                   "example": "02:00:00:00:00:0a"}),
+                                 "node": _nullable({"type": "string", "description": "the pod's "
+                                                    "node (spec.nodeName)"}),
+                                 "attached": {"type": "boolean", "description": "Multus reported "
+                                              "the interface (network-status); false: requested "
+                                              "(networks annotation), not attached yet"},
+                                 "vteps": {"type": "array", "items": _IP, "description":
+                                           "the VTEPs announcing the MAC in the LAN's VNI"},
+                                 "announced": {"type": "boolean", "description": "the MAC is in "
+                                               "the VNI's MAC table"}}},
+    "Lan": {"type": "object",
+            "required": ["namespace", "name", "link", "vni", "members", "converged"],
+            "properties": {"namespace": {"type": "string"},
+                           "name": {"type": "string", "description": "the "
+                                    "NetworkAttachmentDefinition"},
+                           "link": _nullable({"type": "string", "description": "Kathara's link "
+                                              "(collision domain) name: the NAD's label `name`"}),
+                           "vni": {"type": "integer", "minimum": 1, "maximum": MAX_VNI},
+                           "members": {"type": "array", "items": _ref("LanMember")},
+                           "converged": {"type": "boolean", "description": "every member "
+                                         "attached and its MAC announced"}}},
+    "LanList": {"type": "object",
+                "required": ["namespace", "watching", "synced", "converged", "lans"],
+                "properties": {"namespace": _nullable({"type": "string"}),
+                               "watching": {"type": "boolean", "description": "the reflector "
+                                            "watches the Kubernetes API for LANs "
+                                            "(--lans-from-k8s)"},
+                               "synced": {"type": "boolean", "description": "NADs and pods have "
+                                          "both been listed"},
+                               "converged": {"type": "boolean", "description": "synced, and "
+                                             "every LAN converged"},
+                               "lans": {"type": "array", "items": _ref("Lan")}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Ready": {"type": "object", "required": ["status", "reflector"],
               "properties": {"status": {"type": "string"},
@@ -167,9 +211,10 @@ DOCUMENT = {
     "openapi": "3.0.3",
     "info": {"title": "Megalos API", "version": "1.0.0",
              "description": "The route reflector's view of a Megalos cluster: VNIs (pod LANs), "
-                            "their VTEPs and MAC tables, the BGP peers (nodes), and a change "
-                            "log to wait on. Reads are open; POST and DELETE need a bearer "
-                            "token. Errors are {\"error\", \"status\"}."},
+                            "their VTEPs and MAC tables, the BGP peers (nodes), the LANs of "
+                            "Kathara labs with their pods, and a change log to wait on. "
+                            "Reads are open; POST and DELETE need a bearer token. Errors are "
+                            "{\"error\", \"status\"}."},
     "paths": {
         "/api/v1/vnis": _get("Each VNI with its VTEP and MAC counts, by VNI",
                              _json("a page of VNIs", _ref("VniList")),
@@ -203,6 +248,9 @@ DOCUMENT = {
                        "responses": {"204": {"description": "removed"},
                                      "404": _error("NotFound"), **_MUTATING}},
         },
+        "/api/v1/lans": _get("The LANs (megalos NetworkAttachmentDefinitions) of a namespace, "
+                             "with the pod interfaces on each and whether it has converged",
+                             _json("the LANs", _ref("LanList")), _params("namespace")),
         "/api/v1/events": _get("Changes after `since`, waiting up to `timeout` s for one",
                                _json("changes", _ref("Events")),
                                _params("since", "timeout", "limit", "vniFilter")),

@@ -11,6 +11,7 @@ from api.errors import ApiError
 MAX_VNI = 2 ** 24 - 1
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.IGNORECASE)
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Kubernetes node name
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # an RFC 1123 label
 MAX_CURSOR = 200
 MAX_SEQ = 2 ** 53 - 1  # what JSON clients handle exactly
 
@@ -46,6 +47,13 @@ def node_name(raw) -> str:
     if not isinstance(raw, str) or not _NODE_NAME.match(raw):
         raise ApiError(400, f"malformed node name {raw!r}: lower-case letters, digits, '-' and "
                             "'.', at most 253 characters")
+    return raw
+
+
+def namespace(raw: str) -> str:
+    if not _NAMESPACE.fullmatch(raw):
+        raise ApiError(400, f"malformed namespace {raw!r}: lower-case letters, digits and '-', "
+                            "at most 63 characters")
     return raw
 
 

@@ -1,9 +1,11 @@
 """`megalos-reflector`: the route reflector (os-ken in reflector role) and its state socket.
 
-Peers come from a static list and/or CIDRs on the command line (os-ken has no dynamic
-neighbours: every address of a CIDR is added as a passive peer), and can be added and removed at
-runtime through the state socket (the API's POST/DELETE /api/v1/nodes). A removed peer's routes
-are withdrawn everywhere (speaker.osken_compat cleans os-ken's RIB).
+Peers come from the Kubernetes API (--peers-from-k8s: the Ready nodes, followed as they come and
+go), a static list and/or CIDRs on the command line (os-ken has no dynamic neighbours: every
+address of a CIDR is added as a passive peer), and can be added and removed at runtime through the
+state socket (the API's POST/DELETE /api/v1/nodes). A removed peer's routes are withdrawn
+everywhere (speaker.osken_compat cleans os-ken's RIB). With --lans-from-k8s the reflector also
+watches NetworkAttachmentDefinitions and pods, for the LAN view (state op `lans`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ MAX_CIDR_PEERS = 4096
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="megalos-reflector", description=__doc__.splitlines()[0])
-    p.add_argument("--router-id", required=True, help="this reflector's address (IPv4)")
+    p.add_argument("--router-id", default="", help="BGP identifier (IPv4; default: derived from "
+                   "--listen-host into 0.0.0.0/8, never a node's address, as a reflector beside "
+                   "its node's agent needs: see reflector.discovery.reflector_router_id)")
     p.add_argument("--listen-host", default="", help="BGP listen address (default: router id)")
     p.add_argument("--bgp-port", type=int, default=179)
     p.add_argument("--asn", type=int, default=65000)
@@ -44,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "dead node is still withdrawn within the hold time; a silent node whose hold "
                    "timer expires is withdrawn at once)")
     p.add_argument("--md5-password", default="")
+    p.add_argument("--peers-from-k8s", action="store_true",
+                   help="peer with the Ready nodes, read (and watched) from the Kubernetes API, "
+                   "at each node's VTEP address (annotation megalos.io/vtep-ip, else its first "
+                   "InternalIP); names them after the nodes")
+    p.add_argument("--node-selector", default="", metavar="SELECTOR",
+                   help="with --peers-from-k8s: only the nodes with these labels (a label "
+                   "selector, e.g. the agent DaemonSet's kubernetes.io/os=linux)")
+    p.add_argument("--not-ready-grace", type=float, default=None, metavar="SECONDS",
+                   help="with --peers-from-k8s: how long a node that stops being Ready stays a "
+                   "peer (default 300: as long as Kubernetes waits before evicting its pods, which "
+                   "may still be running; a kubelet that misses heartbeats must not cut their "
+                   "LANs, and a node that is really down loses its routes at its BGP hold time "
+                   "anyway); deleted nodes go at once")
+    p.add_argument("--lans-from-k8s", action="store_true",
+                   help="watch NetworkAttachmentDefinitions and pods (Multus annotations) for "
+                   "the LAN view (GET /api/v1/lans)")
+    p.add_argument("--kubeconfig", default=None, help="for --peers-from-k8s/--lans-from-k8s: "
+                   "a kubeconfig file (default: the pod's ServiceAccount, else $KUBECONFIG or "
+                   "~/.kube/config)")
     p.add_argument("--state-socket", default=DEFAULT_SOCKET)
     p.add_argument("--log-level", default="INFO")
     return p
@@ -70,6 +93,7 @@ class Reflector:
         self.args = args
         self.state = ReflectorState()
         self.peers: set[str] = set()
+        self.static_peers: set[str] = set()  # from the command line: discovery never removes them
         self.started = time.time()
         self.bgp = BgpProcess(on_event=self._on_event, name="reflector-bgp")
         self.bgp.call("start", router_id=args.router_id, asn=args.asn, role="reflector",
@@ -101,6 +125,25 @@ class Reflector:
         self.peers.discard(address)
         self.state.forget_vtep(address)
         return bool(removed)
+
+    # -- peers from the Kubernetes API (reflector.discovery.PeerSync calls these) ---------------
+    def add_node(self, address: str) -> bool:
+        if address == self.args.router_id:
+            log.warning("node %s has the reflector's router id; not peered (give the reflector "
+                        "another --router-id, or leave it unset)", address)
+            return False
+        return self.add_peer(address)
+
+    def remove_node(self, address: str) -> bool:
+        if address in self.static_peers:
+            log.info("%s left the nodes but stays a peer: it was given with --peer", address)
+            return False
+        return self.remove_peer(address)
+
+    def name_node(self, address: str, name: str | None) -> None:
+        if name is None and address in self.static_peers:
+            return
+        self.state.name_node(address, name)
 
     def close(self) -> None:
         self.bgp.close()
@@ -152,6 +195,12 @@ class Reflector:
         vni = request.get("vni")
         return self.state.changes_since(since, min(timeout, 60.0), request.get("limit", 1000),
                                         None if vni is None else _int(request, "vni"))
+
+    def _answer_lans(self, request: dict):
+        namespace = request.get("namespace")
+        if namespace is not None and not (isinstance(namespace, str) and namespace):
+            raise ValueError("namespace must be a non-empty string")
+        return self.state.lans(namespace)
 
     def _answer_peer_add(self, request: dict):
         address = _peer_address(request)
@@ -248,11 +297,53 @@ class StateServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(path, 0o660)
 
 
+def check_args(args) -> None:
+    """Fill in the router id (derived from the listen address when not given) and check the
+    options that go together; ValueError says what is wrong."""
+    if not args.router_id:
+        if not args.listen_host:
+            raise ValueError("give --router-id or --listen-host")
+        from reflector.discovery import reflector_router_id
+        args.router_id = reflector_router_id(args.listen_host)
+    if ipaddress.ip_address(args.router_id).version != 4:
+        raise ValueError(f"--router-id {args.router_id} is not an IPv4 address")
+    k8s_only = [name for name, given in (("--node-selector", args.node_selector),
+                                         ("--not-ready-grace", args.not_ready_grace is not None))
+                if given]
+    if k8s_only and not args.peers_from_k8s:
+        raise ValueError(f"{' and '.join(k8s_only)} need --peers-from-k8s")
+    if args.not_ready_grace is not None and args.not_ready_grace < 0:
+        raise ValueError("--not-ready-grace must be >= 0")
+
+
+def watch_kubernetes(args, reflector: Reflector) -> list:
+    """Start the watchers the options ask for; the started ones (each has stop())."""
+    if not (args.peers_from_k8s or args.lans_from_k8s):
+        return []
+    from kubernetes import client as k8s_client
+
+    from reflector.discovery import DEFAULT_NOT_READY_GRACE, LanWatcher, NodeWatcher, PeerSync
+    from speaker.k8s_watch import api_client
+    api = api_client(args.kubeconfig)
+    watchers = []
+    if args.peers_from_k8s:
+        grace = DEFAULT_NOT_READY_GRACE if args.not_ready_grace is None else args.not_ready_grace
+        sync = PeerSync(reflector.add_node, reflector.remove_node, reflector.name_node)
+        watchers.append(NodeWatcher(k8s_client.CoreV1Api(api), sync,
+                                    label_selector=args.node_selector, not_ready_grace=grace))
+    if args.lans_from_k8s:
+        watchers.append(LanWatcher(api, reflector.state))
+    for watcher in watchers:
+        watcher.start()
+    return watchers
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        check_args(args)
         peers = peer_addresses(args.peer, args.peer_cidr, args.router_id)
     except ValueError as exc:
         print(f"megalos-reflector: {exc}", file=sys.stderr)
@@ -263,19 +354,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megalos-reflector: {exc}", file=sys.stderr)
         return 1
     cidr_peers = set(peers) - set(args.peer)
+    reflector.static_peers = set(peers)
     for address in peers:
         reflector.add_peer(address, passive=address in cidr_peers)
+    try:
+        watchers = watch_kubernetes(args, reflector)
+    except Exception as exc:  # noqa: BLE001 - no kubeconfig, unreadable ServiceAccount token...
+        print(f"megalos-reflector: the Kubernetes API: {exc}", file=sys.stderr)
+        reflector.close()
+        return 2
     server = StateServer(args.state_socket, reflector)
     threading.Thread(target=server.serve_forever, name="state-server", daemon=True).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("reflector %s: %d peers, state socket %s", args.router_id, len(peers), args.state_socket)
+    log.info("reflector %s: %d static peers%s, state socket %s", args.router_id, len(peers),
+             ", nodes from the Kubernetes API" if args.peers_from_k8s else "", args.state_socket)
     print(f"megalos-reflector ready on {args.state_socket}", flush=True)
     while not stop.wait(1.0):
         if not reflector.bgp.alive:
             log.error("the BGP process died")
             break
+    for watcher in watchers:
+        watcher.stop()
     server.shutdown()
     server.server_close()
     reflector.close()

@@ -1,44 +1,44 @@
-"""Peer discovery through the Kubernetes API: nodes for the reflector, reflectors for the nodes.
+"""What the reflector learns from the Kubernetes API: its BGP peers (the nodes) and the LAN table
+(NetworkAttachmentDefinitions and pods). The list-then-watch loop itself, and the node agent's
+side (where the reflectors are), live in speaker.k8s_watch: the agent may not import `reflector`.
 
-`NodeWatcher` (reflector side) lists, then watches, the Node objects and keeps the set of BGP
-peers the reflector should have: one per Ready node, at the node's VTEP address (the annotation
-`megalos.io/vtep-ip` when set, else the node's first InternalIP, as the kubelet's `status.hostIP`
-that the node agent uses as `--vtep-ip`). `ReflectorFinder` (node side) lists, then watches, the
-EndpointSlices of the reflectors' headless Service, so a node agent follows reflectors that move
-instead of holding addresses fixed at its start.
+`NodeWatcher` lists, then watches, the Node objects and keeps the set of BGP peers the reflector
+should have: one per Ready node, at the node's VTEP address (the annotation `megalos.io/vtep-ip`
+when set, else the node's first InternalIP, as the kubelet's `status.hostIP` that the node agent
+uses as `--vtep-ip`). A node that stops being Ready stays a peer for a grace time (see
+`keep_in_grace`); `PeerSync` turns the maps into add/remove calls, with the nodes' names.
 
-Both are the same list-then-watch loop (`ListWatch`): list to get the full state and a
-resourceVersion, watch from there, resume from the last resourceVersion seen when the stream ends,
-list again on 410 Gone (the version is too old: events were missed), and retry with capped
-exponential backoff on any other failure. The pure parts (a Node object -> `NodePeer`, peers ->
-desired map, the diff of two maps, EndpointSlices -> reflector endpoints) take plain dicts in the
-API's JSON form and are tested with plain values.
+`LanWatcher` lists, then watches, the NetworkAttachmentDefinitions and the pods of every
+namespace and feeds them to the reflector's LAN table (reflector.lanview).
 
-Callbacks run on the watcher's thread; an exception in one is logged and does not stop the watch.
+The pure parts (a Node object -> `NodePeer`, peers -> desired map, the grace, the diff of two
+maps) take plain dicts in the API's JSON form and are tested with plain values. Callbacks run on
+the watchers' threads; an exception in one is logged and does not stop the watch.
 """
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
+
+from speaker.k8s_watch import ListWatch, canonical_ip
 
 log = logging.getLogger(__name__)
 
 VTEP_ANNOTATION = "megalos.io/vtep-ip"
-DEFAULT_REFLECTOR_SERVICE = "megalos/megalos-reflector"
-DEFAULT_BGP_PORT_NAME = "bgp"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # set by the EndpointSlice controller
-HTTP_GONE = 410
-MIN_HEALTHY_WATCH = 1.0  # seconds: a watch that ends sooner with no event counts as a failure
+# How long a node that stopped being Ready stays a peer. Kubernetes itself waits as long before
+# evicting the pods of a NotReady node (the default tolerationSeconds of the not-ready and
+# unreachable taints): until then those pods may well be running, and their LANs must keep
+# working. A node that is really gone loses its routes sooner anyway: its BGP session's hold
+# timer expires.
+DEFAULT_NOT_READY_GRACE = 300.0
+NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachment-definitions"
 
 
 # -- pure logic: nodes ---------------------------------------------------------------------------
@@ -50,16 +50,6 @@ class NodePeer:
     ready: bool
     source: str = ""  # where `ip` came from: "annotation", "InternalIP", "ExternalIP" or ""
     problem: str = ""  # why the annotation was ignored, if it was
-
-
-def _normalise_ip(raw: object) -> str:
-    """The canonical text of an IP address, or "" when `raw` is not one."""
-    if not isinstance(raw, str):
-        return ""
-    try:
-        return str(ipaddress.ip_address(raw.strip()))
-    except ValueError:
-        return ""
 
 
 def node_vtep_address(node: Mapping) -> tuple[str, str, str]:
@@ -74,7 +64,7 @@ def node_vtep_address(node: Mapping) -> tuple[str, str, str]:
     problem = ""
     raw = annotations.get(VTEP_ANNOTATION)
     if raw is not None:
-        ip = _normalise_ip(raw)
+        ip = canonical_ip(raw)
         if ip:
             return ip, "annotation", ""
         problem = f"annotation {VTEP_ANNOTATION}={raw!r} is not an IP address; ignored"
@@ -82,7 +72,7 @@ def node_vtep_address(node: Mapping) -> tuple[str, str, str]:
     for kind in ("InternalIP", "ExternalIP"):
         for entry in addresses:
             if isinstance(entry, Mapping) and entry.get("type") == kind:
-                ip = _normalise_ip(entry.get("address"))
+                ip = canonical_ip(entry.get("address"))
                 if ip:
                     return ip, kind, problem
     return "", "", problem
@@ -159,287 +149,125 @@ def reflector_router_id(listen_ip: str) -> str:
     return str(router_id)
 
 
-# -- pure logic: reflectors ----------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
-class ReflectorEndpoint:
-    address: str
-    port: int
-    node: str = field(default="", compare=False)
+def keep_in_grace(desired: Mapping[str, str], previous: Mapping[str, str],
+                  nodes: Mapping[str, NodePeer], not_ready_since: Mapping[str, float],
+                  now: float, grace: float) -> dict[str, str]:
+    """`desired` plus the peers of `previous` whose node still exists at the same address but has
+    not been Ready for less than `grace` seconds.
 
-
-def parse_service_ref(ref: str, default_namespace: str = "megalos") -> tuple[str, str]:
-    """"namespace/name" (or "name") -> (namespace, name)."""
-    namespace, _, name = ref.strip().rpartition("/")
-    namespace = namespace or default_namespace
-    if not name or "/" in namespace:
-        raise ValueError(f"{ref!r} is not NAMESPACE/SERVICE")
-    return namespace, name
-
-
-def _slice_port(endpoint_slice: Mapping, port_name: str) -> int | None:
-    ports = [p for p in endpoint_slice.get("ports") or [] if isinstance(p, Mapping)]
-    for port in ports:
-        if port.get("name") == port_name and isinstance(port.get("port"), int):
-            return port["port"]
-    if len(ports) == 1 and isinstance(ports[0].get("port"), int):
-        return ports[0]["port"]  # a single unnamed or differently named port
-    return None
-
-
-def reflector_endpoints(slices: Iterable[Mapping],
-                        port_name: str = DEFAULT_BGP_PORT_NAME) -> list[ReflectorEndpoint]:
-    """The reflectors' BGP endpoints in EndpointSlices (sorted, without duplicates).
-
-    An endpoint counts unless it is explicitly not ready or terminating (the EndpointSlice API
-    says a missing `ready` means ready). FQDN slices and slices without the BGP port are skipped.
+    A kubelet that misses a few heartbeats (a busy node, an API server partition) makes its node
+    NotReady while the node's agent and BGP session are fine; withdrawing its routes then would cut
+    every LAN through that node for nothing. The grace only keeps peers: a node never seen Ready
+    is not peered, and a deleted node (gone from `nodes`) or one whose address changed is not kept.
     """
-    found: set[ReflectorEndpoint] = set()
-    for endpoint_slice in slices:
-        if endpoint_slice.get("addressType") not in ("IPv4", "IPv6"):
+    kept = dict(desired)
+    for ip, name in previous.items():
+        node = nodes.get(name)
+        if ip in kept or node is None or node.ready or node.ip != ip:
             continue
-        port = _slice_port(endpoint_slice, port_name)
-        if port is None:
-            continue
-        for endpoint in endpoint_slice.get("endpoints") or []:
-            conditions = endpoint.get("conditions") or {}
-            if conditions.get("ready") is False or conditions.get("terminating") is True:
-                continue
-            for raw in endpoint.get("addresses") or []:
-                ip = _normalise_ip(raw)
-                if ip:
-                    found.add(ReflectorEndpoint(ip, port, str(endpoint.get("nodeName") or "")))
-    return sorted(found)
+        since = not_ready_since.get(name)
+        if since is not None and now - since < grace:
+            kept[ip] = name
+    return kept
 
 
-# -- the list-then-watch loop --------------------------------------------------------------------
-class Backoff:
-    """Capped exponential backoff with jitter: the n-th delay is in [c/2, c], c = min(cap, base * 2**n)."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None):
-        self.base, self.cap = base, cap
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * (2 ** self.failures))
-        self.failures += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-class Gone(Exception):
-    """The watch's resourceVersion is too old (HTTP 410): list again."""
-
-
-def _is_gone(exc: BaseException) -> bool:
-    return isinstance(exc, k8s_client.ApiException) and exc.status == HTTP_GONE
-
-
-class ListWatch:
-    """List then watch one kind of object, forever, on a thread of its own.
-
-    `list_fn` is a list method of the official client (e.g. `CoreV1Api.list_node`), called with
-    `kwargs` (namespace, label selector, ...). `on_reset(items)` gets the full list (a list of
-    dicts) after every (re)list; `on_event(type, obj)` each ADDED/MODIFIED/DELETED event.
-    """
-
-    def __init__(self, name: str, list_fn: Callable, on_reset: Callable[[list[dict]], None],
-                 on_event: Callable[[str, dict], None], *, kwargs: Mapping | None = None,
-                 timeout_seconds: int = 300, request_timeout: float = 10.0,
-                 backoff: Backoff | None = None):
-        self.name = name
-        self._list_fn = list_fn
-        self._on_reset = on_reset
-        self._on_event = on_event
-        self._kwargs = dict(kwargs or {})
-        self.timeout_seconds = timeout_seconds     # server side: the API server ends the watch
-        self.request_timeout = request_timeout     # client side: connect, and reads past that
-        self.backoff = backoff or Backoff()
-        self.resource_version: str | None = None
-        self.synced = threading.Event()            # set after the first successful list
-        self.lists = 0                             # (re)lists done, for logs and tests
-        self._stopping = threading.Event()
-        self._watch: k8s_watch.Watch | None = None
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    # -- life cycle
-    def start(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, name=f"watch-{self.name}", daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if self._watch is not None:
-                    # Shuts the socket down, which unblocks the reading thread; repeated because
-                    # a watch whose response has not arrived yet has no socket to shut down.
-                    self._watch.stop()
-            thread = self._thread
-            if thread is None or thread is threading.current_thread() or not thread.is_alive():
-                return
-            thread.join(0.05)
-            if time.monotonic() >= deadline:
-                log.warning("%s: the watch thread did not stop within %.0f s", self.name, timeout)
-                return
-
-    # -- the loop
-    def run(self) -> None:
-        gone_in_a_row = 0
-        while not self._stopping.is_set():
-            try:
-                if self.resource_version is None:
-                    self._list()
-                started = time.monotonic()
-                events = self._watch_once()
-                gone_in_a_row = 0
-                if events or time.monotonic() - started >= MIN_HEALTHY_WATCH:
-                    self.backoff.reset()
-                    continue
-                failure = "the watch ended at once with no event"  # do not spin on it
-            except Exception as exc:  # noqa: BLE001 - every failure is retried
-                if self._stopping.is_set():
-                    break
-                if isinstance(exc, Gone) or _is_gone(exc):
-                    log.info("%s: resourceVersion %s expired; listing again", self.name,
-                             self.resource_version)
-                    self.resource_version = None
-                    gone_in_a_row += 1
-                    if gone_in_a_row == 1:
-                        continue  # relist at once; a server that keeps answering 410 backs off
-                failure = _describe(exc)
-            delay = self.backoff.next()
-            log.warning("%s: %s; retrying in %.1f s", self.name, failure, delay)
-            self._stopping.wait(delay)
-
-    def _list(self) -> None:
-        response = self._list_fn(**self._kwargs, _preload_content=False,
-                                 _request_timeout=self.request_timeout)
-        try:
-            body = _json(response.data)
-        finally:
-            response.release_conn()
-        items = [item for item in body.get("items") or [] if isinstance(item, dict)]
-        self.resource_version = (body.get("metadata") or {}).get("resourceVersion") or ""
-        self.lists += 1
-        log.debug("%s: listed %d objects at resourceVersion %s", self.name, len(items),
-                  self.resource_version)
-        _safely(self.name, self._on_reset, items)
-        self.synced.set()
-
-    def _watch_once(self) -> int:
-        """Watch from the current resourceVersion until the stream ends; the number of events."""
-        watch = k8s_watch.Watch()
-        with self._lock:
-            if self._stopping.is_set():
-                return 0
-            self._watch = watch
-        kwargs = dict(self._kwargs, allow_watch_bookmarks=True,
-                      timeout_seconds=self.timeout_seconds,
-                      _request_timeout=(self.request_timeout,
-                                        self.timeout_seconds + self.request_timeout))
-        if self.resource_version:
-            kwargs["resource_version"] = self.resource_version
-        events = 0
-        try:
-            for event in watch.stream(self._list_fn, **kwargs):
-                if self._stopping.is_set():
-                    break
-                kind = event.get("type")
-                obj = event.get("raw_object")
-                if not isinstance(obj, dict):
-                    continue
-                version = (obj.get("metadata") or {}).get("resourceVersion")
-                if kind == "ERROR":  # the client raises on 410 itself; any other ERROR too
-                    raise Gone() if obj.get("code") == HTTP_GONE else RuntimeError(obj)
-                if version:
-                    self.resource_version = version
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    events += 1
-                    _safely(self.name, self._on_event, kind, obj)
-        finally:
-            with self._lock:
-                self._watch = None
-        return events
-
-
-def _json(data: bytes) -> dict:
-    body = json.loads(data)
-    if not isinstance(body, dict):
-        raise ValueError("a list response is a JSON object")
-    return body
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, k8s_client.ApiException):
-        hint = " (check the ServiceAccount's RBAC)" if exc.status in (401, 403) else ""
-        return f"API error {exc.status} {exc.reason}{hint}"
-    return f"{exc.__class__.__name__}: {exc}"
-
-
-def _safely(name: str, callback: Callable, *args) -> None:
-    try:
-        callback(*args)
-    except Exception:  # noqa: BLE001 - a callback must not end the watch
-        log.exception("%s: callback %r failed", name, callback)
-
-
-# -- the reflector's node watcher ----------------------------------------------------------------
+# -- the node watcher ----------------------------------------------------------------------------
 class NodeWatcher:
     """Keeps the reflector's peers equal to the Ready nodes' VTEP addresses.
 
     `on_change(desired)` is called with the full {ip: node name} map after every (re)list and
-    whenever it changes; a `PeerSync` turns those maps into add/remove calls.
+    whenever it changes; a `PeerSync` turns those maps into add/remove calls. With
+    `not_ready_grace` > 0, a peer whose node stops being Ready stays in the map that long (a
+    thread of its own re-checks every second); 0 drops it at once.
     """
 
     def __init__(self, core_api: k8s_client.CoreV1Api,
                  on_change: Callable[[dict[str, str]], None], *, label_selector: str = "",
+                 not_ready_grace: float = 0.0, clock: Callable[[], float] = time.monotonic,
                  **list_watch_options):
         self.on_change = on_change
+        self.not_ready_grace = not_ready_grace
         self.nodes: dict[str, NodePeer] = {}
+        self.not_ready_since: dict[str, float] = {}
         self.desired: dict[str, str] = {}
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
         kwargs = {"label_selector": label_selector} if label_selector else {}
         self.list_watch = ListWatch("nodes", core_api.list_node, self._reset, self._event,
                                     kwargs=kwargs, **list_watch_options)
 
     def start(self) -> threading.Thread:
-        return self.list_watch.start()
+        thread = self.list_watch.start()
+        if self.not_ready_grace > 0:
+            self._timer = threading.Thread(target=self._expire_loop, name="nodes-grace",
+                                           daemon=True)
+            self._timer.start()
+        return thread
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
         self.list_watch.stop(timeout)
+        if self._timer is not None:
+            self._timer.join(timeout)
 
     @property
     def synced(self) -> threading.Event:
         return self.list_watch.synced
 
+    def expire(self) -> None:
+        """Drop the peers whose grace is over (the grace thread calls this every second; it
+        costs nothing while no peer's node is NotReady)."""
+        with self._lock:
+            if any(not node.ready for node in map(self.nodes.get, self.desired.values())
+                   if node is not None):
+                self._emit()
+
+    def _expire_loop(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self.synced.is_set():
+                self.expire()
+
     def _reset(self, items: list[dict]) -> None:
-        self.nodes = {}
-        for item in items:
-            self._store(node_peer(item))
-        self._emit(always=True)
+        with self._lock:
+            self.nodes = {}
+            for item in items:
+                self._store(node_peer(item))
+            for name in set(self.not_ready_since) - set(self.nodes):
+                del self.not_ready_since[name]
+            self._emit(always=True)
 
     def _event(self, kind: str, obj: dict) -> None:
         peer = node_peer(obj)
-        if kind == "DELETED":
-            self.nodes.pop(peer.name, None)
-        else:
-            self._store(peer)
-        self._emit()
+        with self._lock:
+            if kind == "DELETED":
+                self.nodes.pop(peer.name, None)
+                self.not_ready_since.pop(peer.name, None)
+            else:
+                self._store(peer)
+            self._emit()
 
     def _store(self, peer: NodePeer) -> None:
         previous = self.nodes.get(peer.name)
         if peer.problem and (previous is None or previous.problem != peer.problem):
             log.warning("node %s: %s", peer.name, peer.problem)
-        if peer.name:
-            self.nodes[peer.name] = peer
+        if not peer.name:
+            return
+        if peer.ready:
+            self.not_ready_since.pop(peer.name, None)
+        elif peer.name not in self.not_ready_since:
+            self.not_ready_since[peer.name] = self._clock()
+            if self.not_ready_grace > 0 and self.desired.get(peer.ip) == peer.name:
+                log.warning("node %s is not Ready; it stays a peer for %.0f s unless it recovers",
+                            peer.name, self.not_ready_grace)
+        self.nodes[peer.name] = peer
 
     def _emit(self, always: bool = False) -> None:
         desired = desired_peers(self.nodes.values())
+        if self.not_ready_grace > 0:
+            desired = keep_in_grace(desired, self.desired, self.nodes, self.not_ready_since,
+                                    self._clock(), self.not_ready_grace)
         if desired == self.desired and not always:
             return
         self.desired = desired
@@ -452,11 +280,13 @@ class PeerSync:
     Only peers this object added are ever removed (static peers given on the command line are
     left alone). A failed call is logged and retried at the next map: a failed add is not
     recorded as applied, a failed remove stays applied. Removals go first, so a node whose
-    address changed is never peered twice.
+    address changed is never peered twice. `name(ip, node name or None)`, if given, is told
+    each applied peer's node name when it is added or renamed, and None when it is removed.
     """
 
-    def __init__(self, add: Callable[[str], object], remove: Callable[[str], object]):
-        self._add, self._remove = add, remove
+    def __init__(self, add: Callable[[str], object], remove: Callable[[str], object],
+                 name: Callable[[str, str | None], object] | None = None):
+        self._add, self._remove, self._name = add, remove, name
         self.applied: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -471,6 +301,7 @@ class PeerSync:
                     continue
                 log.info("peer %s removed (node %s)", ip, name)
                 del self.applied[ip]
+                self._tell_name(ip, None)
             for ip, name in sorted(diff.added.items()):
                 try:
                     self._add(ip)
@@ -479,90 +310,56 @@ class PeerSync:
                     continue
                 log.info("peer %s added (node %s)", ip, name)
                 self.applied[ip] = name
+                self._tell_name(ip, name)
             for ip, name in desired.items():  # renames at the same address
-                if ip in self.applied:
+                if ip in self.applied and self.applied[ip] != name:
                     self.applied[ip] = name
+                    self._tell_name(ip, name)
             return diff
 
+    def _tell_name(self, ip: str, name: str | None) -> None:
+        if self._name is None:
+            return
+        try:
+            self._name(ip, name)
+        except Exception:  # noqa: BLE001
+            log.exception("naming peer %s %r failed", ip, name)
 
-# -- the node agent's reflector finder -----------------------------------------------------------
-class ReflectorFinder:
-    """The reflectors' BGP endpoints, from the EndpointSlices of their headless Service.
 
-    `find()` lists once; `start()` lists and watches, calling `on_change(endpoints)` after every
-    (re)list and whenever the set changes. Needs get/list/watch on endpointslices in the
-    Service's namespace, nothing else.
+# -- the LAN watcher -----------------------------------------------------------------------------
+class LanWatcher:
+    """Feeds the LAN table from the API server: NetworkAttachmentDefinitions (group
+    k8s.cni.cncf.io, version v1) and pods, of every namespace, each listed then watched.
+
+    `table` takes `lan_reset(kind, items)` and `lan_event(kind, event type, object)`, kind being
+    "nads" or "pods" (a ReflectorState). Needs get/list/watch on both resources, cluster-wide.
     """
 
-    def __init__(self, discovery_api: k8s_client.DiscoveryV1Api,
-                 service: str = DEFAULT_REFLECTOR_SERVICE,
-                 on_change: Callable[[list[ReflectorEndpoint]], None] | None = None, *,
-                 port_name: str = DEFAULT_BGP_PORT_NAME, **list_watch_options):
-        self.namespace, self.service = parse_service_ref(service)
-        self.port_name = port_name
-        self.on_change = on_change or (lambda endpoints: None)
-        self.slices: dict[str, dict] = {}
-        self.endpoints: list[ReflectorEndpoint] = []
-        self._api = discovery_api
-        self._kwargs = {"namespace": self.namespace,
-                        "label_selector": f"{SERVICE_NAME_LABEL}={self.service}"}
-        self.list_watch = ListWatch(f"endpointslices of {self.namespace}/{self.service}",
-                                    discovery_api.list_namespaced_endpoint_slice,
-                                    self._reset, self._event, kwargs=self._kwargs,
-                                    **list_watch_options)
+    def __init__(self, api_client: k8s_client.ApiClient, table, **list_watch_options):
+        custom = k8s_client.CustomObjectsApi(api_client)
+        core = k8s_client.CoreV1Api(api_client)
+        self.watches = [
+            ListWatch(NAD_PLURAL, custom.list_cluster_custom_object,
+                      partial(table.lan_reset, "nads"), partial(table.lan_event, "nads"),
+                      kwargs={"group": NAD_GROUP, "version": NAD_VERSION, "plural": NAD_PLURAL},
+                      **list_watch_options),
+            ListWatch("pods", core.list_pod_for_all_namespaces,
+                      partial(table.lan_reset, "pods"), partial(table.lan_event, "pods"),
+                      **list_watch_options),
+        ]
 
-    def find(self) -> list[ReflectorEndpoint]:
-        response = self._api.list_namespaced_endpoint_slice(**self._kwargs, _preload_content=False,
-                                                            _request_timeout=10.0)
-        try:
-            body = _json(response.data)
-        finally:
-            response.release_conn()
-        return reflector_endpoints(body.get("items") or [], self.port_name)
-
-    def start(self) -> threading.Thread:
-        return self.list_watch.start()
+    def start(self) -> None:
+        for watch in self.watches:
+            watch.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.list_watch.stop(timeout)
+        for watch in self.watches:
+            watch.stop(timeout)
 
-    @property
-    def synced(self) -> threading.Event:
-        return self.list_watch.synced
-
-    def _reset(self, items: list[dict]) -> None:
-        self.slices = {_name(item): item for item in items}
-        self._emit(always=True)
-
-    def _event(self, kind: str, obj: dict) -> None:
-        if kind == "DELETED":
-            self.slices.pop(_name(obj), None)
-        else:
-            self.slices[_name(obj)] = obj
-        self._emit()
-
-    def _emit(self, always: bool = False) -> None:
-        endpoints = reflector_endpoints(self.slices.values(), self.port_name)
-        if endpoints == self.endpoints and not always:
-            return
-        self.endpoints = endpoints
-        self.on_change(list(endpoints))
-
-
-def _name(obj: Mapping) -> str:
-    return str((obj.get("metadata") or {}).get("name") or "")
-
-
-# -- the API client ------------------------------------------------------------------------------
-def api_client(kubeconfig: str | None = None) -> k8s_client.ApiClient:
-    """An API client: in-cluster (the pod's ServiceAccount) unless a kubeconfig is given or the
-    process runs outside a pod, then the kubeconfig (`$KUBECONFIG`, `~/.kube/config`)."""
-    configuration = k8s_client.Configuration()
-    if kubeconfig is None:
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-            return k8s_client.ApiClient(configuration)
-        except k8s_config.ConfigException:
-            pass
-    k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    return k8s_client.ApiClient(configuration)
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for watch in self.watches:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not watch.synced.wait(left):
+                return False
+        return True

@@ -16,6 +16,12 @@ Ops (arguments; result):
 - ``peers``: [{address, name, state, uptime, received, sent, updates_received, updates_sent}]
 - ``events`` {since, timeout (s, at most 60), limit?, vni?}: {seq, epoch, changes, next,
   truncated}
+- ``lans`` {namespace?}: {namespace, watching, synced, converged, lans: [{namespace, name, link,
+  vni, members: [{pod, namespace, interface, mac, node, attached, vteps, announced}],
+  converged}]}: the LANs (megalos NetworkAttachmentDefinitions) of a namespace, or of all, with
+  the pod interfaces on each and whether each one's MAC is in the VNI's MAC table (see
+  reflector.lanview); ``watching`` false when the reflector does not watch the Kubernetes API
+  for LANs (no --lans-from-k8s), ``synced`` once NADs and pods have both been listed
 - ``peer_add`` {address, name?}: true if added, false if it was already a peer
 - ``peer_del`` {address}: true if removed, false if it was not a peer
 
@@ -33,7 +39,8 @@ import threading
 
 VERSION = 1
 DEFAULT_SOCKET = "/run/megalos/reflector.sock"
-OPS = ("hello", "totals", "vnis", "vni", "mac", "peers", "events", "peer_add", "peer_del")
+OPS = ("hello", "totals", "vnis", "vni", "mac", "peers", "events", "lans", "peer_add",
+       "peer_del")
 
 
 class ReflectorUnavailable(Exception):

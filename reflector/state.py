@@ -1,10 +1,12 @@
 """The reflector's view of the cluster, built from the routes it reflects. Pure logic, in memory.
 
 VNIs, the VTEPs hosting each (from Type-3 routes), MAC tables (from Type-2 routes: where, since
-when, last change), node names (given with POST /api/v1/nodes), and a bounded log of changes with
-sequence numbers so clients can wait for convergence (`changes_since`). Nothing is stored on
-disk: after a restart the routes come back from the speakers and so does this state (the change
-log starts again from 1 under a new `epoch`).
+when, last change), node names (given with POST /api/v1/nodes, or from the Node objects with
+--peers-from-k8s), a bounded log of changes with sequence numbers so clients can wait for
+convergence (`changes_since`), and the LAN table (reflector.lanview: which pod interfaces are on
+which LAN, from the Kubernetes API with --lans-from-k8s), read together with the MAC tables.
+Nothing is stored on disk: after a restart the routes come back from the speakers and so does this
+state (the change log starts again from 1 under a new `epoch`; the LAN table is listed again).
 
 Tables are read a page at a time: a page is `limit` rows after a `cursor`, the cursor being the
 key of the last row of the previous page (`str(vni)` for the VNI list, `"<mac>@<vtep>"` for a MAC
@@ -20,6 +22,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+from reflector.lanview import LanTable
 
 MAX_PAGE = 10_000
 
@@ -95,6 +99,7 @@ class ReflectorState:
     log: deque = field(default_factory=deque)
     changed: threading.Condition = field(default_factory=threading.Condition)
     _order: dict = field(default_factory=dict)      # vni -> sorted [(mac, vtep)], dropped on change
+    lan_table: LanTable = field(default_factory=LanTable)  # NADs and pods (reflector.lanview)
 
     # -- changes ----------------------------------------------------------------------------------
     def apply(self, event: dict, now: float | None = None) -> bool:
@@ -190,6 +195,18 @@ class ReflectorState:
     def node_address(self, name: str) -> str | None:
         with self.changed:
             return next((ip for ip, named in self.node_names.items() if named == name), None)
+
+    # -- the LAN table (fed by reflector.discovery.LanWatcher) ------------------------------------
+    def lan_reset(self, kind: str, items: list) -> None:
+        """Every object of one kind ("nads" or "pods"), after a (re)list."""
+        with self.changed:
+            self.lan_table.watching = True
+            self.lan_table.reset(kind, items)
+
+    def lan_event(self, kind: str, event_type: str, obj: dict) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) of a NAD or a pod."""
+        with self.changed:
+            self.lan_table.event(kind, event_type, obj)
 
     # -- queries (callers hold no lock: each takes a consistent snapshot) -------------------------
     def _vnis(self) -> list[int]:
@@ -303,6 +320,20 @@ class ReflectorState:
                 self.changed.wait(left)
             return {"seq": self.seq, "epoch": self.epoch, "changes": changes, "next": examined,
                     "truncated": reset or (start_seq + 1 < oldest and start_seq < self.seq)}
+
+    def _announced(self, vni: int, mac: str) -> list[str]:
+        return sorted(self.macs.get(vni, {}).get(mac, {}))
+
+    def lans(self, namespace: str | None = None) -> dict:
+        """The LANs of a namespace (all when None) with their members, each member's MAC checked
+        against the VNI's MAC table. `watching`: LANs are fed from the Kubernetes API at all;
+        `synced`: NADs and pods have both been listed; `converged`: synced, and every LAN is."""
+        with self.changed:
+            table = self.lan_table
+            lans = table.view(namespace, self._announced)
+            synced = table.watching and all(table.synced.values())
+            return {"namespace": namespace, "watching": table.watching, "synced": synced,
+                    "converged": synced and all(lan["converged"] for lan in lans), "lans": lans}
 
     def totals(self) -> dict:
         with self.changed:

@@ -19,6 +19,7 @@ Fixes that patch os-ken code in place (call once, at start-up, before the
 - ``patch_md5_str_password``: TCP MD5 needs a ``bytes`` key.
 - ``patch_peer_up_address``: ``peer_up_handler`` gets the router id.
 - ``patch_route_refresh_without_med``: a ROUTE-REFRESH kills the session.
+- ``patch_evpn_next_hop_local``: EVPN routes whose VTEP is our own address are dropped.
 - ``enable_restart_grace`` (reflector only, not in ``apply_all``): os-ken has no
   graceful restart; keep a peer's routes a while when its session closes.
 
@@ -42,6 +43,7 @@ from os_ken.lib.packet.bgp import (
     RouteFamily,
 )
 from os_ken.services.protocols.bgp import bgpspeaker
+from os_ken.services.protocols.bgp import peer as bgp_peer
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
 from os_ken.services.protocols.bgp.core_managers import peer_manager
 from os_ken.services.protocols.bgp.core_managers.peer_manager import PeerManager
@@ -372,8 +374,35 @@ def patch_route_refresh_without_med():
                     _clone_path_keeping_absent_med)
 
 
+def _validate_update_msg_vtep_next_hop(self, update_msg):
+    validate = original(bgp_peer.Peer, '_validate_update_msg')
+    mp_reach = update_msg.get_path_attr(BGP_ATTR_TYPE_MP_REACH_NLRI)
+    local = self._host_bind_ip
+    if (mp_reach is None or mp_reach.route_family != RF_L2_EVPN
+            or not local or mp_reach.next_hop != local):
+        return validate(self, update_msg)
+    self._host_bind_ip = None  # no yield until restored: eventlet switches only on I/O
+    try:
+        return validate(self, update_msg)
+    finally:
+        self._host_bind_ip = local
+
+
+def patch_evpn_next_hop_local():
+    """Accept EVPN routes whose next hop is the address this session is bound to.
+
+    ``Peer._validate_update_msg`` drops an UPDATE whose MP_REACH next hop equals the local
+    address of the session (a loop guard for IP routes). An EVPN next hop is a VTEP: in
+    Kubernetes the reflector runs in the host network of a node whose agent announces that
+    node's address as its VTEP, so the reflector threw away every route of its own node and
+    LANs through that node broke whenever no second reflector carried them.
+    """
+    return _replace(bgp_peer.Peer, '_validate_update_msg', _validate_update_msg_vtep_next_hop)
+
+
 def apply_all():
     """Apply every in-place fix (idempotent)."""
+    patch_evpn_next_hop_local()
     patch_route_refresh_without_med()
     patch_rib_identity_compare()
     patch_route_family_str()

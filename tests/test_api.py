@@ -157,12 +157,47 @@ def test_reads_go_through_the_state_socket(client):
     ("/api/v1/events?since=-1", 400, "malformed since"),
     ("/api/v1/events?timeout=nan", 400, "malformed timeout"),
     ("/api/v1/events?timeout=-1", 400, "malformed timeout"),
+    ("/api/v1/lans?namespace=Lab_1", 400, "malformed namespace"),
+    ("/api/v1/lans?namespace=", 400, "malformed namespace"),
+    ("/api/v1/lans?namespace=" + "a" * 64, 400, "malformed namespace"),
     ("/no/such/path", 404, "not found"),
 ])
 def test_errors_are_json(client, path, status, message):
     reply = client.get(path)
     assert reply.status_code == status
     assert reply.json["status"] == status and message in reply.json["error"], reply.json
+
+
+def test_lans_show_members_and_convergence(client, reflector):
+    """The LAN table is fed from the Kubernetes API in the reflector (reflector.discovery
+    LanWatcher); here it is filled directly. MAC 02:00:00:00:00:01 is announced in VNI 100."""
+    assert client.get("/api/v1/lans").json == {"namespace": None, "watching": False,
+                                               "synced": False, "converged": False, "lans": []}
+    config = json.dumps({"cniVersion": "0.3.0", "name": "a", "type": "megalos", "vxlanId": 100})
+    reflector.state.lan_reset("nads", [{"metadata": {"name": "kathara-a", "namespace": "lab1",
+                                                     "labels": {"name": "A"}},
+                                        "spec": {"config": config}}])
+
+    def pod(name, mac):
+        status = [{"name": "lab1/kathara-a", "interface": "net0", "mac": mac, "dns": {}}]
+        return {"metadata": {"name": name, "namespace": "lab1", "annotations": {
+            "k8s.v1.cni.cncf.io/network-status": json.dumps(status)}},
+            "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}
+    reflector.state.lan_reset("pods", [pod("pc1", "02:00:00:00:00:01")])
+    body = client.get("/api/v1/lans?namespace=lab1").json
+    assert body == {"namespace": "lab1", "watching": True, "synced": True, "converged": True,
+                    "lans": [{"namespace": "lab1", "name": "kathara-a", "link": "A", "vni": 100,
+                              "members": [{"pod": "pc1", "namespace": "lab1", "interface": "net0",
+                                           "mac": "02:00:00:00:00:01", "node": "n1",
+                                           "attached": True, "vteps": ["192.0.2.2"],
+                                           "announced": True}],
+                              "converged": True}]}
+    reflector.state.lan_event("pods", "ADDED", pod("pc2", "02:00:00:00:00:02"))
+    body = client.get("/api/v1/lans").json
+    assert body["namespace"] is None and not body["converged"]
+    assert [(m["pod"], m["announced"]) for m in body["lans"][0]["members"]] == \
+        [("pc1", True), ("pc2", False)]
+    assert client.get("/api/v1/lans?namespace=other").json["lans"] == []
 
 
 def test_long_polls_beyond_the_waiters_allowed_answer_at_once(reflector):
@@ -226,7 +261,7 @@ def test_without_a_token_on_the_server_mutations_are_forbidden(reflector):
 def test_a_reflector_that_is_not_there_gives_503():
     client = create_app({"REFLECTOR_SOCKET": "/nonexistent/megalos.sock", "API_TOKEN": TOKEN}).test_client()
     for path in ("/api/v1/vnis", "/api/v1/vnis/100", "/api/v1/macs/02:00:00:00:00:01",
-                 "/api/v1/nodes", "/api/v1/events", "/readyz"):
+                 "/api/v1/nodes", "/api/v1/lans", "/api/v1/events", "/readyz"):
         reply = client.get(path)
         assert reply.status_code == 503 and "not answering" in reply.json["error"], path
     assert client.post("/api/v1/nodes", json={"address": "192.0.2.9"}, headers=AUTH).status_code == 503

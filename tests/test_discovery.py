@@ -1,13 +1,14 @@
-"""Peer discovery (reflector.discovery): pure logic with plain values, and the list/watch loops
-against an API server speaking the Kubernetes protocol (kmock's in-memory emulator: HTTP lists,
-watch streams, creates, merge patches, deletes; there is no kube-apiserver to be had here).
+"""Peer discovery (reflector.discovery, and speaker.k8s_watch under it): pure logic with plain
+values, and the list/watch loops against an API server speaking the Kubernetes protocol (kmock's
+in-memory emulator: HTTP lists, watch streams, creates, merge patches, deletes; there is no
+kube-apiserver to be had here).
 
-The emulator runs on an asyncio loop in a background thread; the code under test uses the
-official (synchronous) client from its own thread, as it does in the reflector and the agent.
+The emulator (lab.multus.ApiServerEmulator) runs on an asyncio loop in a background thread; the
+code under test uses the official (synchronous) client from its own thread, as it does in the
+reflector and the agent.
 """
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
@@ -17,11 +18,15 @@ import pytest
 kmock = pytest.importorskip("kmock")
 from kubernetes import client as k8s_client  # noqa: E402
 
+from lab.multus import ApiServerEmulator  # noqa: E402
 from reflector import discovery  # noqa: E402
 from reflector.discovery import (  # noqa: E402
-    Backoff, NodePeer, NodeWatcher, PeerSync, ReflectorEndpoint, ReflectorFinder, desired_peers,
-    diff_peers, node_is_ready, node_peer, node_vtep_address, parse_service_ref,
-    reflector_endpoints, reflector_router_id)
+    NodePeer, NodeWatcher, PeerSync, desired_peers, diff_peers, keep_in_grace, node_is_ready,
+    node_peer, node_vtep_address, reflector_router_id)
+from speaker import k8s_watch  # noqa: E402
+from speaker.k8s_watch import (  # noqa: E402
+    Backoff, ReflectorEndpoint, ReflectorFinder, ReflectorPeers, parse_service_ref,
+    reflector_endpoints)
 
 NODES = "v1/nodes"
 SLICES = "discovery.k8s.io/v1/endpointslices"
@@ -55,7 +60,7 @@ def endpoint_slice(name: str, *addresses: str, port: int = 1790, port_name: str 
                           "nodeName": f"node-{address}"})
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "namespace": "megalos", "resourceVersion": "1",
-                         "labels": {discovery.SERVICE_NAME_LABEL: service}},
+                         "labels": {k8s_watch.SERVICE_NAME_LABEL: service}},
             "addressType": address_type, "endpoints": endpoints,
             "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}
 
@@ -152,6 +157,56 @@ def test_peer_sync_never_removes_peers_it_did_not_add():
     assert rec.calls == []  # a static --peer of the reflector stays
 
 
+def test_peer_sync_tells_the_node_names():
+    rec, names = Recorder(fail={"10.0.0.2"}), []
+    sync = PeerSync(rec.add, rec.remove, lambda ip, name: names.append((ip, name)))
+    sync({"10.0.0.1": "a", "10.0.0.2": "b"})
+    assert names == [("10.0.0.1", "a")]  # not b: its add failed
+    names.clear()
+    sync({"10.0.0.1": "a-renamed"})
+    assert names == [("10.0.0.1", "a-renamed")]
+    names.clear()
+    sync({"10.0.0.1": "a-renamed"})
+    assert names == []  # nothing changed: nothing said
+    sync({})
+    assert names == [("10.0.0.1", None)]
+    broken = PeerSync(rec.add, rec.remove, lambda ip, name: 1 / 0)
+    assert broken({"10.0.0.7": "g"}).added and broken.applied == {"10.0.0.7": "g"}
+
+
+def test_not_ready_nodes_keep_their_peering_for_the_grace():
+    nodes = {"a": NodePeer("a", "10.0.0.1", False), "b": NodePeer("b", "10.0.0.2", True),
+             "c": NodePeer("c", "10.0.0.9", False), "d": NodePeer("d", "10.0.0.4", False)}
+    previous = {"10.0.0.1": "a", "10.0.0.2": "b", "10.0.0.3": "c", "10.0.0.5": "gone"}
+    since = {"a": 100.0, "c": 100.0, "d": 100.0}
+    desired = desired_peers(nodes.values())
+    assert desired == {"10.0.0.2": "b"}
+    # a: NotReady for 10 s of 30, kept; c: its address changed; gone: deleted; d: never a peer.
+    assert keep_in_grace(desired, previous, nodes, since, 110.0, 30.0) == \
+        {"10.0.0.2": "b", "10.0.0.1": "a"}
+    assert keep_in_grace(desired, previous, nodes, since, 130.0, 30.0) == {"10.0.0.2": "b"}
+    assert keep_in_grace(desired, previous, nodes, {}, 110.0, 30.0) == {"10.0.0.2": "b"}
+    taken = {"10.0.0.1": "z", "10.0.0.2": "b"}  # another Ready node has a's address now
+    assert keep_in_grace(taken, previous, nodes, since, 110.0, 30.0) == taken
+
+
+def test_reflector_peers_follow_the_endpoints_but_not_the_static_ones():
+    calls = []
+    peers = ReflectorPeers(lambda ip: calls.append(("add", ip)),
+                           lambda ip: calls.append(("remove", ip)), static=["10.0.0.9"])
+    peers([ReflectorEndpoint("10.0.0.1", 1790), ReflectorEndpoint("10.0.0.9", 1790)])
+    assert calls == [("add", "10.0.0.1")]
+    calls.clear()
+    peers([ReflectorEndpoint("10.0.0.2", 1790), ReflectorEndpoint("10.0.0.1", 1790)])
+    assert calls == [("add", "10.0.0.2")]
+    calls.clear()
+    peers([ReflectorEndpoint("10.0.0.3", 1790)])
+    assert calls == [("remove", "10.0.0.1"), ("remove", "10.0.0.2"), ("add", "10.0.0.3")]
+    calls.clear()
+    peers([])
+    assert calls == [("remove", "10.0.0.3")] and peers.current == set()
+
+
 def test_reflector_router_id_is_never_a_node_address():
     assert reflector_router_id("10.1.2.3") == "0.1.2.3"
     assert reflector_router_id("192.168.56.11") == "0.168.56.11"
@@ -204,63 +259,11 @@ def test_backoff_grows_caps_and_resets():
 
 
 # -- an API server speaking the Kubernetes protocol ----------------------------------------------
-class FakeApiServer:
-    """kmock's KubernetesEmulator on a loop in a background thread, driven from sync tests."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="kmock", daemon=True)
-        self._thread.start()
-        self._closing: asyncio.Event | None = None
-        ready = threading.Event()
-        self._serving = asyncio.run_coroutine_threadsafe(self._serve(ready), self.loop)
-        if not ready.wait(10):
-            raise RuntimeError(f"kmock did not start: {self._serving}")
-        configuration = k8s_client.Configuration(host=self.url)
-        self.api_client = k8s_client.ApiClient(configuration)
-
-    async def _serve(self, ready: threading.Event) -> None:
-        self._closing = asyncio.Event()
-        async with kmock.KubernetesEmulator() as km, kmock.Server(km) as server:
-            km.resources[NODES] = {}
-            km.resources[SLICES] = {}
-            self.km, self.url = km, str(server.url).rstrip("/")
-            ready.set()
-            await self._closing.wait()
-
-    def run(self, fn, timeout: float = 10.0):
-        """Run `fn(km)` (sync or async) on the emulator's loop; its result."""
-        async def call():
-            result = fn(self.km)
-            return await result if asyncio.iscoroutine(result) else result
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout)
-
-    def request(self, method: str, path: str, body: dict | None = None) -> int:
-        async def send(km):
-            async with km.request(method, path, json=body) as response:
-                await response.read()
-                return response.status
-        status = self.run(send)
-        assert status < 300, f"{method} {path}: HTTP {status}"
-        return status
-
-    def requests(self, method: str, path_prefix: str) -> list:
-        return self.run(lambda km: [r for r in km if r.method.value == method
-                                    and r.url.path.startswith(path_prefix)])
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self._closing.set)
-        self._serving.result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-
+# kmock's KubernetesEmulator on a loop in a background thread, driven from these sync tests.
 @pytest.fixture
 def api():
-    server = FakeApiServer()
-    yield server
-    server.close()
+    with ApiServerEmulator() as server:
+        yield server
 
 
 def wait_for(predicate, timeout: float = 8.0, what: str = "condition"):
@@ -443,6 +446,43 @@ def test_stop_interrupts_a_blocked_watch(api, node_watcher):
     assert time.monotonic() - started < 3
 
 
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_not_ready_node_stays_a_peer_for_the_grace(api, node_watcher):
+    api.request("POST", "/api/v1/nodes", node("w1", "10.0.0.2"))
+    api.request("POST", "/api/v1/nodes", node("w2", "10.0.0.3"))
+    api.request("POST", "/api/v1/nodes", node("w3", "10.0.0.4", ready="False"))
+    clock, changes = Clock(), Changes()
+    watcher = node_watcher(changes, not_ready_grace=30.0, clock=clock)
+    wait_for(lambda: changes.last == {"10.0.0.2": "w1", "10.0.0.3": "w2"}, what="initial list")
+    api.request("PATCH", "/api/v1/nodes/w1",
+                {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}})
+    wait_for(lambda: not watcher.nodes["w1"].ready, what="w1 NotReady")
+    clock.now += 29
+    watcher.expire()
+    assert changes.last == {"10.0.0.2": "w1", "10.0.0.3": "w2"}  # a kubelet hiccup: kept
+    api.request("PATCH", "/api/v1/nodes/w1",
+                {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    wait_for(lambda: watcher.nodes["w1"].ready, what="w1 Ready again")
+    clock.now += 60
+    watcher.expire()
+    assert "10.0.0.2" in changes.last  # recovered in time: the grace starts afresh next time
+    api.request("PATCH", "/api/v1/nodes/w1",
+                {"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+    wait_for(lambda: not watcher.nodes["w1"].ready, what="w1 NotReady again")
+    clock.now += 31
+    wait_for(lambda: changes.last == {"10.0.0.3": "w2"}, what="the grace thread drops w1")
+    api.request("DELETE", "/api/v1/nodes/w2")  # deleted: no grace
+    wait_for(lambda: changes.last == {}, what="w2 deleted")
+    assert "10.0.0.4" not in str(changes.seen)  # never Ready: never peered
+
+
 def test_node_watcher_passes_a_label_selector(api, node_watcher):
     watcher = node_watcher(Changes(), label_selector="megalos.io/peer=true")
     assert watcher.synced.wait(5)
@@ -458,7 +498,8 @@ def test_reflector_finder_lists_the_service_endpoints(api):
     api.request("POST", SLICE_PATH, endpoint_slice("megalos-reflector-abcde", "10.0.0.1",
                                                    "10.0.0.2"))
     finder = ReflectorFinder(k8s_client.DiscoveryV1Api(api.api_client), "megalos/megalos-reflector")
-    assert finder.find() == [ReflectorEndpoint("10.0.0.1", 1790), ReflectorEndpoint("10.0.0.2", 1790)]
+    assert finder.find() == [ReflectorEndpoint("10.0.0.1", 1790),
+                             ReflectorEndpoint("10.0.0.2", 1790)]
     request = api.requests("GET", SLICE_PATH)[-1]
     assert request.params.get("labelSelector") == "kubernetes.io/service-name=megalos-reflector"
 
@@ -494,6 +535,104 @@ contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
 current-context: x
 """)
     api.request("POST", "/api/v1/nodes", node("w1", "10.0.0.2"))
-    core = k8s_client.CoreV1Api(discovery.api_client(str(kubeconfig)))
+    core = k8s_client.CoreV1Api(k8s_watch.api_client(str(kubeconfig)))
     assert [n.metadata.name for n in core.list_node().items] == ["w1"]
     assert api.requests("GET", "/api/v1/nodes")[-1].headers.get("Authorization") == "Bearer t0ken"
+
+
+# -- the programs' options and the node speaker's side ---------------------------------------------
+def reflector_args(*argv):
+    from reflector.agent import build_parser, check_args
+    args = build_parser().parse_args(list(argv))
+    check_args(args)
+    return args
+
+
+def test_reflector_router_id_defaults_to_one_derived_from_the_listen_address():
+    assert reflector_args("--listen-host", "10.1.2.3").router_id == "0.1.2.3"
+    assert reflector_args("--router-id", "192.0.2.1").router_id == "192.0.2.1"
+    for argv, message in ((["--peer", "10.0.0.1"], "--router-id or --listen-host"),
+                          (["--router-id", "2001:db8::1"], "not an IPv4"),
+                          (["--listen-host", "10.0.0.0"], "0.0.0.0"),
+                          (["--listen-host", "10.0.0.1", "--not-ready-grace", "5"],
+                           "need --peers-from-k8s"),
+                          (["--listen-host", "10.0.0.1", "--node-selector", "a=b"],
+                           "need --peers-from-k8s"),
+                          (["--listen-host", "10.0.0.1", "--peers-from-k8s",
+                            "--not-ready-grace", "-1"], ">= 0")):
+        with pytest.raises(ValueError, match=message):
+            reflector_args(*argv)
+
+
+def test_discovered_nodes_never_remove_static_peers_nor_peer_the_router_id():
+    import argparse
+    from reflector.agent import Reflector
+    from reflector.state import ReflectorState
+
+    class Bgp:
+        def __init__(self):
+            self.calls = []
+
+        def call(self, op, **args):
+            self.calls.append((op, args["address"]))
+            return True
+    reflector = object.__new__(Reflector)
+    reflector.args = argparse.Namespace(router_id="192.0.2.1", md5_password="")
+    reflector.state, reflector.peers, reflector.bgp = ReflectorState(), set(), Bgp()
+    reflector.static_peers = {"192.0.2.7"}
+    sync = PeerSync(reflector.add_node, reflector.remove_node, reflector.name_node)
+    reflector.state.name_node("192.0.2.7", "static-7")
+    sync({"192.0.2.1": "self", "192.0.2.7": "n7", "192.0.2.8": "n8"})
+    assert ("peer_add", "192.0.2.1") not in reflector.bgp.calls
+    assert reflector.state.node_names["192.0.2.8"] == "n8"
+    sync({})
+    assert ("peer_del", "192.0.2.7") not in reflector.bgp.calls  # given with --peer: stays
+    assert ("peer_del", "192.0.2.8") in reflector.bgp.calls
+    assert reflector.state.node_names == {"192.0.2.7": "n7"}  # the static peer keeps a name
+
+
+def test_the_node_speaker_adds_and_removes_reflectors_at_runtime():
+    """NodeSpeaker.add_reflector/remove_reflector queue work for its worker, which peers (or
+    stops peering) on the BGP process and keeps `args.reflector` as the list a restarted BGP
+    process starts from."""
+    import argparse
+    import queue
+    from speaker.bgp_client import BgpError
+    from speaker.node import NodeSpeaker
+
+    class Bgp:
+        def __init__(self):
+            self.calls, self.fail = [], False
+
+        def call(self, op, **args):
+            if self.fail:
+                raise BgpError("gone")
+            self.calls.append((op, args))
+            return True
+    speaker = object.__new__(NodeSpeaker)
+    speaker.args = argparse.Namespace(reflector=["10.0.0.9"], connect_mode="passive",
+                                      md5_password="pw")
+    speaker.bgp, speaker._queue = Bgp(), queue.Queue()
+    speaker.peers_up, speaker.up_since, speaker.all_down_since = set(), None, None
+
+    def drain():
+        while not speaker._queue.empty():
+            item = speaker._queue.get_nowait()
+            assert item[0] == "reflector"
+            speaker._reflector(item[1], item[2])
+    speaker.add_reflector("10.0.0.1")
+    speaker.add_reflector("10.0.0.1")
+    speaker.add_reflector("10.0.0.9")  # static, already peered
+    drain()
+    assert speaker.bgp.calls == [("peer_add", {"address": "10.0.0.1", "connect_mode": "passive",
+                                               "password": "pw"})]
+    assert speaker.args.reflector == ["10.0.0.9", "10.0.0.1"]
+    speaker._peer_event("10.0.0.1", True)
+    speaker.remove_reflector("10.0.0.1")
+    drain()
+    assert speaker.bgp.calls[-1] == ("peer_del", {"address": "10.0.0.1"})
+    assert speaker.peers_up == set() and speaker.all_down_since is not None
+    speaker.bgp.fail = True  # the BGP process died: a restarted one peers from the list
+    speaker.add_reflector("10.0.0.2")
+    drain()
+    assert speaker.args.reflector == ["10.0.0.9", "10.0.0.2"]

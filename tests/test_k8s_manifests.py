@@ -36,11 +36,11 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 READ_ONLY_VERBS = {"get", "list", "watch"}
 WORKLOADS = {"DaemonSet", "Deployment", "StatefulSet", "Job", "Pod"}
 
-# Flags the manifests use that the programs do not have yet (the lead implements them); the
-# command-line tests xfail naming them until they exist, then pass.
+# Flags the manifests use that the programs do not have yet; the command-line tests xfail naming
+# them until they exist, then pass. None now: every flag in the manifests is implemented.
 PENDING_FLAGS = {
-    "megalos-agent": {"--reflector-service"},
-    "megalos-reflector": {"--peers-from-k8s"},
+    "megalos-agent": set(),
+    "megalos-reflector": set(),
 }
 
 
@@ -403,6 +403,9 @@ def test_agent_arguments_parse(built):
     assert main["command"] == ["megalos-agent"]
     args = _parse(build_parser(), expand(main["args"], {"HOST_IP": "10.0.0.7"}), "megalos-agent")
     assert args.vtep_ip == "10.0.0.7"
+    from speaker.k8s_watch import DEFAULT_REFLECTOR_SERVICE, parse_service_ref
+    assert parse_service_ref(args.reflector_service) == parse_service_ref(DEFAULT_REFLECTOR_SERVICE)
+    assert args.connect_mode == "passive" and args.kubeconfig is None
 
 
 def test_init_container_installs_the_shim(built, tmp_path):
@@ -422,7 +425,9 @@ def test_init_container_installs_the_shim(built, tmp_path):
 
 
 class StubAgent:
-    """A UNIX socket speaking the agent's wire protocol; records requests, answers `reply`."""
+    """A UNIX socket speaking the agent's wire protocol (the agent's own codec,
+    speaker.cni_server): records each request as {"env", "stdin"}, answers `reply`
+    ({"exit", "stdout"})."""
 
     def __init__(self, path: Path, reply: dict):
         self.requests: list[dict] = []
@@ -434,6 +439,7 @@ class StubAgent:
         self._thread.start()
 
     def _serve(self):
+        from speaker.cni_server import decode_request, encode_reply
         while True:
             try:
                 conn, _ = self._sock.accept()
@@ -443,8 +449,9 @@ class StubAgent:
                 data = b""
                 while chunk := conn.recv(65536):
                     data += chunk
-                self.requests.append(json.loads(data))
-                conn.sendall(json.dumps(self._reply).encode())
+                env, stdin = decode_request(data)
+                self.requests.append({"env": env, "stdin": stdin.decode()})
+                conn.sendall(encode_reply(self._reply["exit"], self._reply["stdout"]))
 
     def close(self):
         self._sock.close()
@@ -515,7 +522,7 @@ def test_reflector_bgp_port_and_router_id(built):
     assert not any(a.startswith("--router-id") for a in args)
     service = find(built, "Service", "megalos-reflector")
     assert service["spec"]["clusterIP"] == "None"
-    from reflector.discovery import DEFAULT_BGP_PORT_NAME, DEFAULT_REFLECTOR_SERVICE
+    from speaker.k8s_watch import DEFAULT_BGP_PORT_NAME, DEFAULT_REFLECTOR_SERVICE
     (svc_port,) = service["spec"]["ports"]
     assert svc_port["name"] == DEFAULT_BGP_PORT_NAME and svc_port["port"] == port
     assert DEFAULT_REFLECTOR_SERVICE == f"{NAMESPACE}/megalos-reflector"
@@ -530,6 +537,10 @@ def test_reflector_arguments_parse(built):
     args = _parse(build_parser(), expand(main["args"], {"POD_IP": "10.0.0.7", "NODE_NAME": "n"}),
                   "megalos-reflector")
     assert args.listen_host == "10.0.0.7"
+    from reflector.agent import check_args
+    check_args(args)  # what main() does next: the router id derived from the listen address
+    assert args.router_id == "0.0.0.7"
+    assert args.peers_from_k8s and args.lans_from_k8s and args.kubeconfig is None
 
 
 def test_reflector_and_api_share_the_state_socket(built):

@@ -37,6 +37,37 @@ def test_times_are_utc():
     assert cli.when(0) == "1970-01-01T00:00:00Z" and cli.when(None) == "-"
 
 
+def lan_doc(namespace="lab1") -> dict:
+    def member(pod, mac, vteps, attached=True):
+        return {"pod": pod, "namespace": "lab1", "interface": "net0" if attached else None,
+                "mac": mac, "node": "n1", "attached": attached, "vteps": vteps,
+                "announced": bool(vteps)}
+    return {"namespace": namespace, "watching": True, "synced": True, "converged": False, "lans": [
+        {"namespace": "lab1", "name": "kathara-a", "link": "A", "vni": 100, "converged": True,
+         "members": [member("pc1", "02:00:00:00:00:01", ["192.0.2.2"])]},
+        {"namespace": "lab1", "name": "kathara-b", "link": "B", "vni": 200, "converged": False,
+         "members": [member("pc1", "02:00:00:00:00:02", ["192.0.2.2", "192.0.2.3"]),
+                     member("pc2", None, [], attached=False)]}]}
+
+
+def test_lans_as_tables():
+    lines = cli.lans_text(lan_doc()).splitlines()
+    assert lines[0].split() == ["LAN", "LINK", "VNI", "MEMBERS", "CONVERGED"]
+    assert lines[1].split() == ["kathara-a", "A", "100", "1/1", "yes"]
+    assert lines[2].split() == ["kathara-b", "B", "200", "1/2", "no"]
+    assert lines[4].split() == ["LAN", "POD", "INTERFACE", "MAC", "NODE", "VTEPS", "ANNOUNCED"]
+    assert lines[6].split() == ["kathara-b", "pc1", "net0", "02:00:00:00:00:02", "n1",
+                                "192.0.2.2,192.0.2.3", "yes"]
+    assert lines[7].split() == ["kathara-b", "pc2", "-", "-", "n1", "-", "not", "attached"]
+    every = cli.lans_text(lan_doc(namespace=None)).splitlines()
+    assert every[0].split()[0] == "NAMESPACE" and every[1].split()[0] == "lab1"
+    empty = {"namespace": "x", "watching": True, "synced": True, "converged": True, "lans": []}
+    assert cli.lans_text(empty).splitlines()[-1] == "(no LANs in namespace x)"
+    assert cli.lans_notice(empty) is None
+    assert "--lans-from-k8s" in cli.lans_notice({**empty, "watching": False, "synced": False})
+    assert "not listed" in cli.lans_notice({**empty, "synced": False})
+
+
 # -- against the live server ----------------------------------------------------------------------
 def ctl(live, *argv, timeout=60, env=None):
     """Run megalosctl; (exit code, stdout, stderr)."""
@@ -114,6 +145,16 @@ def test_mac_and_nodes(live):
     assert sum("Established" in line for line in out.splitlines()) == 2
     code, out, _ = ctl(live, "nodes", "-o", "json")
     assert {n["address"] for n in json.loads(out)["nodes"]} == {live["n1"].ip, live["n2"].ip}
+
+
+@root
+def test_lans_says_when_the_reflector_does_not_watch_them(live):
+    code, out, err = ctl(live, "lans", "--namespace", "lab1")
+    assert code == 0 and "--lans-from-k8s" in err and "(no LANs in namespace lab1)" in out
+    code, out, _ = ctl(live, "lans", "-o", "json")
+    assert code == 0 and json.loads(out)["watching"] is False
+    code, _, err = ctl(live, "lans", "--namespace", "Not_A_Namespace")
+    assert code == 3 and "malformed namespace" in err
 
 
 @root

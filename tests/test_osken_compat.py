@@ -405,6 +405,46 @@ def test_refresh_clone_keeps_a_path_without_med():
     assert with_med.get_pattr(bgp_packet.BGP_ATTR_TYPE_MULTI_EXIT_DISC).value == 50
 
 
+# --- EVPN next hop equal to the session's local address ----------------------------
+
+class _SessionPeer(Peer):
+    """Just enough of a Peer for _validate_update_msg: established, iBGP, bound to `local`."""
+
+    check_first_as = False
+    remote_as = 65000
+
+    def __init__(self, local):  # noqa: the real __init__ needs a running core
+        self._host_bind_ip = local
+        self.state = types.SimpleNamespace(bgp_state='Established')
+        self._protocol = types.SimpleNamespace(is_mbgp_cap_valid=lambda family: True)
+
+    def is_ebgp_peer(self):
+        return False
+
+
+def _evpn_update(next_hop):
+    nlri = bgp_packet.EvpnInclusiveMulticastEthernetTagNLRI(
+        route_dist='192.0.2.11:1', ethernet_tag_id=0, ip_addr=next_hop)
+    return bgp_packet.BGPUpdate(path_attributes=[
+        bgp_packet.BGPPathAttributeOrigin(bgp_packet.BGP_ATTR_ORIGIN_IGP),
+        bgp_packet.BGPPathAttributeAsPath([]),
+        bgp_packet.BGPPathAttributeMpReachNLRI(
+            afi=bgp_packet.addr_family.L2VPN, safi=bgp_packet.subaddr_family.EVPN,
+            next_hop=next_hop, nlri=[nlri])])
+
+
+def test_upstream_drops_evpn_routes_whose_vtep_is_the_local_address():
+    validate = upstream(Peer, '_validate_update_msg')
+    assert validate(_SessionPeer('192.0.2.11'), _evpn_update('192.0.2.11')) is False
+    assert validate(_SessionPeer('192.0.2.1'), _evpn_update('192.0.2.11')) is True
+
+
+def test_evpn_route_with_the_local_address_as_vtep_is_accepted():
+    peer = _SessionPeer('192.0.2.11')
+    assert peer._validate_update_msg(_evpn_update('192.0.2.11')) is True
+    assert peer.host_bind_ip == '192.0.2.11'  # restored
+
+
 def test_upstream_connect_mode_compared_by_identity():
     from_json = json.loads('"passive"')
     assert from_json == neighbors.CONNECT_MODE_PASSIVE
