@@ -65,7 +65,7 @@ def run(node_count: int) -> int:
         step(f"emulated cluster {cluster.prefix}: a control-plane node and {node_count} worker(s)")
         control = cluster.add_node("control")
         nodes = [cluster.add_node(f"node{i + 1}") for i in range(node_count)]
-        control.start_reflector(*[arg for n in nodes for arg in ("--peer", n.ip)])
+        control.start_reflector(*[arg for n in nodes for arg in ("--peer", f"{n.name}={n.ip}")])
         print(f"    control: megalos-reflector (BGP route reflector) at {control.ip}")
         for node in nodes:
             node.start_agent("--reflector", control.ip)

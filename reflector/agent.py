@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asn", type=int, default=65000)
     p.add_argument("--cluster-id", default="10.0.0.1", help="route reflector cluster id "
                    "(the original Megalos used %(default)s)")
-    p.add_argument("--peer", action="append", default=[], metavar="IP", help="a node (repeat)")
+    p.add_argument("--peer", action="append", default=[], metavar="[NAME=]IP",
+                   help="a node, optionally named for the API (repeat)")
     p.add_argument("--peer-cidr", action="append", default=[], metavar="CIDR",
                    help=f"accept every address of this network as a peer (at most {MAX_CIDR_PEERS})")
     p.add_argument("--hold-time", type=int, default=9)
@@ -72,11 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_peer(raw: str) -> tuple[str, str | None]:
+    """'node-1=192.0.2.5' -> ('192.0.2.5', 'node-1'); '192.0.2.5' -> ('192.0.2.5', None)."""
+    name, sep, address = raw.rpartition("=")
+    return str(ipaddress.ip_address(address)), (name or None) if sep else None
+
+
 def peer_addresses(peers: list[str], cidrs: list[str], router_id: str) -> list[str]:
     """Static peers plus every host address of each CIDR, minus ourselves; validated."""
     found: dict[str, None] = {}
     for raw in peers:
-        found[str(ipaddress.ip_address(raw))] = None
+        found[split_peer(raw)[0]] = None
     for raw in cidrs:
         net = ipaddress.ip_network(raw, strict=False)
         if net.num_addresses > MAX_CIDR_PEERS + 2:
@@ -353,8 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     except BgpError as exc:
         print(f"megalos-reflector: {exc}", file=sys.stderr)
         return 1
-    cidr_peers = set(peers) - set(args.peer)
+    named = dict(split_peer(raw) for raw in args.peer)
+    cidr_peers = set(peers) - set(named)
     reflector.static_peers = set(peers)
+    for address, name in named.items():
+        if name:
+            reflector.state.name_node(address, name)
     for address in peers:
         reflector.add_peer(address, passive=address in cidr_peers)
     try:
