@@ -19,7 +19,8 @@ Fixes that patch os-ken code in place (call once, at start-up, before the
 - ``patch_md5_str_password``: TCP MD5 needs a ``bytes`` key.
 - ``patch_peer_up_address``: ``peer_up_handler`` gets the router id.
 - ``patch_route_refresh_without_med``: a ROUTE-REFRESH kills the session.
-- ``patch_evpn_next_hop_local``: EVPN routes whose VTEP is our own address are dropped.
+- ``patch_evpn_next_hop_local`` (reflector only, not in ``apply_all``): EVPN routes whose
+  VTEP is the session's local address are dropped.
 - ``enable_restart_grace`` (reflector only, not in ``apply_all``): os-ken has no
   graceful restart; keep a peer's routes a while when its session closes.
 
@@ -395,14 +396,15 @@ def patch_evpn_next_hop_local():
     address of the session (a loop guard for IP routes). An EVPN next hop is a VTEP: in
     Kubernetes the reflector runs in the host network of a node whose agent announces that
     node's address as its VTEP, so the reflector threw away every route of its own node and
-    LANs through that node broke whenever no second reflector carried them.
+    LANs through that node broke whenever no second reflector carried them. Reflector role
+    only: a node must keep dropping its own routes that a reflector (FRR does) sends back.
     """
     return _replace(bgp_peer.Peer, '_validate_update_msg', _validate_update_msg_vtep_next_hop)
 
 
 def apply_all():
-    """Apply every in-place fix (idempotent)."""
-    patch_evpn_next_hop_local()
+    """Apply every in-place fix (idempotent). Reflector-only fixes are applied by the BGP
+    process at start in that role: ``patch_evpn_next_hop_local``, ``enable_restart_grace``."""
     patch_route_refresh_without_med()
     patch_rib_identity_compare()
     patch_route_family_str()
