@@ -1,12 +1,16 @@
-"""CNI ADD/DEL latency: the `megalos` shim (through the agent) against the reference `bridge` plugin.
+"""CNI ADD/DEL latency: the `megalos` shims (C and Python, through the agent) against the
+reference `bridge` plugin.
 
-    .venv/bin/python -m bench.cni_latency [--pods 50]
+    .venv/bin/python -m bench.cni_latency [--pods 50] [--runs 3]
 
-Both plugins are exec'd exactly as a runtime does (CNI_* environment, config on stdin, the whole
-exec timed) from inside one emulated node's network namespace, on fresh pod namespaces. Also
-timed, to show where our time goes: the interpreter start alone (`python3 -IS -c pass`, the
-floor of any Python plugin) and the agent's share (the shim's request sent over the agent's
-socket from this process: no exec). Prints a table; writes the figures to bench/results/.
+Every plugin is exec'd exactly as a runtime does (CNI_* environment, config on stdin, the whole
+exec timed) from inside one emulated node's network namespace, on fresh pod namespaces: per pod,
+the C shim attaches `net0`, the Python shim `net1`, bridge `eth1`, interleaved so that load
+changes hit all alike. Also timed, to show where our time goes: the interpreter start alone
+(`python3 -IS -c pass`, the floor of any Python plugin) and the agent's share (the request sent
+over the agent's socket from this process: no exec). Each run uses a fresh emulated node; with
+--runs N the table gives, per series, the median over the runs of p50 and of p99 (the machine is
+shared: one run can be unlucky). Prints a table; writes the figures to bench/results/.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from cni import shim
 from lab.cluster import Cluster
-from lab.runtime import Runtime, kathara_conf
+from lab.runtime import Runtime, kathara_conf, shim_kinds
 
 REFERENCE_PLUGIN = Path("/usr/lib/cni/bridge")
 FLOOR = ["/usr/bin/python3", "-IS", "-c", "pass"]
@@ -100,8 +104,7 @@ def timed_forward(series: Series, env: dict, stdin: str) -> None:
 
 def run(pods: int, bin_dir: Path) -> dict:
     started = machine()
-    ours = Runtime(bin_dir)  # installs the shim as the DaemonSet does
-    plugin = str(bin_dir / ours.plugin)
+    shims = {kind: Runtime(bin_dir / kind, shim=kind) for kind in SHIMS}  # as the DaemonSet does
     conf = json.dumps(kathara_conf("bench", VNI, "1.0.0"))
     ref_conf = json.dumps({"cniVersion": "1.0.0", "name": "ref", "type": "bridge",
                            "bridge": f"ref{uuid.uuid4().hex[:8]}"})
@@ -112,36 +115,41 @@ def run(pods: int, bin_dir: Path) -> dict:
         sandboxes = [node.add_pod(f"p{i}").netns_path for i in range(pods)]
         node_ns = str(Path("/var/run/netns") / node.netns)
         socket = {"MEGALOS_AGENT_SOCKET": node.socket}
+        plugins = {  # series prefix -> (argv, config, ifname, CNI_PATH, extra environment)
+            "bridge": ([str(REFERENCE_PLUGIN)], ref_conf, "eth1", str(REFERENCE_PLUGIN.parent), {}),
+            **{f"megalos_{kind}": ([str(rt.bin_dir / rt.plugin)], conf, IFNAMES[kind],
+                                   str(rt.bin_dir), socket) for kind, rt in shims.items()},
+        }
 
-        ref = ([str(REFERENCE_PLUGIN)], ref_conf, "eth1", str(REFERENCE_PLUGIN.parent), {})
-        mine = ([plugin], conf, "net0", str(bin_dir), socket)
-
-        def exec_plugin(name: str, command: str, i: int, argv, stdin, ifname, cni_path, extra):
+        def exec_plugin(prefix: str, command: str, i: int) -> None:
+            argv, stdin, ifname, cni_path, extra = plugins[prefix]
             env = cni_env(command, f"bench-{i}", sandboxes[i], ifname, cni_path, **extra)
-            timed_exec(series[name], argv, env, stdin)
+            timed_exec(series[f"{prefix}_{command.lower()}"], argv, env, stdin)
 
-        def forward(name: str, command: str, i: int) -> None:
-            env = cni_env(command, f"bench-{i}", sandboxes[i], "net0", str(bin_dir), **socket)
-            timed_forward(series[name], env, conf)
+        def forward(command: str, i: int) -> None:
+            env = cni_env(command, f"bench-{i}", sandboxes[i], IFNAMES["c"], "/opt/cni/bin",
+                          **socket)
+            timed_forward(series[f"agent_{command.lower()}"], env, conf)
 
         with inside(node_ns):
             # Interleaved per pod, so a change of load on the machine hits every series alike.
             for i in range(pods):
                 timed_exec(series["floor"], FLOOR)
-                timed_exec(series["megalos_version"], [plugin],
-                           {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION", **socket}, conf)
-                exec_plugin("megalos_add", "ADD", i, *mine)
-                exec_plugin("bridge_add", "ADD", i, *ref)
+                for kind in SHIMS:
+                    timed_exec(series[f"megalos_{kind}_version"], plugins[f"megalos_{kind}"][0],
+                               {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION", **socket}, conf)
+                for prefix in plugins:
+                    exec_plugin(prefix, "ADD", i)
             for i in range(pods):
-                exec_plugin("megalos_del", "DEL", i, *mine)
-                exec_plugin("bridge_del", "DEL", i, *ref)
+                for prefix in plugins:
+                    exec_plugin(prefix, "DEL", i)
             # Again without our exec: what the agent itself takes, on the same node state.
             for i in range(pods):
-                forward("agent_add", "ADD", i)
-                exec_plugin("bridge_add", "ADD", i, *ref)
+                forward("ADD", i)
+                exec_plugin("bridge", "ADD", i)
             for i in range(pods):
-                forward("agent_del", "DEL", i)
-                exec_plugin("bridge_del", "DEL", i, *ref)
+                forward("DEL", i)
+                exec_plugin("bridge", "DEL", i)
     started["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     return {"pods": pods, "machine": started, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "series": {name: s.summary() for name, s in series.items()}}
@@ -155,11 +163,16 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+SHIMS = ("c", "python")
+IFNAMES = {"c": "net0", "python": "net1"}
 LABELS = {
     "floor": "python3 -IS -c pass (floor)",
-    "megalos_version": "megalos VERSION (exec shim -> agent)",
-    "megalos_add": "megalos ADD (exec shim -> agent)",
-    "megalos_del": "megalos DEL (exec shim -> agent)",
+    "megalos_c_version": "megalos C VERSION (exec -> agent)",
+    "megalos_c_add": "megalos C ADD",
+    "megalos_c_del": "megalos C DEL",
+    "megalos_python_version": "megalos Python VERSION (exec -> agent)",
+    "megalos_python_add": "megalos Python ADD",
+    "megalos_python_del": "megalos Python DEL",
     "agent_add": "  agent side of ADD (socket, no exec)",
     "agent_del": "  agent side of DEL (socket, no exec)",
     "bridge_add": "bridge ADD (reference, no IPAM)",
@@ -167,17 +180,38 @@ LABELS = {
 }
 
 
+def combine(reports: list[dict]) -> dict:
+    """Per series: the median over the runs of p50 and of p99, and each run's p50."""
+    combined = {}
+    for name in LABELS:
+        runs = [r["series"][name] for r in reports]
+        combined[name] = {"p50_ms": round(statistics.median(s["p50_ms"] for s in runs), 2),
+                          "p99_ms": round(statistics.median(s["p99_ms"] for s in runs), 2),
+                          "p50_per_run": [s["p50_ms"] for s in runs],
+                          "errors": sum(s["errors"] for s in runs)}
+    return combined
+
+
 def table(report: dict) -> str:
-    rows = [f"CNI latency, {report['pods']} pods, ms   {'p50':>8} {'p99':>8} {'errors':>7}"]
+    runs = len(report["runs"])
+    head = f"CNI latency, {report['pods']} pods, {runs} run(s), ms"
+    rows = [f"{head:<40}{'p50':>8} {'p99':>8} {'errors':>7}   p50 per run"]
     for name, label in LABELS.items():
-        s = report["series"][name]
-        rows.append(f"{label:<38}{s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>7}")
+        s = report["combined"][name]
+        per_run = ", ".join(f"{v:.1f}" for v in s["p50_per_run"])
+        rows.append(f"{label:<40}{s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>7}"
+                    f"   {per_run}")
+    ours = report["combined"]["megalos_c_add"]["p50_ms"]
+    ref = report["combined"]["bridge_add"]["p50_ms"]
+    rows.append(f"target (C shim ADD p50 <= bridge ADD p50): {'met' if ours <= ref else 'NOT met'} "
+                f"({ours:.2f} vs {ref:.2f} ms)")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cni_latency", description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.cni_latency: needs root (network namespaces)", file=sys.stderr)
@@ -186,12 +220,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.cni_latency: {REFERENCE_PLUGIN} missing (apt-get install containernetworking-plugins)",
               file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="megalos-bench-bin-") as bin_dir:
-        report = run(args.pods, Path(bin_dir))
+    if "c" not in shim_kinds():
+        print("bench.cni_latency: no C compiler (cc) to build the C shim", file=sys.stderr)
+        return 1
+    reports = []
+    for number in range(1, args.runs + 1):
+        with tempfile.TemporaryDirectory(prefix="megalos-bench-bin-") as bin_dir:
+            reports.append(run(args.pods, Path(bin_dir)))
+        c_add = reports[-1]["series"]["megalos_c_add"]["p50_ms"]
+        print(f"run {number}/{args.runs}: C ADD p50 {c_add} ms, bridge ADD p50 "
+              f"{reports[-1]['series']['bridge_add']['p50_ms']} ms, load "
+              f"{' '.join(reports[-1]['machine']['loadavg_at_start'])}", flush=True)
+    report = {"pods": args.pods, "runs": reports, "combined": combine(reports)}
     print(table(report))
-    for name, s in report["series"].items():
-        if s["errors"]:
-            print(f"{name}: {s['errors']} failed, first: {s['first_error']}", file=sys.stderr)
+    for number, one in enumerate(reports, 1):
+        for name, s in one["series"].items():
+            if s["errors"]:
+                print(f"run {number} {name}: {s['errors']} failed, first: {s['first_error']}",
+                      file=sys.stderr)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"cni_latency-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")

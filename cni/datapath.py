@@ -1,8 +1,13 @@
-"""The node datapath, over netlink (pyroute2): per VNI one VTEP and one bridge, per pod a veth.
+"""The node datapath, over netlink: per VNI one VTEP and one bridge, per pod a veth.
 
 Every `ensure_*` is idempotent; removal treats "already gone" as success. A pod port is made by
 one RTM_NEWLINK (host end on the bridge, pod end created directly inside the pod's netns with
 its final name, MAC and MTU) so a failure cannot leave half a veth behind.
+
+Requests go through cni.netlink (a plain netlink socket and a small codec, no pyroute2 IPRoute).
+The datapath keeps no state of its own, no cache to go stale: every verb reads what it needs
+from the kernel, in few requests (an ADD on an existing LAN: 5, a DEL: 6), none of which grows
+with the number of ports on the LAN.
 """
 from __future__ import annotations
 
@@ -12,14 +17,13 @@ import os
 import threading
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
-from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
-
 from cni import naming, netns
+from cni.netlink import (IFLA_ADDRESS, IFLA_BR_NF_CALL_ARPTABLES, IFLA_BR_NF_CALL_IP6TABLES,
+                         IFLA_BR_NF_CALL_IPTABLES, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD,
+                         IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL,
+                         IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP, NUD_PERMANENT,
+                         VETH_INFO_PEER, Link, Netlink, NetlinkError, attr, be16, ip, link_body,
+                         linkinfo, mac, u8)
 
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 
@@ -74,54 +78,39 @@ class Port:
     macs: tuple
 
 
-def _attr(msg, name, default=None):
-    value = msg.get_attr(name)
-    return default if value is None else value
-
-
-def _linkinfo(msg) -> tuple[str, object]:
-    info = msg.get_attr("IFLA_LINKINFO")
-    if info is None:
-        return "", None
-    return info.get_attr("IFLA_INFO_KIND") or "", info.get_attr("IFLA_INFO_DATA")
+def _pod_macs(entries, index: int) -> tuple:
+    """The pod MACs ADD recorded on a port: static entries of the bridge's own FDB (a dump
+    carries the bridge as NDA_MASTER; NUD_PERMANENT would be the port's own MAC)."""
+    return tuple(sorted({e.mac for e in entries if e.ifindex == index and e.master
+                         and e.state & NUD_NOARP and not e.state & NUD_PERMANENT}))
 
 
 class Datapath:
-    """One netlink socket to the node's netns, serialised: pyroute2 sockets are not thread-safe."""
+    """One netlink socket to the node's netns, serialised by a lock (one request at a time)."""
 
     def __init__(self, vtep_ip: str = "", underlay_dev: str = ""):
-        self._ipr = IPRoute(groups=0)  # commands only: no multicast events to pile up
-        # pyroute2 0.9.7's sync IPRoute forgets this key, and nlm_request() needs it.
-        self._ipr.status["nlm_generator"] = False
+        self._nl = Netlink()
         self._lock = threading.RLock()
         self.default_underlay = self.find_underlay(vtep_ip=vtep_ip, dev=underlay_dev)
 
     def close(self) -> None:
         with self._lock:
-            self._ipr.close()
+            self._nl.close()
 
     # -- lookups ---------------------------------------------------------------------------
-    def _index(self, name: str) -> int | None:
-        found = self._ipr.link_lookup(ifname=name)
-        return found[0] if found else None
-
-    def _link(self, index: int):
-        try:
-            return self._ipr.get_links(index)[0]
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise
+    def _link(self, name: str = "", index: int = 0) -> Link | None:
+        with self._lock:
+            return self._nl.link(name=name, index=index)
 
     def find_underlay(self, vtep_ip: str = "", dev: str = "") -> Underlay:
         """The underlay device and VTEP IP: by device name, by address, or both."""
         with self._lock:
             if dev:
-                index = self._index(dev)
-                if index is None:
+                link = self._nl.link(name=dev)
+                if link is None:
                     raise DatapathError(f"underlay device {dev!r} does not exist on this node")
-                addrs = [_attr(a, "IFA_ADDRESS") for a in self._ipr.get_addr(index=index)
-                         if a["scope"] == 0]
+                index = link.index
+                addrs = [a.address for a in self._nl.addresses(index) if a.scope == 0]
                 if vtep_ip and vtep_ip not in addrs:
                     raise DatapathError(f"underlay device {dev!r} does not have address {vtep_ip}")
                 if not vtep_ip:
@@ -130,16 +119,16 @@ class Datapath:
                         raise DatapathError(f"underlay device {dev!r} has no global address")
                     vtep_ip = (v4 or addrs)[0]
             elif vtep_ip:
-                matches = [a["index"] for a in self._ipr.get_addr()
-                           if _attr(a, "IFA_ADDRESS") == vtep_ip]
+                matches = [a.index for a in self._nl.addresses() if a.address == vtep_ip]
                 if not matches:
                     raise DatapathError(f"no device on this node has the VTEP address {vtep_ip}")
                 index = matches[0]
+                link = self._nl.link(index=index)
+                if link is None:
+                    raise DatapathError(f"the device with the VTEP address {vtep_ip} is gone")
             else:
                 raise DatapathError("the node's VTEP address or underlay device must be configured")
-            link = self._link(index)
-            return Underlay(ifindex=index, name=_attr(link, "IFLA_IFNAME"), ip=vtep_ip,
-                            mtu=_attr(link, "IFLA_MTU", 1500))
+            return Underlay(ifindex=index, name=link.name, ip=vtep_ip, mtu=link.mtu or 1500)
 
     def healthy(self) -> str:
         """'' when ADD can be served, else why not."""
@@ -153,105 +142,114 @@ class Datapath:
     def lan(self, vni: int) -> Lan | None:
         """The VNI's devices if both exist."""
         with self._lock:
-            vtep = self._index(naming.vtep_name(vni))
-            bridge = self._index(naming.bridge_name(vni))
+            vtep = self._nl.link(name=naming.vtep_name(vni))
+            bridge = self._nl.link(name=naming.bridge_name(vni))
             if vtep is None or bridge is None:
                 return None
-            return Lan(vni, vtep, bridge, _attr(self._link(vtep), "IFLA_MTU", 0))
+            return Lan(vni, vtep.index, bridge.index, vtep.mtu)
 
     def ensure_lan(self, vni: int, port: int, underlay: Underlay, mtu: int = 0) -> tuple[Lan, bool]:
-        """The VNI's bridge and VTEP, created if missing; (lan, created)."""
+        """The VNI's bridge and VTEP, created if missing; (lan, created). Two lookups when the
+        LAN exists, which also check it: a VXLAN device with our parameters, up, on the bridge."""
         limit = underlay.overlay_mtu
         if mtu > limit:
             raise ConflictError(f"mtu {mtu} is above the overlay limit {limit} "
                                 f"(underlay {underlay.name} mtu {underlay.mtu} minus VXLAN overhead)")
         with self._lock:
-            created_bridge = self.ensure_bridge(vni, underlay)
+            bridge, created_bridge = self.ensure_bridge(vni, underlay)
             try:
-                created_vtep = self.ensure_vtep(vni, port, underlay, mtu or limit)
+                vtep, created_vtep = self.ensure_vtep(vni, port, underlay, mtu or limit, bridge)
             except Exception:
                 if created_bridge:
                     self._delete(naming.bridge_name(vni))
                 raise
-            return self.lan(vni), created_bridge or created_vtep
+            return Lan(vni, vtep, bridge, mtu or limit), created_bridge or created_vtep
 
-    def ensure_bridge(self, vni: int, underlay: Underlay) -> bool:
+    def ensure_bridge(self, vni: int, underlay: Underlay) -> tuple[int, bool]:
+        """(bridge ifindex, created)."""
         name = naming.bridge_name(vni)
         with self._lock:
-            index = self._index(name)
-            if index is not None:
-                kind, _ = _linkinfo(self._link(index))
-                if kind != "bridge":
-                    raise ConflictError(f"{name} exists and is a {kind or 'plain'} device, not a bridge")
-                return False
+            link = self._nl.link(name=name)
+            if link is not None:
+                if link.kind != "bridge":
+                    raise ConflictError(f"{name} exists and is a {link.kind or 'plain'} device, "
+                                        "not a bridge")
+                if not link.up:
+                    self._nl.set_link(link_body(index=link.index, up=True))
+                return link.index, False
             # An explicit MAC: otherwise it follows the lowest port's and flaps.
             # nf_call_iptables off: bridged L2 frames must not meet the host's FORWARD rules.
-            self._ipr.link("add", ifname=name, kind="bridge",
-                           address=naming.derived_mac("bridge", vni, underlay.ip),
-                           br_nf_call_iptables=0, br_nf_call_ip6tables=0,
-                           br_nf_call_arptables=0)
-            self._ipr.link("set", index=self._index(name), state="up")
-            return True
+            body = link_body(name=name, up=True, attrs=[
+                attr(IFLA_ADDRESS, mac(naming.derived_mac("bridge", vni, underlay.ip))),
+                linkinfo("bridge", [attr(IFLA_BR_NF_CALL_IPTABLES, u8(0)),
+                                    attr(IFLA_BR_NF_CALL_IP6TABLES, u8(0)),
+                                    attr(IFLA_BR_NF_CALL_ARPTABLES, u8(0))])])
+            return self._nl.create_link(name, body), True
 
-    def ensure_vtep(self, vni: int, port: int, underlay: Underlay, mtu: int) -> bool:
+    def ensure_vtep(self, vni: int, port: int, underlay: Underlay, mtu: int,
+                    bridge_index: int) -> tuple[int, bool]:
+        """(VTEP ifindex, created). Created in one request: up and on the bridge at once."""
         name = naming.vtep_name(vni)
         with self._lock:
-            index = self._index(name)
-            if index is not None:
-                self._check_vtep(name, index, vni, port, underlay, mtu)
-                return False
-            local = {"vxlan_local": underlay.ip} if underlay.version == 4 \
-                else {"vxlan_local6": underlay.ip}
-            self._ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port,
-                           vxlan_link=underlay.ifindex, vxlan_learning=0, mtu=mtu,
-                           address=naming.derived_mac("vtep", vni, underlay.ip), **local)
-            index = self._index(name)
-            try:
-                self._ipr.link("set", index=index, master=self._index(naming.bridge_name(vni)),
-                               state="up")
-            except Exception:
-                self._delete(name)
-                raise
-            return True
+            link = self._nl.link(name=name)
+            if link is not None:
+                self._check_vtep(link, vni, port, underlay, mtu)
+                if link.master != bridge_index or not link.up:
+                    self._nl.set_link(link_body(index=link.index, up=True,
+                                                attrs=[attr(IFLA_MASTER, bridge_index)]))
+                return link.index, False
+            local = IFLA_VXLAN_LOCAL if underlay.version == 4 else IFLA_VXLAN_LOCAL6
+            body = link_body(name=name, up=True, attrs=[
+                attr(IFLA_ADDRESS, mac(naming.derived_mac("vtep", vni, underlay.ip))),
+                attr(IFLA_MTU, mtu), attr(IFLA_MASTER, bridge_index),
+                linkinfo("vxlan", [attr(IFLA_VXLAN_ID, vni),
+                                   attr(IFLA_VXLAN_LINK, underlay.ifindex),
+                                   attr(local, ip(underlay.ip)), attr(IFLA_VXLAN_LEARNING, u8(0)),
+                                   attr(IFLA_VXLAN_PORT, be16(port))])])
+            return self._nl.create_link(name, body), True
 
-    def _check_vtep(self, name, index, vni, port, underlay, mtu) -> None:
-        link = self._link(index)
-        kind, data = _linkinfo(link)
-        if kind != "vxlan":
-            raise ConflictError(f"{name} exists and is a {kind or 'plain'} device, not a VXLAN device")
-        have_port = data.get_attr("IFLA_VXLAN_PORT")
-        have_local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
-        if have_port != port or have_local != underlay.ip or data.get_attr("IFLA_VXLAN_ID") != vni:
+    @staticmethod
+    def _check_vtep(link: Link, vni: int, port: int, underlay: Underlay, mtu: int) -> None:
+        if link.kind != "vxlan":
+            raise ConflictError(f"{link.name} exists and is a {link.kind or 'plain'} device, "
+                                "not a VXLAN device")
+        have_vni, have_port, have_local = link.vxlan()
+        if have_port != port or have_local != underlay.ip or have_vni != vni:
             raise ConflictError(f"VNI {vni} is already set up with UDP port {have_port} and local "
                                 f"address {have_local}; this network asks for port {port} and "
                                 f"address {underlay.ip}")
-        if _attr(link, "IFLA_MTU") != mtu:
-            raise ConflictError(f"VNI {vni} is already set up with MTU {_attr(link, 'IFLA_MTU')}; "
+        if link.mtu != mtu:
+            raise ConflictError(f"VNI {vni} is already set up with MTU {link.mtu}; "
                                 f"this network asks for MTU {mtu}")
 
     def remove_lan_if_unused(self, vni: int) -> bool:
-        """Delete the VNI's VTEP and bridge when no pod port is left on the bridge."""
-        with self._lock:
-            bridge = self._index(naming.bridge_name(vni))
-            if bridge is not None and self._port_links(bridge):
-                return False
-            removed = self._delete(naming.vtep_name(vni))
-            return self._delete(naming.bridge_name(vni)) or removed
+        """Delete the VNI's VTEP and bridge when no pod port is left on the bridge (the caller
+        holds the VNI's lock: no ADD can put a port there meanwhile)."""
+        bridge = self._link(name=naming.bridge_name(vni))
+        if bridge is not None and self._has_ports(bridge.index):
+            return False
+        removed = self._delete(naming.vtep_name(vni))
+        return self._delete(naming.bridge_name(vni)) or removed
 
-    def _delete(self, name: str) -> bool:
-        try:
-            self._ipr.link("del", ifname=name)
-            return True
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
-                return False
-            raise
+    def _has_ports(self, bridge_index: int) -> bool:
+        """Whether any pod port is on the bridge. The kernel filters the link dump to the
+        bridge's ports and this stops at the first pod port, on a socket of its own that it
+        then closes with the rest of the dump unread: the cost does not grow with the LAN."""
+        with Netlink() as nl:
+            return any(naming.is_port_name(link.name) for link in nl.links(master=bridge_index))
+
+    @staticmethod
+    def _delete(name: str) -> bool:
+        """Delete a link on a socket of its own, without the lock: the request returns only
+        after the kernel's RCU barrier for the device (~20 ms here), and other verbs need not
+        wait for that."""
+        with Netlink() as nl:
+            return nl.delete_link(name=name)
 
     def lans(self) -> list[int]:
         """VNIs with a Megalos bridge or VTEP on this node."""
         with self._lock:
-            found = {naming.vni_of_device(_attr(link, "IFLA_IFNAME", ""))
-                     for link in self._ipr.get_links()}
+            found = {naming.vni_of_device(link.name) for link in self._nl.links()}
         return sorted(v for v in found if v is not None)
 
     # -- pod ports -------------------------------------------------------------------------
@@ -259,98 +257,80 @@ class Datapath:
         """The pod ports on the VNI's bridge, with the pod MACs recorded on each."""
         with self._lock:
             if bridge_index is None:
-                bridge_index = self._index(naming.bridge_name(vni))
-                if bridge_index is None:
+                bridge = self._nl.link(name=naming.bridge_name(vni))
+                if bridge is None:
                     return []
-            return [Port(_attr(link, "IFLA_IFNAME"), link["index"], vni,
-                         self._static_macs(link["index"])) for link in self._port_links(bridge_index)]
-
-    def _port_links(self, bridge_index: int) -> list:
-        """The pod port links on a bridge, without their FDB entries (a dump per port is costly)."""
-        with self._lock:
-            return [link for link in self._ipr.get_links()
-                    if _attr(link, "IFLA_MASTER") == bridge_index
-                    and naming.is_port_name(_attr(link, "IFLA_IFNAME", ""))]
+                bridge_index = bridge.index
+            links = [link for link in self._nl.links(master=bridge_index)
+                     if naming.is_port_name(link.name)]
+            return [Port(link.name, link.index, vni, self._static_macs(link.index))
+                    for link in links]
 
     def _static_macs(self, index: int) -> tuple:
-        """Static bridge entries on a port: the pod MACs ADD recorded (a dump carries the
-        bridge as NDA_MASTER, not NTF_MASTER; NUD_PERMANENT would be the port's own MAC)."""
-        entries = self._ipr.fdb("dump", ifindex=index)
-        return tuple(sorted({_attr(e, "NDA_LLADDR") for e in entries
-                             if e["ifindex"] == index and e.get_attr("NDA_MASTER")
-                             and e["state"] & NUD_NOARP and not e["state"] & NUD_PERMANENT}))
+        with self._lock:
+            return _pod_macs(self._nl.fdb(index), index)
 
     def port(self, name: str) -> Port | None:
         with self._lock:
-            index = self._index(name)
-            if index is None:
+            link = self._nl.link(name=name)
+            if link is None:
                 return None
-            link = self._link(index)
-            master = _attr(link, "IFLA_MASTER")
-            vni = naming.vni_of_device(_attr(self._link(master), "IFLA_IFNAME", "")) if master else None
-            return Port(name, index, vni or 0, self._static_macs(index))
+            master = self._nl.link(index=link.master) if link.master else None
+            vni = naming.vni_of_device(master.name) if master else None
+            return Port(name, link.index, vni or 0, self._static_macs(link.index))
 
-    def add_port(self, lan: Lan, name: str, netns_path: str, ifname: str, mac: str) -> str:
+    def add_port(self, lan: Lan, name: str, netns_path: str, ifname: str, pod_mac: str) -> str:
         """Create the pod's veth in one request and bring both ends up; returns the host MAC."""
         host_mac = naming.derived_mac("port", name)
         fd = netns.open_fd(netns_path)
         try:
+            body = link_body(name=name, up=True, attrs=[
+                attr(IFLA_ADDRESS, mac(host_mac)), attr(IFLA_MTU, lan.mtu),
+                attr(IFLA_MASTER, lan.bridge_index),
+                linkinfo("veth", [attr(VETH_INFO_PEER, link_body(name=ifname, attrs=[
+                    attr(IFLA_NET_NS_FD, fd), attr(IFLA_ADDRESS, mac(pod_mac)),
+                    attr(IFLA_MTU, lan.mtu)]))])])
             with self._lock:
-                if self._index(name) is not None:
-                    raise ExistsError(f"the attachment already exists (host port {name})")
-                msg = ifinfmsg()
-                msg["flags"] = msg["change"] = IFF_UP
-                msg["attrs"] = [
-                    ("IFLA_IFNAME", name), ("IFLA_ADDRESS", host_mac), ("IFLA_MTU", lan.mtu),
-                    ("IFLA_MASTER", lan.bridge_index),
-                    ("IFLA_LINKINFO", {"attrs": [
-                        ("IFLA_INFO_KIND", "veth"),
-                        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": [
-                            ("IFLA_IFNAME", ifname), ("IFLA_NET_NS_FD", fd),
-                            ("IFLA_ADDRESS", mac), ("IFLA_MTU", lan.mtu)]})]})]})]
                 try:
-                    tuple(self._ipr.nlm_request(
-                        msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL))
+                    index = self._nl.create_link(name, body)
                 except NetlinkError as exc:
-                    if exc.code == errno.EEXIST:
-                        raise ExistsError(f"interface {ifname} already exists in {netns_path}") from None
-                    raise
+                    if exc.code != errno.EEXIST:
+                        raise
+                    if self._nl.link(name=name) is not None:
+                        what = f"the attachment already exists (host port {name})"
+                    else:
+                        what = f"interface {ifname} already exists in {netns_path}"
+                    raise ExistsError(what) from None
+            try:
+                # The pod end cannot be created up (veth_open needs its peer): set it from inside.
+                with netns.open_netlink(fd) as pod:
+                    pod.set_link(link_body(name=ifname, up=True))
+                with self._lock:
+                    # replace: the pod may have sent a frame already, and the bridge learned it
+                    self._nl.fdb_replace(index, pod_mac, state=NUD_NOARP, flags=NTF_MASTER)
+            except Exception:
+                self.delete_port(name)
+                raise
         finally:
             os.close(fd)
-        try:
-            # The pod end cannot be created up (veth_open needs its peer): set it from inside.
-            with netns.netlink_in(netns_path) as pod:
-                pod.link("set", index=pod.link_lookup(ifname=ifname)[0], state="up")
-            with self._lock:
-                # replace: the pod may have sent a frame already, and the bridge learned it
-                self._ipr.fdb("replace", ifindex=self._index(name), lladdr=mac,
-                              state=NUD_NOARP, flags=NTF_MASTER)
-        except Exception:
-            self.delete_port(name)
-            raise
         return host_mac
 
     def delete_port(self, name: str) -> bool:
         """Delete a pod's veth by its host end (the pod end goes with it)."""
-        with self._lock:
-            return self._delete(name)
+        return self._delete(name)
 
     def pod_interface(self, netns_path: str, ifname: str) -> dict | None:
         """What the pod sees: kind, MAC, MTU, up, and its peer's ifindex on the host."""
         with netns.netlink_in(netns_path) as pod:
-            found = pod.link_lookup(ifname=ifname)
-            if not found:
-                return None
-            link = pod.get_links(found[0])[0]
-            kind, _ = _linkinfo(link)
-            return {"kind": kind, "mac": _attr(link, "IFLA_ADDRESS"), "mtu": _attr(link, "IFLA_MTU"),
-                    "up": bool(link["flags"] & IFF_UP), "peer_index": _attr(link, "IFLA_LINK")}
+            link = pod.link(name=ifname)
+        if link is None:
+            return None
+        return {"kind": link.kind, "mac": link.address, "mtu": link.mtu,
+                "up": link.up, "peer_index": link.peer or None}
 
     def host_port_state(self, name: str) -> dict | None:
-        with self._lock:
-            index = self._index(name)
-            if index is None:
-                return None
-            link = self._link(index)
-            return {"index": index, "master": _attr(link, "IFLA_MASTER"), "mtu": _attr(link, "IFLA_MTU"),
-                    "up": bool(link["flags"] & IFF_UP)}
+        link = self._link(name=name)
+        if link is None:
+            return None
+        return {"index": link.index, "master": link.master or None, "mtu": link.mtu,
+                "up": link.up}

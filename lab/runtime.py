@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +33,22 @@ def kathara_conf(name: str, vni: int, version: str = "0.3.0", **extra) -> dict:
     return conf
 
 
-class Runtime:
-    """Raw-exec CNI caller with a private CNI bin dir holding the installed `megalos` shim."""
+def shim_kinds() -> tuple[str, ...]:
+    """The shim kinds this machine can install: 'c' (cni/shim.c, what the DaemonSet installs)
+    needs a C compiler; 'python' (cni/shim.py) always works here."""
+    return ("c", "python") if shutil.which(os.environ.get("CC") or "cc") else ("python",)
 
-    def __init__(self, bin_dir: Path, plugin: str = "megalos"):
+
+class Runtime:
+    """Raw-exec CNI caller with a private CNI bin dir holding the installed `megalos` shim
+    of kind `shim` (default: the C one when a compiler is at hand)."""
+
+    def __init__(self, bin_dir: Path, plugin: str = "megalos", shim: str = ""):
         self.bin_dir = Path(bin_dir)
         self.plugin = plugin
+        self.shim = shim or shim_kinds()[0]
         if plugin == "megalos" and not (self.bin_dir / plugin).exists():
-            install(str(self.bin_dir))
+            install(str(self.bin_dir), kind=self.shim)
 
     def call(self, command: str, conf: dict | str | None, container_id: str = "", netns: str = "",
              ifname: str = "", args: str = "", socket: str = "", env: dict | None = None,
