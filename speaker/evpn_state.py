@@ -100,6 +100,12 @@ class RemoteRoutes:
             removes += r
         return adds, removes
 
+    def wants(self, entry) -> bool:
+        """Whether `entry` is in desired(entry.vni), without building that set."""
+        if isinstance(entry, FloodEntry):
+            return entry.vtep in self.floods.get(entry.vni, ())
+        return self.winner(entry.vni, entry.mac) == entry.vtep
+
     def desired(self, vni: int) -> set:
         """Every entry the VNI's VTEP should hold."""
         entries = {FloodEntry(vni, vtep) for vtep in self.floods.get(vni, ())}

@@ -46,6 +46,7 @@ class NodeSpeaker(LanEvents):
         self.peers_up: set[str] = set()
         self.up_since: float | None = None     # when the first session came up
         self.all_down_since: float | None = time.monotonic()
+        self._static_now: dict[int, set] = {}   # VNI -> pod MACs, read once per batch
         self.pending: dict = {}                # entry -> when its withdrawal was seen
         self.bgp: BgpProcess | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -160,6 +161,7 @@ class NodeSpeaker(LanEvents):
                 log.exception("speaker worker error; the next reconciliation repairs the state")
 
     def _process(self, items: list) -> None:
+        self._static_now = {}
         commands: list[tuple[str, dict]] = []
         adds, removes = [], []
         for item in items:
@@ -191,6 +193,8 @@ class NodeSpeaker(LanEvents):
     def _local_mac(self, kind: str, vni: int, mac: str, present: bool, commands: list,
                    adds: list) -> None:
         key = (vni, mac)
+        if kind == "mac":  # a pod port came or went: read the VNI's pod MACs again
+            self._static_now.pop(vni, None)
         if present and key not in self.announced and vni in self.rd_index:
             # Seen elsewhere before: the MAC moved here, so outbid every other announcement.
             seq = self.remote.max_seq(vni, mac) + 1 if self.remote.winner(vni, mac) else 0
@@ -206,7 +210,9 @@ class NodeSpeaker(LanEvents):
                 adds.append(MacEntry(vni, mac, winner))
 
     def _is_static(self, vni: int, mac: str) -> bool:
-        return any(mac in port.macs for port in self.datapath.ports(vni))
+        if vni not in self._static_now:  # reset by _process: one read per VNI and batch
+            self._static_now[vni] = {m for port in self.datapath.ports(vni) for m in port.macs}
+        return mac in self._static_now[vni]
 
     def _bgp_event(self, event: dict, adds: list, removes: list) -> None:
         if event.get("event") == "peer":
@@ -269,7 +275,7 @@ class NodeSpeaker(LanEvents):
             if self.peers_up and now - since < self.withdraw_delay:
                 continue
             del self.pending[entry]
-            if entry not in self.remote.desired(entry.vni):
+            if not self.remote.wants(entry):
                 due.append(entry)
         return due
 

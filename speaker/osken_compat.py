@@ -36,6 +36,7 @@ import logging
 
 from os_ken.lib import sockopt
 from os_ken.lib.packet.bgp import (
+    BGP_ATTR_TYPE_ORIGINATOR_ID,
     BGP_ATTR_TYPE_MP_REACH_NLRI,
     BGP_ATTR_TYPE_MP_UNREACH_NLRI,
     RF_L2_EVPN,
@@ -402,9 +403,32 @@ def patch_evpn_next_hop_local():
     return _replace(bgp_peer.Peer, '_validate_update_msg', _validate_update_msg_vtep_next_hop)
 
 
+def _is_looped_path_attrs_own_originator(self, update_msg):
+    originator = update_msg.pathattr_map.get(BGP_ATTR_TYPE_ORIGINATOR_ID)
+    if originator is not None and originator.value == self._common_conf.router_id:
+        LOG.debug('ignoring an UPDATE from %s: it reflects our own routes', self.ip_address)
+        return True
+    return original(Peer, '_is_looped_path_attrs')(self, update_msg)
+
+
+def patch_originator_id_loop_check():
+    """Ignore routes whose ORIGINATOR_ID is our own router id (RFC 4456, section 8).
+
+    ``Peer._is_looped_path_attrs`` compares the ORIGINATOR_ID with the *peer's* BGP
+    identifier (``recv_open_msg.bgp_identifier``), so our own routes reflected back to us
+    are kept. FRR's reflector sends a client's routes back to it (one update group for all
+    clients). A node drops them today only because its next-hop check refuses its own
+    address (``patch_evpn_next_hop_local`` is reflector-only for that reason); kept in the RIB,
+    the reflected copy became the best path when we withdrew ours and the withdrawal was never
+    sent: deleted pods' MACs stayed announced behind an FRR reflector.
+    """
+    return _replace(Peer, '_is_looped_path_attrs', _is_looped_path_attrs_own_originator)
+
+
 def apply_all():
     """Apply every in-place fix (idempotent). Reflector-only fixes are applied by the BGP
     process at start in that role: ``patch_evpn_next_hop_local``, ``enable_restart_grace``."""
+    patch_originator_id_loop_check()
     patch_route_refresh_without_med()
     patch_rib_identity_compare()
     patch_route_family_str()
