@@ -3,6 +3,7 @@
 set -euo pipefail
 packages=(
   iproute2 iputils-ping          # namespaces, veth, bridge, VXLAN; reachability checks
+  gcc libc6-dev                  # the compiled CNI shim (cni/shim.c, linked static)
   frr                            # the original Megalos control plane: the interop peer
   containernetworking-plugins    # reference CNI plugins (bridge) for the benchmark
   golang-go golang-github-appc-cni-dev  # libcni, what Multus uses: the test driver is built from it
