@@ -28,6 +28,16 @@ def sh(*argv: str, check: bool = True, netns: str = "") -> subprocess.CompletedP
     return subprocess.run(full, check=check, capture_output=True, text=True)
 
 
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
+    """Poll `predicate` until it returns something true, or `timeout` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def unique_prefix(tag: str = "mgt") -> str:
     """A short prefix unique on this machine: namespace names stay readable and collision-free."""
     return f"{tag}{uuid.uuid4().hex[:6]}"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cni import naming
-from lab.cluster import Cluster
+from lab.cluster import Cluster, wait_for
 from lab.runtime import kathara_conf
 
 pytestmark = pytest.mark.root
@@ -17,15 +17,6 @@ HOLD = 3  # short timers keep the suite fast; the defaults (9/3) are the origina
 # a dead node is withdrawn within the hold time): a restarting agent is back within it, even
 # on a loaded 2-core machine.
 GRACE = 10
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def logs(*nodes, tail: int = 2500) -> str:

@@ -20,6 +20,7 @@ lost that node's MACs; speaker/osken_compat.py accepts them for EVPN.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ import pytest
 from api.testing import ApiServer
 from cni import naming
 from lab.cluster import REPO, Cluster, Node
+from lab.cluster import wait_for as poll
 from lab.multus import NETWORK_STATUS, ApiServerEmulator, Multus, kathara_lab
 from reflector.protocol import StateClient
 
@@ -58,13 +60,7 @@ PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTP
                    "ALL_PROXY")
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+wait_for = functools.partial(poll, timeout=30.0, interval=0.2)  # slower steps here
 
 
 def get(url: str):
