@@ -22,19 +22,26 @@ class Nad:
 
 def lab_nads(links: dict[str, list[str]], lab_name: str = "megalos-lab", seed: str = "megalos"):
     """{link: [machine, ...]} -> (Kathara Lab, {link: Nad}) built by Kathara's own code."""
-    from Kathara.manager.kubernetes.KubernetesLink import KubernetesLink
     from Kathara.model.Lab import Lab
 
     lab = Lab(lab_name)
     for link, machines in links.items():
         for machine in machines:
             lab.connect_machine_to_link(machine, link)
-    manager = KubernetesLink.__new__(KubernetesLink)  # no API client: only the pure methods
-    manager.seed = seed
-    taken: dict[int, int] = {}
     nads = {}
-    for name, link in sorted(lab.links.items()):
-        definition = manager._build_definition(link, manager._get_unique_network_id(name, taken))
+    for name, definition in nad_definitions(lab, seed).items():
         raw = definition["spec"]["config"]
         nads[name] = Nad(definition["metadata"]["name"], name, json.loads(raw), raw)
     return lab, nads
+
+
+def nad_definitions(lab, seed: str = "megalos") -> dict:
+    """{link: NetworkAttachmentDefinition} as KubernetesLink.deploy_links makes them: unique VNIs
+    allotted in link-name order, by Kathara's own pure methods (no API client needed)."""
+    from Kathara.manager.kubernetes.KubernetesLink import KubernetesLink
+
+    manager = KubernetesLink.__new__(KubernetesLink)
+    manager.seed = seed
+    taken: dict[int, int] = {}
+    return {name: manager._build_definition(link, manager._get_unique_network_id(name, taken))
+            for name, link in sorted(lab.links.items())}

@@ -30,6 +30,7 @@ from pathlib import Path
 from unittest import mock
 
 from lab.cluster import Node, Pod
+from lab.kathara import nad_definitions
 from lab.runtime import CniReply, Runtime
 
 os.environ.setdefault("HOME", "/tmp")  # Kathara reads its settings path from $HOME at import
@@ -90,7 +91,6 @@ def kathara_lab(lab_conf: str, seed: str = "megalos") -> KatharaLab:
     """The NADs and Deployments Kathara's Kubernetes manager makes for a lab (lab.conf text)."""
     from kubernetes import client
     from Kathara.manager.kubernetes import KubernetesMachine as machine_module
-    from Kathara.manager.kubernetes.KubernetesLink import KubernetesLink
     from Kathara.parser.netkit.LabParser import LabParser
     from Kathara.setting.Setting import Setting
 
@@ -102,12 +102,9 @@ def kathara_lab(lab_conf: str, seed: str = "megalos") -> KatharaLab:
         Path(directory, "lab.conf").write_text(lab_conf)
         lab = LabParser.parse(directory)
     lab.hash = lab.hash.lower()  # as KubernetesManager.deploy_lab does
-    links = KubernetesLink.__new__(KubernetesLink)  # no API client: only the pure methods
-    links.seed = seed
-    taken: dict[int, int] = {}
     nads = {}
-    for name, link in sorted(lab.links.items()):
-        definition = links._build_definition(link, links._get_unique_network_id(name, taken))
+    for name, definition in nad_definitions(lab, seed).items():
+        link = lab.links[name]
         definition["metadata"]["namespace"] = lab.hash
         link.api_object = definition  # what KubernetesLink.create keeps: the created object
         nads[name] = definition
