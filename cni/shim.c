@@ -438,6 +438,7 @@ int main(void)
 								    : ERR_TRY_AGAIN_LATER;
 	size_t head_len;
 	long n;
+	int code;
 
 	if (read_stdin() < 0)
 		return fail(ERR_IO, strerror(errno), "cannot read the network configuration from stdin");
@@ -458,5 +459,10 @@ int main(void)
 	head_len = build_request_head();
 	if (head_len == 0)
 		return fail(ERR_IO, NULL, "the CNI_* variables are larger than %d bytes", MAX_ENV);
-	return forward(path, head_len, parse_timeout(getenv("MEGALOS_TIMEOUT")), unavailable);
+	code = forward(path, head_len, parse_timeout(getenv("MEGALOS_TIMEOUT")), unavailable);
+	if (fflush(stdout) == EOF || ferror(stdout)) { /* a result the runtime never sees is a failure */
+		fprintf(stderr, "megalos: cannot write the answer to stdout: %s\n", strerror(errno));
+		return code ? code : 1;
+	}
+	return code;
 }

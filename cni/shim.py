@@ -187,9 +187,13 @@ def main() -> int:
                            exc.strerror or str(exc))
     else:
         code, out = exchange(posix.environ, stdin)
-    if out:
-        sys.stdout.buffer.write(out + b"\n")
-    sys.stdout.flush()
+    data = out + b"\n" if out else b""
+    try:  # unbuffered: nothing is left for the interpreter to flush (and fail on) at exit
+        while data:
+            data = data[posix.write(1, data):]
+    except OSError as exc:  # a result the runtime never sees is a failure
+        sys.stderr.write(f"megalos: cannot write the answer to stdout: {exc.strerror}\n")
+        return code or 1
     return code
 
 

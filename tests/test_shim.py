@@ -565,6 +565,16 @@ def test_closed_stdin_is_an_empty_config(binaries, kind, agent):
     assert agent.last[1] == b""
 
 
+def test_an_answer_that_cannot_be_written_is_a_failure(binaries, kind, agent):
+    """stdout on a full device: the runtime would never see the result, so not exit 0."""
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([str(binaries[kind])], input=CONF.encode(), env=cni_env(agent.path),
+                              stdout=full, stderr=subprocess.PIPE, timeout=30)
+    assert proc.returncode == 1, proc
+    assert proc.stderr == b"megalos: cannot write the answer to stdout: No space left on device\n"
+    assert len(agent.requests) == 1  # the agent was asked once: the failure is the output's
+
+
 def test_shim_imports_only_fast_standard_modules():
     """posix, _socket, sys, time at the top (built in: no file to find); json only when needed."""
     tree = ast.parse(SHIM.read_text())
@@ -624,4 +634,4 @@ def test_installer_copies_a_prebuilt_c_shim(binaries, tmp_path, agent):
     assert [p.name for p in tmp_path.iterdir()] == ["megalos"]
     proc = subprocess.run([str(tmp_path / "megalos")], input=CONF.encode(), env=cni_env(agent.path),
                           capture_output=True, timeout=30)
-    assert proc.returncode == 0 and proc.stdout == RESULT + b"\n"
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, RESULT + b"\n", b""), agent.requests
