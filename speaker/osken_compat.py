@@ -47,6 +47,7 @@ from os_ken.lib.packet.bgp import (
 from os_ken.services.protocols.bgp import bgpspeaker
 from os_ken.services.protocols.bgp import peer as bgp_peer
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
+from os_ken.services.protocols.bgp.info_base.ipv4 import Ipv4Path
 from os_ken.services.protocols.bgp.core_managers import peer_manager
 from os_ken.services.protocols.bgp.core_managers.peer_manager import PeerManager
 from os_ken.services.protocols.bgp.model import OutgoingRoute, SentRoute
@@ -197,6 +198,18 @@ class _UpdatePacker:
         self._octets = base_octets + nlri_octets
         self._count = len(nlri)
 
+    def extend(self, nlri):
+        """Append one more NLRI to the open UPDATE; False if none is open or it is full."""
+        if self._update is None or self._count >= MAX_ROUTES_PER_UPDATE:
+            return False
+        octets = _nlri_octets(_mp_attribute(self._update)[1], [nlri])
+        if self._octets + octets > MAX_UPDATE_OCTETS:
+            return False
+        self._nlri.append(nlri)
+        self._octets += octets
+        self._count += 1
+        return True
+
     def flush(self):
         if self._update is None:
             return
@@ -213,14 +226,36 @@ class _UpdatePacker:
         peer.state.incr(PeerCounterNames.SENT_UPDATES)
 
 
+def _update_signature(peer, path):
+    """All that ``Peer._construct_update`` reads of ``path`` except its NLRI.
+
+    Two paths with the same signature make UPDATEs that differ only in the
+    NLRI, so the second one's NLRI can join the first's UPDATE without
+    building (and serialising, to compare) a message of its own. The routes
+    a reflector sends are mostly such runs: the paths made from one received
+    UPDATE hold the same attribute objects (each path in a copy of the
+    message's attribute dict). None when the UPDATE may depend on more
+    (attribute maps, SoO lists: per-peer options we never set) or is not an
+    MP-BGP one.
+    """
+    if peer._attribute_maps or peer._neigh_conf.soo_list or isinstance(path, Ipv4Path):
+        return None
+    if path.is_withdraw:
+        return (True, path.route_family)
+    return (False, path.route_family, type(path), id(path.source), path.nexthop,
+            tuple(map(id, path._path_attr_map.values())))
+
+
 def _send_outgoing_routes(peer, outgoing_routes):
     """``Peer._send_outgoing_route`` for several routes, packed.
 
     The bookkeeping per route (out filter, Adj-RIB-out, signal, sent route)
-    is upstream's; only the UPDATE messages are merged.
+    is upstream's; only the UPDATE messages are merged. A route whose
+    ``_update_signature`` equals the previous one's only adds its NLRI.
     """
     packer = _UpdatePacker(peer)
     table_manager = peer._core_service.table_manager
+    last_path, last_signature = None, None  # last_path keeps the objects of the ids alive
     for outgoing_route in outgoing_routes:
         path = outgoing_route.path
         block, blocked_cause = peer._apply_out_filter(path)
@@ -231,7 +266,10 @@ def _send_outgoing_routes(peer, outgoing_routes):
             LOG.debug('prefix %s is not sent by filter %s',
                       path.nlri, blocked_cause)
         elif peer._protocol is not None:
-            packer.add(peer._construct_update(outgoing_route))
+            signature = _update_signature(peer, path)
+            if signature is None or signature != last_signature or not packer.extend(path.nlri):
+                packer.add(peer._construct_update(outgoing_route))
+                last_path, last_signature = path, signature
         if not path.is_withdraw and not outgoing_route.for_route_refresh:
             table_manager.remember_sent_route(sent_route)
     packer.flush()

@@ -318,6 +318,87 @@ def test_packing_preserves_every_route_in_order(steps):
     assert all(len(_summary(m)[1]) <= 64 for m in sent)
 
 
+def received_routes(count, vni=100, nexthop=ROUTER, start=0):
+    """Paths as a reflector makes them from one received UPDATE: each in its
+    own copy of the message's attribute dict, the attribute objects shared."""
+    attrs = _attrs(vni)
+    return [EvpnPath(None, mac_route(start + i, vni).nlri, 1, pattrs=attrs, nexthop=nexthop)
+            for i in range(count)]
+
+
+def _constructions(monkeypatch):
+    """Count the UPDATEs ``Peer._construct_update`` builds."""
+    built = []
+    construct = Peer._construct_update
+
+    def counting(self, outgoing_route):
+        built.append(outgoing_route.path.nlri.prefix)
+        return construct(self, outgoing_route)
+    monkeypatch.setattr(Peer, '_construct_update', counting)
+    return built
+
+
+def test_routes_sharing_attributes_join_without_an_update_each(rr_client_peer, monkeypatch):
+    built = _constructions(monkeypatch)
+    routes = received_routes(5)
+    sent = _send_all(rr_client_peer, routes, Peer._process_outgoing_msg_list)
+    assert [_summary(m) for m in sent] == [('reach', [r.nlri.prefix for r in routes])]
+    assert built == [routes[0].nlri.prefix]  # one UPDATE built, four NLRIs added to it
+    withdrawals = [r.clone(for_withdrawal=True) for r in routes]
+    built.clear()
+    rr_client_peer._protocol.sent.clear()
+    sent = _send_all(rr_client_peer, withdrawals, Peer._process_outgoing_msg_list)
+    assert [_summary(m) for m in sent] == [('unreach', [r.nlri.prefix for r in routes])]
+    assert len(built) == 1
+
+
+def test_shared_attributes_with_another_next_hop_or_object_split(rr_client_peer, monkeypatch):
+    built = _constructions(monkeypatch)
+    first = received_routes(2)
+    other_hop = received_routes(2, nexthop='192.0.2.99', start=2)
+    other_attrs = [mac_route(4), mac_route(5)]  # equal values, their own objects: the slow path
+    items = first + other_hop + other_attrs
+    sent = _send_all(rr_client_peer, items, Peer._process_outgoing_msg_list)
+    assert [_summary(m) for m in sent] == [
+        ('reach', [r.nlri.prefix for r in first]),
+        ('reach', [r.nlri.prefix for r in other_hop]),
+        ('reach', [r.nlri.prefix for r in other_attrs])]
+    assert len(built) == 4  # first[0], other_hop[0], and each of other_attrs (compared by bytes)
+
+
+def test_the_shortcut_caps_routes_and_octets(rr_client_peer):
+    attrs = _attrs(100)
+    routes = [EvpnPath(None, mac_route(i, ip='fd00::%x' % i).nlri, 1, pattrs=attrs,
+                       nexthop=ROUTER) for i in range(150)]
+    sent = _send_all(rr_client_peer, routes, Peer._process_outgoing_msg_list)
+    assert [len(_summary(m)[1]) for m in sent] == [64, 64, 22]
+    assert all(len(m.serialize()) <= 4096 for m in sent)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 70), st.booleans()), max_size=12))
+def test_the_shortcut_sends_the_same_bytes_as_building_every_update(runs):
+    """Runs of received routes (attribute set, length, withdrawn?): the wire is
+    byte for byte what building an UPDATE per route and packing them gives."""
+    attr_sets = [_attrs(100), _attrs(200), _attrs(100), _attrs(300, pmsi=True)]
+    items, start = [], 0
+    for which, length, withdraw in runs:
+        for i in range(length):
+            path = EvpnPath(None, mac_route(start + i).nlri, 1, pattrs=attr_sets[which],
+                            nexthop=ROUTER)
+            items.append(path.clone(for_withdrawal=True) if withdraw else path)
+        start += length
+    wires = []
+    for shortcut in (True, False):
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            peer = _rr_client_peer(monkeypatch)
+            if not shortcut:
+                monkeypatch.setattr(osken_compat, '_update_signature', lambda peer, path: None)
+            _send_all(peer, items, Peer._process_outgoing_msg_list)
+            wires.append(peer._protocol.sent)
+    assert wires[0] == wires[1]
+
+
 # --- MD5 with a str password -----------------------------------------------------
 
 def test_upstream_md5_needs_bytes():
