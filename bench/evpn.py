@@ -225,16 +225,14 @@ def frame_sender(pod_netns: str, ifname: str) -> socket.socket:
 
 # -- memory ---------------------------------------------------------------------------------------
 
-def rss_in(netns: str) -> dict[str, float]:
-    """RSS (MiB) of every process in a namespace, by a short label."""
-    found: dict[str, float] = {}
+def processes_in(netns: str) -> dict[str, int]:
+    """Every process in a namespace by a short label (agent, bgp, zebra, bgpd...): its pid."""
+    found: dict[str, int] = {}
     for pid in sh("ip", "netns", "pids", netns, check=False).stdout.split():
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
         words = [w.decode() for w in argv if w]
         label = Path(words[0]).name if words else pid
         if "-m" in words:
@@ -244,7 +242,36 @@ def rss_in(netns: str) -> dict[str, float]:
         n = 2
         while key in found:
             key, n = f"{label}{n}", n + 1
-        found[key] = round(rss / 1024, 1)
+        found[key] = int(pid)
+    return found
+
+
+def rss_in(netns: str) -> dict[str, float]:
+    """RSS (MiB) of every process in a namespace, by label."""
+    found: dict[str, float] = {}
+    for label, pid in processes_in(netns).items():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        found[label] = round(rss / 1024, 1)
+    return found
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_in(netns: str) -> dict[str, float]:
+    """CPU seconds (user + system) each process in a namespace has used so far, by label."""
+    found: dict[str, float] = {}
+    for label, pid in processes_in(netns).items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+        found[label] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
     return found
 
 
@@ -356,6 +383,21 @@ class Testbed:
     def memory(self) -> dict:
         return {"reflector": rss_in(self.rr.netns),
                 "nodes": {n.name: rss_in(n.netns) for n in self.nodes}}
+
+    def cpu(self) -> dict:
+        return {"reflector": cpu_in(self.rr.netns),
+                "nodes": {n.name: cpu_in(n.netns) for n in self.nodes}}
+
+
+def cpu_spent(before: dict, after: dict) -> dict:
+    """CPU seconds each process used between two `Testbed.cpu()` readings, and their total."""
+    def diff(a: dict, b: dict) -> dict:
+        return {k: round(b[k] - a.get(k, 0.0), 2) for k in b}
+    spent = {"reflector": diff(before["reflector"], after["reflector"]),
+             "nodes": {n: diff(before["nodes"].get(n, {}), c) for n, c in after["nodes"].items()}}
+    spent["total"] = round(sum(spent["reflector"].values())
+                           + sum(v for c in spent["nodes"].values() for v in c.values()), 2)
+    return spent
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -477,6 +519,7 @@ def scale(setup: str, runtime: Runtime, total: int, n_nodes: int, timeout: float
         load_before = loadavg()
         per_node = [total // n_nodes + (1 if i < total % n_nodes else 0) for i in range(n_nodes)]
         spies = start_profiles(bed, profile, timeout) if profile else []
+        cpu_before = bed.cpu()
         t0 = time.monotonic()
         macs = inject_macs(bed, per_node)
         injected = time.monotonic() - t0
@@ -502,6 +545,8 @@ def scale(setup: str, runtime: Runtime, total: int, n_nodes: int, timeout: float
                   "memory_before_mib": baseline}
         time.sleep(0.5)
         result["memory_after_mib"] = bed.memory()
+        cpu_installed = bed.cpu()
+        result["cpu_install_s"] = cpu_spent(cpu_before, cpu_installed)
         if withdraw and complete:
             t1 = time.monotonic()
             flush_macs(bed)
@@ -521,6 +566,8 @@ def scale(setup: str, runtime: Runtime, total: int, n_nodes: int, timeout: float
             result["withdraw_left_at_timeout"] = left_over
             finished = all(v is not None for v in gone.values())
             result["all_withdrawn_s"] = max(gone.values()) if finished else None
+            time.sleep(0.5)
+            result["cpu_withdraw_s"] = cpu_spent(cpu_installed, bed.cpu())
         result["netlink_overflows"] = sum(w.overflows for w in bed.watches.values())
         for spy in spies:
             spy.send_signal(2)  # py-spy writes its profile on SIGINT
@@ -619,12 +666,15 @@ def main(argv: list[str] | None = None) -> int:
                                              Path(args.profile) if args.profile else None, keep_logs))
             rows = []
             for r in report["scale"]:
-                mem = r["memory_after_mib"]
+                mem, cpu = r["memory_after_mib"], r["cpu_install_s"]
                 rows.append((r["setup"], r["all_installed_s"], r.get("all_withdrawn_s"),
                              round(sum(mem["reflector"].values()), 1),
-                             round(max(sum(m.values()) for m in mem["nodes"].values()), 1)))
+                             round(max(sum(m.values()) for m in mem["nodes"].values()), 1),
+                             round(sum(cpu["reflector"].values()), 1),
+                             round(max(sum(c.values()) for c in cpu["nodes"].values()), 1), cpu["total"]))
             print_table(f"Scale: {args.macs} MACs from {args.nodes} nodes through the reflector",
-                        rows, ("set-up", "installed s", "withdrawn s", "reflector MiB", "node MiB (max)"))
+                        rows, ("set-up", "installed s", "withdrawn s", "reflector MiB", "node MiB (max)",
+                               "reflector CPU s", "node CPU s (max)", "all CPU s"))
             by = {r["setup"]: r for r in report["scale"]}
             ours, frr_rr = by.get("ours", {}), by.get("frr-rr", {})
             if ours.get("all_installed_s") and frr_rr.get("all_installed_s"):

@@ -458,6 +458,7 @@ class BgpService:
         self._osken.compat.set_connect_retry(config.connect_retry)
         if config.role == ROLE_REFLECTOR:
             self._osken.compat.patch_evpn_next_hop_local()
+            self._osken.compat.patch_evpn_nlri_wire_cache()
         if config.restart_grace:
             self._osken.compat.enable_restart_grace(config.restart_grace)
         if config.listen_port and not self._wait_listening():

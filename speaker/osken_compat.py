@@ -21,6 +21,9 @@ Fixes that patch os-ken code in place (call once, at start-up, before the
 - ``patch_route_refresh_without_med``: a ROUTE-REFRESH kills the session.
 - ``patch_evpn_next_hop_local`` (reflector only, not in ``apply_all``): EVPN routes whose
   VTEP is the session's local address are dropped.
+- ``patch_originator_id_loop_check``: our own routes reflected back are kept.
+- ``patch_evpn_nlri_wire_cache`` (reflector only, not in ``apply_all``): every reflected
+  NLRI is serialised again for each client and its prefix text formatted over and over.
 - ``enable_restart_grace`` (reflector only, not in ``apply_all``): os-ken has no
   graceful restart; keep a peer's routes a while when its session closes.
 
@@ -41,6 +44,7 @@ from os_ken.lib.packet.bgp import (
     BGP_ATTR_TYPE_MP_UNREACH_NLRI,
     RF_L2_EVPN,
     BGPRouteRefresh,
+    EvpnNLRI,
     BGPUpdate,
     RouteFamily,
 )
@@ -463,9 +467,53 @@ def patch_originator_id_loop_check():
     return _replace(Peer, '_is_looped_path_attrs', _is_looped_path_attrs_own_originator)
 
 
+# --- reflector: received EVPN NLRIs keep their wire bytes ----------------------------
+
+def _evpn_parser_keeping_wire(cls, buf):
+    nlri, rest = _ORIGINALS[(EvpnNLRI, 'parser')].__func__(cls, buf)
+    nlri._megalos_wire = bytes(buf[:len(buf) - len(rest)])  # '_' names stay out of str()
+    return nlri, rest
+
+
+def _evpn_serialize_from_wire(self):
+    wire = self.__dict__.get('_megalos_wire')
+    if wire is None:
+        return _ORIGINALS[(EvpnNLRI, 'serialize')](self)
+    return wire
+
+
+def _evpn_prefix_cached(self):
+    """The prefix text of a received NLRI (its RIB key), formatted once."""
+    cached = self.__dict__.get('_megalos_prefix')
+    if cached is None:
+        cached = _ORIGINALS[(EvpnNLRI, 'prefix')].fget(self)
+        if '_megalos_wire' in self.__dict__:
+            self._megalos_prefix = cached
+    return cached
+
+
+def patch_evpn_nlri_wire_cache():
+    """Send a received EVPN NLRI as the bytes it arrived in; format its prefix once.
+
+    A reflector forwards every NLRI unchanged to each other client, and os-ken
+    serialises it again for each (``EvpnNLRI.serialize``: 14 % of the reflector's
+    CPU for 10k MACs) and formats its prefix text (the RIB and Adj-RIB keys) over
+    and over. A parsed NLRI now keeps its wire bytes; ``serialize`` returns them
+    and ``prefix`` is computed once for it. NLRIs made locally (no wire bytes) go
+    through upstream's code. Reflector role only: there nothing changes a received
+    NLRI (no VRF imports them); a node's VRFs may.
+    """
+    changed = _replace(EvpnNLRI, 'parser', classmethod(_evpn_parser_keeping_wire))
+    changed |= _replace(EvpnNLRI, 'serialize', _evpn_serialize_from_wire)
+    # the property object itself, not what getattr on the class would give for a classmethod
+    changed |= _replace(EvpnNLRI, 'prefix', property(_evpn_prefix_cached))
+    return changed
+
+
 def apply_all():
     """Apply every in-place fix (idempotent). Reflector-only fixes are applied by the BGP
-    process at start in that role: ``patch_evpn_next_hop_local``, ``enable_restart_grace``."""
+    process at start in that role: ``patch_evpn_next_hop_local``,
+    ``patch_evpn_nlri_wire_cache``, ``enable_restart_grace``."""
     patch_originator_id_loop_check()
     patch_route_refresh_without_med()
     patch_rib_identity_compare()

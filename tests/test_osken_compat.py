@@ -527,6 +527,58 @@ def test_evpn_route_with_the_local_address_as_vtep_is_accepted():
     assert peer.host_bind_ip == '192.0.2.11'  # restored
 
 
+# --- reflector: received EVPN NLRIs keep their wire bytes ----------------------------
+
+def _wire_nlris():
+    """Type-2 (with and without IP) and Type-3 NLRIs as they arrive: bytes, back to back."""
+    made = [mac_route(1).nlri, mac_route(2, ip='10.0.0.2').nlri, mac_route(3, ip='fd00::3').nlri,
+            imet_route().nlri]
+    return made, b''.join(bytes(upstream(bgp_packet.EvpnNLRI, 'serialize')(n)) for n in made)
+
+
+def _parse_all(wire):
+    parsed = []
+    while wire:
+        nlri, wire = bgp_packet.EvpnNLRI.parser(wire)
+        parsed.append(nlri)
+    return parsed
+
+
+def test_upstream_serialises_a_parsed_nlri_to_the_bytes_it_came_in():
+    """What the wire cache relies on: sending the received bytes is what upstream sends."""
+    made, wire = _wire_nlris()
+    parser = upstream(bgp_packet.EvpnNLRI, 'parser')
+    rest, again = wire, b''
+    while rest:
+        nlri, rest = parser(rest)
+        again += bytes(upstream(bgp_packet.EvpnNLRI, 'serialize')(nlri))
+    assert again == wire
+
+
+def test_a_received_nlri_is_sent_as_it_came_and_formatted_once(monkeypatch):
+    osken_compat.patch_evpn_nlri_wire_cache()  # the reflector's
+    assert not osken_compat.patch_evpn_nlri_wire_cache()  # idempotent
+    made, wire = _wire_nlris()
+    parsed = _parse_all(wire)
+    key = (bgp_packet.EvpnNLRI, 'prefix')
+    formatted = []
+    upstream_prefix = osken_compat._ORIGINALS[key]
+    monkeypatch.setitem(osken_compat._ORIGINALS, key, property(
+        lambda self: formatted.append(self) or upstream_prefix.fget(self)))
+    for _ in range(3):
+        assert [n.prefix for n in parsed] == [n.prefix for n in made]
+        assert [n.formatted_nlri_str for n in parsed] == [n.formatted_nlri_str for n in made]
+    assert [id(n) for n in formatted if n in parsed] == [id(n) for n in parsed]  # once each
+    assert len([n for n in formatted if n in made]) == len(made) * 3 * 2  # local ones: every time
+    assert [str(n) for n in parsed] == [str(n) for n in made]  # nothing of ours shows
+    with monkeypatch.context() as m:
+        for cls in {type(n) for n in parsed}:
+            m.setattr(cls, 'serialize_value', lambda self: pytest.fail('serialised again'))
+        assert b''.join(n.serialize() for n in parsed) == wire
+    local = mac_route(7).nlri  # made here, as a node's VRF makes them: upstream's code
+    assert local.serialize() == upstream(bgp_packet.EvpnNLRI, 'serialize')(local)
+
+
 def test_upstream_connect_mode_compared_by_identity():
     from_json = json.loads('"passive"')
     assert from_json == neighbors.CONNECT_MODE_PASSIVE
