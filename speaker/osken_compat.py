@@ -230,7 +230,7 @@ class _UpdatePacker:
         peer.state.incr(PeerCounterNames.SENT_UPDATES)
 
 
-def _update_signature(peer, path):
+def _update_signature(path):
     """All that ``Peer._construct_update`` reads of ``path`` except its NLRI.
 
     Two paths with the same signature make UPDATEs that differ only in the
@@ -238,16 +238,21 @@ def _update_signature(peer, path):
     building (and serialising, to compare) a message of its own. The routes
     a reflector sends are mostly such runs: the paths made from one received
     UPDATE hold the same attribute objects (each path in a copy of the
-    message's attribute dict). None when the UPDATE may depend on more
-    (attribute maps, SoO lists: per-peer options we never set) or is not an
-    MP-BGP one.
+    message's attribute dict). The path's class stands for its route family.
+    None for IPv4 unicast (not MP-BGP: sent as upstream does).
     """
-    if peer._attribute_maps or peer._neigh_conf.soo_list or isinstance(path, Ipv4Path):
-        return None
     if path.is_withdraw:
-        return (True, path.route_family)
-    return (False, path.route_family, type(path), id(path.source), path.nexthop,
+        return (True, type(path))
+    if isinstance(path, Ipv4Path):
+        return None
+    return (False, type(path), id(path.source), path.nexthop,
             tuple(map(id, path._path_attr_map.values())))
+
+
+def _shortcut_allowed(peer):
+    """Per-peer options that make an UPDATE depend on more than the signature
+    (attribute maps, SoO lists: we set neither) rule the shortcut out."""
+    return not (peer._attribute_maps or peer._neigh_conf.soo_list)
 
 
 def _send_outgoing_routes(peer, outgoing_routes):
@@ -260,6 +265,7 @@ def _send_outgoing_routes(peer, outgoing_routes):
     packer = _UpdatePacker(peer)
     table_manager = peer._core_service.table_manager
     last_path, last_signature = None, None  # last_path keeps the objects of the ids alive
+    shortcut = _shortcut_allowed(peer)
     for outgoing_route in outgoing_routes:
         path = outgoing_route.path
         block, blocked_cause = peer._apply_out_filter(path)
@@ -270,7 +276,7 @@ def _send_outgoing_routes(peer, outgoing_routes):
             LOG.debug('prefix %s is not sent by filter %s',
                       path.nlri, blocked_cause)
         elif peer._protocol is not None:
-            signature = _update_signature(peer, path)
+            signature = _update_signature(path) if shortcut else None
             if signature is None or signature != last_signature or not packer.extend(path.nlri):
                 packer.add(peer._construct_update(outgoing_route))
                 last_path, last_signature = path, signature

@@ -366,6 +366,16 @@ def test_shared_attributes_with_another_next_hop_or_object_split(rr_client_peer,
     assert len(built) == 4  # first[0], other_hop[0], and each of other_attrs (compared by bytes)
 
 
+def test_attribute_maps_rule_the_shortcut_out(rr_client_peer, monkeypatch):
+    """With per-peer attribute maps an UPDATE may depend on the path: each is built."""
+    built = _constructions(monkeypatch)
+    rr_client_peer._attribute_maps = {'default': {}}
+    routes = received_routes(3)
+    sent = _send_all(rr_client_peer, routes, Peer._process_outgoing_msg_list)
+    assert [_summary(m) for m in sent] == [('reach', [r.nlri.prefix for r in routes])]
+    assert len(built) == 3
+
+
 def test_the_shortcut_caps_routes_and_octets(rr_client_peer):
     attrs = _attrs(100)
     routes = [EvpnPath(None, mac_route(i, ip='fd00::%x' % i).nlri, 1, pattrs=attrs,
@@ -393,7 +403,7 @@ def test_the_shortcut_sends_the_same_bytes_as_building_every_update(runs):
         with pytest.MonkeyPatch.context() as monkeypatch:
             peer = _rr_client_peer(monkeypatch)
             if not shortcut:
-                monkeypatch.setattr(osken_compat, '_update_signature', lambda peer, path: None)
+                monkeypatch.setattr(osken_compat, '_shortcut_allowed', lambda peer: False)
             _send_all(peer, items, Peer._process_outgoing_msg_list)
             wires.append(peer._protocol.sent)
     assert wires[0] == wires[1]
