@@ -188,7 +188,9 @@ class Datapath:
 
     def ensure_vtep(self, vni: int, port: int, underlay: Underlay, mtu: int,
                     bridge_index: int) -> tuple[int, bool]:
-        """(VTEP ifindex, created). Created in one request: up and on the bridge at once."""
+        """(VTEP ifindex, created). Created in one request, up and on the bridge at once; then
+        the bridge stops learning on it: remote MACs are the control plane's (static entries),
+        and a frame from a remote copy of a local pod's MAC must not move that pod's entry."""
         name = naming.vtep_name(vni)
         with self._lock:
             link = self._nl.link(name=name)
@@ -197,6 +199,7 @@ class Datapath:
                 if link.master != bridge_index or not link.up:
                     self._nl.set_link(link_body(index=link.index, up=True,
                                                 attrs=[attr(IFLA_MASTER, bridge_index)]))
+                    self._nl.set_bridge_port_learning(link.index, False)
                 return link.index, False
             local = IFLA_VXLAN_LOCAL if underlay.version == 4 else IFLA_VXLAN_LOCAL6
             body = link_body(name=name, up=True, attrs=[
@@ -206,7 +209,13 @@ class Datapath:
                                    attr(IFLA_VXLAN_LINK, underlay.ifindex),
                                    attr(local, ip(underlay.ip)), attr(IFLA_VXLAN_LEARNING, u8(0)),
                                    attr(IFLA_VXLAN_PORT, be16(port))])])
-            return self._nl.create_link(name, body), True
+            index = self._nl.create_link(name, body)
+            try:
+                self._nl.set_bridge_port_learning(index, False)
+            except Exception:
+                self._delete(name)
+                raise
+            return index, True
 
     @staticmethod
     def _check_vtep(link: Link, vni: int, port: int, underlay: Underlay, mtu: int) -> None:

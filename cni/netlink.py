@@ -38,8 +38,9 @@ NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLM_F_ACK_TLVS = 0x200       # on an error: extack attributes follow
 NLMSGERR_ATTR_MSG = 1
 NLA_TYPE_MASK = 0x3FFF
+NLA_F_NESTED = 0x8000
 
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_GETADDR = 22
 RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 AF_BRIDGE = 7
@@ -48,7 +49,8 @@ NTF_MASTER = 0x04
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_LINKINFO, IFLA_NET_NS_FD = 18, 28
+IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
+IFLA_BRPORT_LEARNING = 8
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_BR_NF_CALL_IPTABLES, IFLA_BR_NF_CALL_IP6TABLES, IFLA_BR_NF_CALL_ARPTABLES = 36, 37, 38
@@ -323,6 +325,12 @@ class Netlink:
 
     def set_link(self, body: bytes) -> None:
         self.request(RTM_NEWLINK, body)
+
+    def set_bridge_port_learning(self, index: int, learning: bool) -> None:
+        """Turn MAC learning of bridge port `index` on or off (`bridge link set learning`)."""
+        body = (_IFINFO.pack(AF_BRIDGE, 0, index, 0, 0)
+                + attr(IFLA_PROTINFO | NLA_F_NESTED, [attr(IFLA_BRPORT_LEARNING, u8(int(learning)))]))
+        self.request(RTM_SETLINK, body)
 
     def delete_link(self, name: str = "", index: int = 0) -> bool:
         """Delete a link; False if it was already gone."""

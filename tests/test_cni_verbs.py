@@ -46,6 +46,8 @@ def test_add_then_del_in_every_version(runtime, node, version):
     vtep = next(link for link in node.links() if link["ifname"] == naming.vtep_name(VNI))
     data = vtep["linkinfo"]["info_data"]
     assert (data["id"], data["port"], data["local"], data["learning"]) == (VNI, 4789, node.ip, False)
+    port = vtep["linkinfo"]["info_slave_data"]  # the bridge learns nothing from the VTEP
+    assert (vtep["linkinfo"]["info_slave_kind"], port["learning"]) == ("bridge", False)
     static = [e for e in node.fdb(host["name"]) if "static" in e.get("state", "")]
     assert [e["mac"] for e in static] == ["02:aa:00:00:00:01"]
 
