@@ -400,6 +400,22 @@ def cpu_spent(before: dict, after: dict) -> dict:
     return spent
 
 
+def scale_medians(results: list[dict]) -> dict:
+    """Per set-up, the median over its rounds of the installation and withdrawal times (a
+    round that did not finish counts as missing) and of the CPU seconds spent installing."""
+    def median(values: list) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 3) if present else None
+    by_setup: dict[str, list[dict]] = {}
+    for r in results:
+        by_setup.setdefault(r["setup"], []).append(r)
+    return {setup: {"rounds": len(rs),
+                    "installed_s": median([r["all_installed_s"] for r in rs]),
+                    "withdrawn_s": median([r.get("all_withdrawn_s") for r in rs]),
+                    "all_cpu_s": median([r["cpu_install_s"]["total"] for r in rs])}
+            for setup, rs in by_setup.items()}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -621,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=3, help="scale: nodes injecting MACs")
     p.add_argument("--timeout", type=float, default=180.0, help="scale: give up after (s)")
     p.add_argument("--no-withdraw", action="store_true", help="scale: skip the withdrawal phase")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="scale: rounds, the set-ups interleaved in each; medians reported")
     p.add_argument("--profile", default="", metavar="DIR",
                    help="scale: record py-spy profiles of the reflector and node n1 into DIR")
     p.add_argument("--note", default="", help="a note stored with the results (what code ran)")
@@ -659,28 +677,36 @@ def main(argv: list[str] | None = None) -> int:
                          "ADD p50", "before return", "missing"))
         if args.what in ("scale", "all"):
             report["scale"] = []
-            for setup in setups:
-                print(f"scale: {setup} ...", flush=True)
-                report["scale"].append(scale(setup, runtime, args.macs, args.nodes, args.timeout,
-                                             not args.no_withdraw,
-                                             Path(args.profile) if args.profile else None, keep_logs))
+            for round_ in range(1, args.repeat + 1):
+                for setup in setups:
+                    print(f"scale: {setup} (round {round_}/{args.repeat}) ...", flush=True)
+                    result = scale(setup, runtime, args.macs, args.nodes, args.timeout,
+                                   not args.no_withdraw,
+                                   Path(args.profile) if args.profile else None, keep_logs)
+                    report["scale"].append({"round": round_, **result})
             rows = []
             for r in report["scale"]:
                 mem, cpu = r["memory_after_mib"], r["cpu_install_s"]
-                rows.append((r["setup"], r["all_installed_s"], r.get("all_withdrawn_s"),
+                rows.append((r["setup"], r["round"], r["all_installed_s"], r.get("all_withdrawn_s"),
                              round(sum(mem["reflector"].values()), 1),
                              round(max(sum(m.values()) for m in mem["nodes"].values()), 1),
                              round(sum(cpu["reflector"].values()), 1),
                              round(max(sum(c.values()) for c in cpu["nodes"].values()), 1), cpu["total"]))
             print_table(f"Scale: {args.macs} MACs from {args.nodes} nodes through the reflector",
-                        rows, ("set-up", "installed s", "withdrawn s", "reflector MiB", "node MiB (max)",
-                               "reflector CPU s", "node CPU s (max)", "all CPU s"))
-            by = {r["setup"]: r for r in report["scale"]}
-            ours, frr_rr = by.get("ours", {}), by.get("frr-rr", {})
-            if ours.get("all_installed_s") and frr_rr.get("all_installed_s"):
+                        rows, ("set-up", "round", "installed s", "withdrawn s", "reflector MiB",
+                               "node MiB (max)", "reflector CPU s", "node CPU s (max)", "all CPU s"))
+            report["scale_medians"] = scale_medians(report["scale"])
+            if args.repeat > 1:
+                print_table("Medians over the rounds",
+                            [(setup, m["installed_s"], m["withdrawn_s"], m["all_cpu_s"])
+                             for setup, m in report["scale_medians"].items()],
+                            ("set-up", "installed s", "withdrawn s", "all CPU s"))
+            medians = report["scale_medians"]
+            if medians.get("ours", {}).get("installed_s") and medians.get("frr-rr", {}).get("installed_s"):
                 report["scale_ratio_ours_over_frr_rr"] = round(
-                    by["ours"]["all_installed_s"] / by["frr-rr"]["all_installed_s"], 2)
-                print(f"  ours / frr-rr installation time: {report['scale_ratio_ours_over_frr_rr']}")
+                    medians["ours"]["installed_s"] / medians["frr-rr"]["installed_s"], 2)
+                print(f"  ours / frr-rr installation time (medians): "
+                      f"{report['scale_ratio_ours_over_frr_rr']}")
     RESULTS.mkdir(exist_ok=True)
     out = Path(args.out) if args.out else RESULTS / f"evpn-{args.what}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
