@@ -26,14 +26,12 @@ zebra + bgpd). Results are printed and written as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import json
 import os
 import platform
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -43,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cni import naming
+from cni.netlink import AF_BRIDGE, NTF_SELF, RTMGRP_NEIGH, SO_RCVBUFFORCE, fdb_events
+from cni.netns import socket_in
 from lab import frr as frr_lab
 from lab.cluster import Cluster, Node, sh, unique_prefix
 from lab.frr import Frr
@@ -52,42 +52,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETUPS = ("ours", "frr-rr", "frr")
 VNI = 71000
 ZERO_MAC = "00:00:00:00:00:00"
-
-# netlink constants (linux/rtnetlink.h, linux/neighbour.h)
-RTMGRP_NEIGH = 0x4
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-AF_BRIDGE = 7
-NTF_SELF = 0x02
-NDA_DST, NDA_LLADDR = 1, 2
-SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-# -- sockets inside a namespace -----------------------------------------------------------------
-
-def socket_in(netns_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A socket created inside `netns_path` (setns moves only this thread, and back)."""
-    result: dict = {}
-
-    def make():
-        target = os.open(netns_path, os.O_RDONLY)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {netns_path}")
-            result["sock"] = socket.socket(family, kind, proto)
-        except Exception as exc:
-            result["error"] = exc
-        finally:
-            os.close(target)
-    # A throwaway thread: it ends in the other namespace, and nothing else runs on it.
-    thread = threading.Thread(target=make)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["sock"]
-
 
 class FdbWatch:
     """Remote entries (`self`, with a destination) appearing on one VTEP, with their times.
@@ -171,39 +135,20 @@ class FdbWatch:
                 return
             self._parse(data, time.monotonic())
 
+    def _vtep_entry(self, family: int, ifindex: int, state: int, flags: int) -> bool:
+        return family == AF_BRIDGE and ifindex == self.ifindex and bool(flags & NTF_SELF)
+
     def _parse(self, data: bytes, now: float) -> None:
-        offset, changed = 0, False
+        changed = False
         with self.cond:
-            ifindex = self.ifindex
-            while offset + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if length < 16:
-                    break
-                if kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and ifindex:
-                    family, _, _, index, _, flags, _ = struct.unpack_from("=BBHiHBB", data, offset + 16)
-                    if family == AF_BRIDGE and index == ifindex and flags & NTF_SELF:
-                        mac, dst = self._attrs(data, offset + 28, offset + length)
-                        if mac and dst:
-                            changed = True
-                            self._apply(kind == RTM_NEWNEIGH, mac, dst, now)
-                offset += (length + 3) & ~3
+            if not self.ifindex:
+                return
+            for event in fdb_events(data, self._vtep_entry):
+                if event.mac and event.dst:
+                    changed = True
+                    self._apply(event.present, event.mac, event.dst, now)
             if changed:
                 self.cond.notify_all()
-
-    @staticmethod
-    def _attrs(data: bytes, offset: int, end: int) -> tuple[str, str]:
-        mac = dst = ""
-        while offset + 4 <= end:
-            length, kind = struct.unpack_from("=HH", data, offset)
-            if length < 4:
-                break
-            value = data[offset + 4:offset + length]
-            if kind == NDA_LLADDR and len(value) == 6:
-                mac = value.hex(":")
-            elif kind == NDA_DST and len(value) in (4, 16):
-                dst = socket.inet_ntop(socket.AF_INET if len(value) == 4 else socket.AF_INET6, value)
-            offset += (length + 3) & ~3
-        return mac, dst
 
     def _apply(self, present: bool, mac: str, dst: str, now: float) -> None:
         if mac == ZERO_MAC:

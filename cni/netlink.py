@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -42,10 +43,12 @@ NLA_F_NESTED = 0x8000
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_GETADDR = 22
-RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTMGRP_NEIGH = 0x4           # the multicast group of neighbour (and FDB) events
+SO_RCVBUFFORCE = 33
 AF_BRIDGE = 7
 IFF_UP = 0x1
-NTF_MASTER = 0x04
+NTF_SELF, NTF_MASTER = 0x02, 0x04
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
@@ -56,7 +59,7 @@ VETH_INFO_PEER = 1
 IFLA_BR_NF_CALL_IPTABLES, IFLA_BR_NF_CALL_IP6TABLES, IFLA_BR_NF_CALL_ARPTABLES = 36, 37, 38
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
 IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17
-NDA_LLADDR, NDA_MASTER = 2, 9
+NDA_DST, NDA_LLADDR, NDA_MASTER = 1, 2, 9
 IFA_ADDRESS = 1
 
 _HEADER = struct.Struct("=IHHII")    # nlmsghdr: length, type, flags, sequence, port id
@@ -203,6 +206,60 @@ class FdbEntry:
         _, ifindex, state, flags, _ = _NDMSG.unpack_from(msg, _HEADER.size)
         attrs = attributes(msg, _HEADER.size + _NDMSG.size)
         return cls(ifindex, state, flags, _mac_text(attrs.get(NDA_LLADDR)), _u32(attrs, NDA_MASTER))
+
+
+class FdbEvent(NamedTuple):
+    """One RTM_NEWNEIGH (present) or RTM_DELNEIGH event."""
+
+    present: bool
+    family: int
+    ifindex: int
+    state: int
+    flags: int
+    mac: str     # '' if none
+    master: int  # NDA_MASTER, 0 if none
+    dst: str     # NDA_DST (a VXLAN entry's remote VTEP), '' if none
+
+
+def _every(family: int, ifindex: int, state: int, flags: int) -> bool:
+    return True
+
+
+def fdb_events(data: bytes, want=_every):
+    """The FdbEvent of each neighbour message in one datagram read from an RTMGRP_NEIGH socket
+    for which `want(family, ifindex, state, flags)` is true (the attributes of the others are
+    never read).
+
+    Plain struct reads: a watch sees every FDB change of its node (20,000 for 10k remote MACs,
+    the speaker's own installs included): ~2 us a message wanted here, against ~5 through
+    `attributes` and a dataclass and ~100 with pyroute2."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind = _HEADER.unpack_from(data, offset)[:2]
+        if length < _HEADER.size or offset + length > len(data):
+            return
+        if kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= _HEADER.size + _NDMSG.size:
+            family, ifindex, state, flags, _ = _NDMSG.unpack_from(data, offset + _HEADER.size)
+            if not want(family, ifindex, state, flags):
+                offset += (length + 3) & ~3
+                continue
+            at, end = offset + _HEADER.size + _NDMSG.size, offset + length
+            mac = dst = ""
+            master = 0
+            while at + _ATTR.size <= end:
+                alen, atype = _ATTR.unpack_from(data, at)
+                if alen < _ATTR.size:
+                    break
+                if atype == NDA_LLADDR and alen == 10:
+                    mac = data[at + 4:at + 10].hex(":")
+                elif atype == NDA_MASTER and alen == 8:
+                    master = _U32.unpack_from(data, at + 4)[0]
+                elif atype == NDA_DST and alen in (8, 20):
+                    dst = socket.inet_ntop(socket.AF_INET if alen == 8 else socket.AF_INET6,
+                                           data[at + 4:at + alen])
+                at += (alen + 3) & ~3
+            yield FdbEvent(kind == RTM_NEWNEIGH, family, ifindex, state, flags, mac, master, dst)
+        offset += (length + 3) & ~3
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import socket
 from contextlib import contextmanager
 
 from cni.netlink import Netlink
@@ -45,17 +46,32 @@ def open_fd(netns_path: str) -> int:
     return fd
 
 
-def open_netlink(netns_fd: int) -> Netlink:
-    """A netlink socket living in the netns of `netns_fd` (from open_fd); the caller closes it."""
+def _made_in(netns_fd: int, make):
+    """make(), called with this thread in the netns of `netns_fd`, then back home."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(netns_fd)
         try:
-            return Netlink()
+            return make()
         finally:
             _setns(home)  # must not fail: the thread would stay in the pod's netns
     finally:
         os.close(home)
+
+
+def open_netlink(netns_fd: int) -> Netlink:
+    """A netlink socket living in the netns of `netns_fd` (from open_fd); the caller closes it."""
+    return _made_in(netns_fd, Netlink)
+
+
+def socket_in(netns_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket living in the netns at `netns_path` (an event or packet socket there, say);
+    NetnsGone if there is none. The caller closes it."""
+    fd = open_fd(netns_path)
+    try:
+        return _made_in(fd, lambda: socket.socket(family, kind, proto))
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -8,54 +8,27 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import struct
 import threading
 
 from pyroute2 import IPRoute
 
 from cni import naming
+from cni.netlink import AF_BRIDGE, NTF_SELF, NUD_PERMANENT, RTMGRP_NEIGH, SO_RCVBUFFORCE, fdb_events
 
 log = logging.getLogger(__name__)
-AF_BRIDGE = 7
-RTMGRP_NEIGH = 0x4
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-NDA_LLADDR, NDA_MASTER = 2, 9
-SO_RCVBUFFORCE = 33
-_NLMSGHDR = struct.Struct("=IHHII")
-_NDMSG = struct.Struct("=BBHiHBB")
-_RTATTR = struct.Struct("=HH")
+
+
+def _local_entry(family: int, ifindex: int, state: int, flags: int) -> bool:
+    return family == AF_BRIDGE and not state & NUD_PERMANENT and not flags & NTF_SELF
 
 
 def parse_neigh_events(data: bytes):
-    """(present, ifindex, master ifindex or None, mac) per AF_BRIDGE neighbour message in one netlink datagram that is
-    neither permanent (a port's own address) nor a `self` entry (the VTEP's remote entries).
-
-    Plain struct parsing: every FDB entry the speaker installs comes back here as an event, and
-    decoding each with pyroute2 (~100 us, holding the GIL) slowed the speaker's own writes."""
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
-        if length < _NLMSGHDR.size:
-            return
-        if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
-            family, _, _, ifindex, state, flags, _ = _NDMSG.unpack_from(data, offset + 16)
-            if family == AF_BRIDGE and not state & NUD_PERMANENT and not flags & NTF_SELF:
-                at, end = offset + 16 + _NDMSG.size, offset + length
-                mac = master = None
-                while at + 4 <= end:
-                    alen, atype = _RTATTR.unpack_from(data, at)
-                    if alen < 4:
-                        break
-                    if atype == NDA_LLADDR and alen == 10:
-                        mac = data[at + 4:at + 10].hex(":")
-                    elif atype == NDA_MASTER and alen == 8:
-                        master = struct.unpack_from("=I", data, at + 4)[0]
-                    at += (alen + 3) & ~3
-                if mac:
-                    yield kind == RTM_NEWNEIGH, ifindex, master, mac
-        offset += (length + 3) & ~3
+    """(present, ifindex, master ifindex or None, mac) per AF_BRIDGE neighbour message in one
+    netlink datagram that is neither permanent (a port's own address) nor a `self` entry (the
+    VTEP's remote entries)."""
+    for event in fdb_events(data, _local_entry):
+        if event.mac:
+            yield event.present, event.ifindex, event.master or None, event.mac
 
 
 class MacWatch:

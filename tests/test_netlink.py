@@ -160,6 +160,48 @@ def test_fdb_entry_and_address_parse():
     assert Address.parse(pyroute2_bytes(addr, 20)) == Address(2, 0, "fd00::7")
 
 
+def _neigh(msg_type: int, ifindex: int, state: int, flags: int = 0, attrs: list | None = None) -> bytes:
+    entry = ndmsg()
+    entry["family"] = nl.AF_BRIDGE
+    entry["ifindex"] = ifindex
+    entry["state"] = state
+    entry["flags"] = flags
+    entry["attrs"] = attrs or []
+    return pyroute2_bytes(entry, msg_type, 0)
+
+
+def test_fdb_events_of_a_datagram():
+    learned = _neigh(nl.RTM_NEWNEIGH, 9, 0x02, attrs=[("NDA_LLADDR", "02:aa:00:00:00:02"),
+                                                      ("NDA_MASTER", 4)])
+    remote4 = _neigh(nl.RTM_NEWNEIGH, 7, nl.NUD_NOARP, nl.NTF_SELF,
+                     [("NDA_LLADDR", "02:bb:00:00:00:01"), ("NDA_DST", "192.0.2.8")])
+    remote6 = _neigh(nl.RTM_DELNEIGH, 7, nl.NUD_NOARP, nl.NTF_SELF,
+                     [("NDA_LLADDR", "02:bb:00:00:00:02"), ("NDA_DST", "fd00::8")])
+    link = pyroute2_bytes(pyroute2_link([("IFLA_IFNAME", "x")], index=3), nl.RTM_NEWLINK, 0)
+    events = list(nl.fdb_events(learned + link + remote4 + remote6))
+    assert events == [
+        nl.FdbEvent(True, nl.AF_BRIDGE, 9, 0x02, 0, "02:aa:00:00:00:02", 4, ""),
+        nl.FdbEvent(True, nl.AF_BRIDGE, 7, nl.NUD_NOARP, nl.NTF_SELF, "02:bb:00:00:00:01", 0,
+                    "192.0.2.8"),
+        nl.FdbEvent(False, nl.AF_BRIDGE, 7, nl.NUD_NOARP, nl.NTF_SELF, "02:bb:00:00:00:02", 0,
+                    "fd00::8")]
+    selected = nl.fdb_events(learned + remote4, lambda family, ifindex, state, flags: ifindex == 7)
+    assert [e.mac for e in selected] == ["02:bb:00:00:00:01"]
+    assert list(nl.fdb_events(learned + remote4[:-3])) == events[:1]  # a truncated message ends it
+
+
+def test_mac_watch_keeps_only_learned_pod_entries():
+    from speaker.macwatch import parse_neigh_events
+    learned = _neigh(nl.RTM_DELNEIGH, 9, 0x02, attrs=[("NDA_LLADDR", "02:aa:00:00:00:02"),
+                                                      ("NDA_MASTER", 4)])
+    own = _neigh(nl.RTM_NEWNEIGH, 9, nl.NUD_PERMANENT, attrs=[("NDA_LLADDR", "02:aa:00:00:00:09")])
+    remote = _neigh(nl.RTM_NEWNEIGH, 7, nl.NUD_NOARP, nl.NTF_SELF,
+                    [("NDA_LLADDR", "02:bb:00:00:00:01"), ("NDA_DST", "192.0.2.8")])
+    no_master = _neigh(nl.RTM_NEWNEIGH, 9, 0x02, attrs=[("NDA_LLADDR", "02:aa:00:00:00:03")])
+    assert list(parse_neigh_events(own + learned + remote + no_master)) == [
+        (False, 9, 4, "02:aa:00:00:00:02"), (True, 9, None, "02:aa:00:00:00:03")]
+
+
 def test_attribute_walk_stops_at_garbage():
     good = attr(3, "ab") + attr(4, 1500)
     assert nl.attributes(good) == {3: b"ab\0", 4: (1500).to_bytes(4, "little")}
@@ -234,3 +276,37 @@ def test_socket_errors_carry_the_kernels_message(private_netlink):
         sock.create_link("x0", link_body(name="x0", attrs=[linkinfo("nosuchkind", [])]))
     assert bad.value.code in (errno.EOPNOTSUPP, errno.EINVAL)
     assert sock.link(name="lo").name == "lo"  # the socket still works after an error
+
+
+@pytest.mark.root
+def test_event_socket_in_a_namespace_sees_its_fdb_and_port_learning_switches(private_netlink):
+    """netns.socket_in: an RTMGRP_NEIGH socket made in the namespace hears its FDB changes
+    (and only those); set_bridge_port_learning shows in `ip -d link`."""
+    import json
+    import socket
+    sock, name = private_netlink
+    events = netns.socket_in(f"/var/run/netns/{name}", socket.AF_NETLINK, socket.SOCK_RAW,
+                             socket.NETLINK_ROUTE)
+    try:
+        events.bind((0, nl.RTMGRP_NEIGH))
+        events.settimeout(5)
+        bridge = sock.create_link("br0", link_body(name="br0", up=True, attrs=[linkinfo("bridge", [])]))
+        port = sock.create_link("v0", link_body(name="v0", up=True, attrs=[
+            attr(IFLA_MASTER, bridge), linkinfo("veth", [attr(nl.VETH_INFO_PEER, link_body(name="v1"))])]))
+        sock.fdb_replace(port, "02:aa:00:00:00:0a", state=nl.NUD_NOARP, flags=nl.NTF_MASTER)
+        seen = []
+        while not any(e.mac == "02:aa:00:00:00:0a" for e in seen):
+            seen += nl.fdb_events(events.recv(1 << 16))
+        assert [e for e in seen if e.mac == "02:aa:00:00:00:0a"][0].ifindex == port
+    finally:
+        events.close()
+
+    def learning() -> bool:
+        out = subprocess.run(["ip", "-n", name, "-j", "-d", "link", "show", "v0"],
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)[0]["linkinfo"]["info_slave_data"]["learning"]
+    assert learning() is True  # the kernel's default
+    sock.set_bridge_port_learning(port, False)
+    assert learning() is False
+    sock.set_bridge_port_learning(port, True)
+    assert learning() is True
