@@ -255,6 +255,17 @@ class Datapath:
         with Netlink() as nl:
             return nl.delete_link(name=name)
 
+    def stop_vtep_learning(self) -> list[str]:
+        """Turn bridge learning off on every Megalos VTEP on a bridge (those an earlier agent
+        made learn: see ensure_vtep); the names of the VTEPs. Called at start."""
+        with self._lock:
+            vteps = [link for link in self._nl.links() if link.kind == "vxlan" and link.master
+                     and naming.vni_of_device(link.name) is not None
+                     and link.name == naming.vtep_name(naming.vni_of_device(link.name))]
+            for link in vteps:
+                self._nl.set_bridge_port_learning(link.index, False)
+        return [link.name for link in vteps]
+
     def lans(self) -> list[int]:
         """VNIs with a Megalos bridge or VTEP on this node."""
         with self._lock:

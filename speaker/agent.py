@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megalos-agent: {exc}", file=sys.stderr)
         return 1
     underlay = datapath.default_underlay
+    if vteps := datapath.stop_vtep_learning():
+        log.info("bridge learning off on %s", ", ".join(vteps))
     log.info("underlay %s, VTEP %s, overlay MTU %d", underlay.name, underlay.ip, underlay.overlay_mtu)
 
     events: LanEvents = LanEvents()

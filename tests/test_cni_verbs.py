@@ -204,3 +204,20 @@ def test_kathara_nads_work_unchanged(runtime, node):
         assert runtime.call("DEL", nad.raw_config, container_id="c-pc1", netns=pod.netns_path,
                             ifname=f"net{index}", socket=node.socket).code == 0
     assert megalos_links(node) == set()
+
+
+def test_agent_start_turns_off_learning_an_earlier_version_left_on(runtime, node):
+    """VTEPs made before bridge learning went off on them learn until the agent restarts."""
+    pod = node.add_pod("p1")
+    assert add(runtime, node, pod).code == 0
+    vtep = naming.vtep_name(VNI)
+
+    def learning() -> bool:
+        link = next(link for link in node.links() if link["ifname"] == vtep)
+        return link["linkinfo"]["info_slave_data"]["learning"]
+    node.run("bridge", "link", "set", "dev", vtep, "learning", "on")
+    assert learning() is True
+    node.stop_agent()
+    node.start_agent()
+    assert learning() is False
+    assert delete(runtime, node, pod).code == 0
