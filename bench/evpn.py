@@ -191,32 +191,29 @@ def processes_in(netns: str) -> dict[str, int]:
     return found
 
 
-def rss_in(netns: str) -> dict[str, float]:
-    """RSS (MiB) of every process in a namespace, by label."""
-    found: dict[str, float] = {}
-    for label, pid in processes_in(netns).items():
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        found[label] = round(rss / 1024, 1)
-    return found
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return round(rss / 1024, 1)
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_in(netns: str) -> dict[str, float]:
-    """CPU seconds (user + system) each process in a namespace has used so far, by label."""
+def cpu_seconds(pid: int) -> float:
+    """User + system time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def measure_in(netns: str, measure) -> dict[str, float]:
+    """measure(pid) of every process in a namespace, by label (a process gone meanwhile: left out)."""
     found: dict[str, float] = {}
     for label, pid in processes_in(netns).items():
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            found[label] = measure(pid)
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
-        found[label] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
     return found
 
 
@@ -326,12 +323,12 @@ class Testbed:
         return text
 
     def memory(self) -> dict:
-        return {"reflector": rss_in(self.rr.netns),
-                "nodes": {n.name: rss_in(n.netns) for n in self.nodes}}
+        return {"reflector": measure_in(self.rr.netns, rss_mib),
+                "nodes": {n.name: measure_in(n.netns, rss_mib) for n in self.nodes}}
 
     def cpu(self) -> dict:
-        return {"reflector": cpu_in(self.rr.netns),
-                "nodes": {n.name: cpu_in(n.netns) for n in self.nodes}}
+        return {"reflector": measure_in(self.rr.netns, cpu_seconds),
+                "nodes": {n.name: measure_in(n.netns, cpu_seconds) for n in self.nodes}}
 
 
 def cpu_spent(before: dict, after: dict) -> dict:

@@ -2,9 +2,12 @@
 over rounds. The benchmarks themselves run outside the test suite (docs/benchmarks.md)."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
-from bench.evpn import cpu_spent, percentile, scale_medians
+from bench.evpn import cpu_seconds, cpu_spent, percentile, rss_mib, scale_medians
 
 
 def test_percentile_interpolates_between_ranks():
@@ -41,3 +44,14 @@ def test_scale_medians_per_setup_skip_unfinished_rounds():
 
 def test_scale_medians_of_a_setup_that_never_finished():
     assert scale_medians([_round("ours", None, None, 1.0)])["ours"]["installed_s"] is None
+
+
+def test_cpu_and_memory_of_a_process_from_proc():
+    before = cpu_seconds(os.getpid())
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:  # busy for 0.2 s: at least a few 10 ms ticks must show
+        pass
+    assert before + 0.05 <= cpu_seconds(os.getpid()) <= before + 5
+    assert 1 < rss_mib(os.getpid()) < 4096
+    with pytest.raises(OSError):
+        cpu_seconds(2 ** 22 + 1)  # above pid_max's ceiling: no such process
