@@ -1,7 +1,10 @@
-"""Shared fixtures: an emulated cluster per test, a CNI bin dir with the installed shim."""
+"""Shared fixtures: an emulated cluster per test, a CNI bin dir with the installed shim, and a
+fake agent socket for the shim's tests."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
 
 import pytest
 
@@ -9,6 +12,7 @@ from lab.cluster import Cluster
 from lab.runtime import Runtime, shim_kinds
 
 ALL_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+ANSWER_OK = b'0\n{"cniVersion": "0.3.0", "interfaces": []}'  # exit code, newline, the plugin's stdout
 # Modules whose tests run through both shims (C and Python, identical behaviour expected);
 # every other test that takes `runtime` runs through the C shim only, what the DaemonSet installs.
 BOTH_SHIMS = {"test_cni_verbs", "test_cni_bad_input"}
@@ -49,3 +53,66 @@ def node(cluster):
     n = cluster.add_node("n1")
     n.start_agent()
     return n
+
+
+class FakeAgent:
+    """A stand-in for megalos-agent's socket: records each request's raw bytes and answers
+    `reply(request)` (bytes in the agent's wire format; None: never answers).
+
+    close() wakes the accept loop (shutdown) and waits for it before it releases the socket's
+    descriptor. Closing first let a loop that was just entering accept() do so on the number
+    the next test's socket then reused, and answer that test's shim: a shim got another fake's
+    answer, once in a few full runs."""
+
+    def __init__(self, path: str, reply=lambda request: ANSWER_OK, backlog: int = 64,
+                 serve: bool = True):
+        self.path = path
+        self.reply = reply
+        self.requests: list[bytes] = []
+        self.release = threading.Event()  # lets a connection that never answers finish
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(backlog)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        if serve:
+            self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        with conn:
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+            request = b"".join(chunks)
+            self.requests.append(request)
+            answer = self.reply(request)
+            if answer is None:
+                self.release.wait(10)
+                return
+            try:
+                conn.sendall(answer)
+            except BrokenPipeError:  # the shim gave up waiting (a timeout test)
+                pass
+
+    @property
+    def last(self) -> tuple[dict, bytes]:
+        """(env, stdin) of the last request, decoded by the agent's own decoder."""
+        from speaker.cni_server import decode_request
+        return decode_request(self.requests[-1])
+
+    def close(self):
+        self.release.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # a blocked accept() returns EINVAL
+        except OSError:
+            pass
+        if self.thread.is_alive():
+            self.thread.join(10)
+        self.sock.close()

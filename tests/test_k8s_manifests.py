@@ -16,14 +16,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import FakeAgent
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -429,39 +429,6 @@ def test_init_container_installs_the_shim(built, tmp_path):
     assert [p.name for p in target.iterdir()] == ["megalos"]  # no temporary file left
 
 
-class StubAgent:
-    """A UNIX socket speaking the agent's wire protocol (the agent's own codec,
-    speaker.cni_server): records each request as {"env", "stdin"}, answers `reply`
-    ({"exit", "stdout"})."""
-
-    def __init__(self, path: Path, reply: dict):
-        self.requests: list[dict] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(str(path))
-        self._sock.listen(4)
-        self._reply = reply
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        from speaker.cni_server import decode_request, encode_reply
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                env, stdin = decode_request(data)
-                self.requests.append({"env": env, "stdin": stdin.decode()})
-                conn.sendall(encode_reply(self._reply["exit"], self._reply["stdout"]))
-
-    def close(self):
-        self._sock.close()
-
-
 def _probe_command(built, probe: str) -> list[str]:
     main = container(find(built, "DaemonSet", "megalos-agent"), "agent")
     return main[probe]["exec"]["command"]
@@ -483,16 +450,17 @@ def test_agent_probe_is_a_cni_status_through_the_shim(built, probe, tmp_path):
     assert down.returncode != 0, "the probe must fail when no agent answers"
     assert json.loads(down.stdout)["code"] == 50  # STATUS: plugin not available
 
-    agent = StubAgent(tmp_path / "a.sock", {"exit": 0, "stdout": ""})
+    agent = FakeAgent(str(tmp_path / "a.sock"), lambda request: b"0\n")  # STATUS: exit 0, no output
     try:
         up = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
     finally:
         agent.close()
     assert up.returncode == 0, up.stdout + up.stderr
-    (request,) = agent.requests
-    assert request["env"]["CNI_COMMAND"] == "STATUS"
+    assert len(agent.requests) == 1
+    request_env, stdin = agent.last
+    assert request_env["CNI_COMMAND"] == "STATUS"
     from cni import config, spec
-    conf = config.parse_netconf(spec.decode_config(request["stdin"]))
+    conf = config.parse_netconf(spec.decode_config(stdin.decode()))
     spec.verb_allowed("STATUS", conf.cni_version)
     assert conf.cni_version == "1.1.0"
 
