@@ -38,6 +38,14 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
         time.sleep(interval)
 
 
+def wait_until(predicate, timeout: float = 8.0, what: str = "condition", interval: float = 0.02):
+    """wait_for that fails the test (AssertionError naming `what`) if `predicate` never holds."""
+    value = wait_for(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out waiting for {what}")
+    return value
+
+
 def unique_prefix(tag: str = "mgt") -> str:
     """A short prefix unique on this machine: namespace names stay readable and collision-free."""
     return f"{tag}{uuid.uuid4().hex[:6]}"

@@ -18,6 +18,7 @@ import pytest
 kmock = pytest.importorskip("kmock")
 from kubernetes import client as k8s_client  # noqa: E402
 
+from lab.cluster import wait_until  # noqa: E402
 from lab.multus import ApiServerEmulator  # noqa: E402
 from reflector import discovery  # noqa: E402
 from reflector.discovery import (  # noqa: E402
@@ -266,13 +267,6 @@ def api():
         yield server
 
 
-def wait_for(predicate, timeout: float = 8.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Changes:
@@ -324,26 +318,26 @@ def test_nodes_added_not_ready_annotated_and_deleted(api, node_watcher):
         sync(desired)
     watcher = node_watcher(on_change)
     assert watcher.synced.wait(5)
-    wait_for(lambda: changes.last == {"10.0.0.1": "cp1", "10.0.0.2": "w1"}, what="initial list")
+    wait_until(lambda: changes.last == {"10.0.0.1": "cp1", "10.0.0.2": "w1"}, what="initial list")
 
     api.request("POST", "/api/v1/nodes", node("w3", "10.0.0.4"))
-    wait_for(lambda: "10.0.0.4" in (changes.last or {}), what="added node")
+    wait_until(lambda: "10.0.0.4" in (changes.last or {}), what="added node")
 
     api.request("PATCH", "/api/v1/nodes/w2",
                 {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-    wait_for(lambda: (changes.last or {}).get("10.0.0.3") == "w2", what="node became Ready")
+    wait_until(lambda: (changes.last or {}).get("10.0.0.3") == "w2", what="node became Ready")
 
     api.request("PATCH", "/api/v1/nodes/w1",
                 {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}})
-    wait_for(lambda: "10.0.0.2" not in changes.last, what="NotReady node removed")
+    wait_until(lambda: "10.0.0.2" not in changes.last, what="NotReady node removed")
 
     api.request("PATCH", "/api/v1/nodes/w3",
                 {"metadata": {"annotations": {discovery.VTEP_ANNOTATION: "192.168.9.4"}}})
-    wait_for(lambda: changes.last.get("192.168.9.4") == "w3" and "10.0.0.4" not in changes.last,
+    wait_until(lambda: changes.last.get("192.168.9.4") == "w3" and "10.0.0.4" not in changes.last,
              what="annotation override")
 
     api.request("DELETE", "/api/v1/nodes/cp1")
-    wait_for(lambda: "10.0.0.1" not in changes.last, what="deleted node removed")
+    wait_until(lambda: "10.0.0.1" not in changes.last, what="deleted node removed")
 
     assert changes.last == {"10.0.0.3": "w2", "192.168.9.4": "w3"}
     assert sync.applied == changes.last
@@ -356,12 +350,12 @@ def test_unchanged_peers_are_not_reported_again(api, node_watcher):
     api.request("POST", "/api/v1/nodes", node("w1", "10.0.0.2"))
     changes = Changes()
     watcher = node_watcher(changes)
-    wait_for(lambda: changes.last == {"10.0.0.2": "w1"}, what="initial list")
+    wait_until(lambda: changes.last == {"10.0.0.2": "w1"}, what="initial list")
     count = len(changes.seen)
     api.request("PATCH", "/api/v1/nodes/w1", {"metadata": {"labels": {"role": "x"}}})
     api.request("POST", "/api/v1/nodes", node("w9", "10.0.0.9", ready="False"))
     api.request("POST", "/api/v1/nodes", node("w8", "10.0.0.8"))
-    wait_for(lambda: "10.0.0.8" in changes.last, what="a real change")
+    wait_until(lambda: "10.0.0.8" in changes.last, what="a real change")
     assert len(changes.seen) == count + 1
     assert watcher.nodes["w9"].ready is False
 
@@ -378,14 +372,14 @@ def test_watch_410_gone_relists_and_drops_nodes_deleted_meanwhile(api, node_watc
     api.run(lambda km: km[kmock.action.WATCH, kmock.resource(NODES)][:1] << (gone,))
     changes = Changes()
     watcher = node_watcher(changes)
-    wait_for(lambda: watcher.list_watch.lists == 2, what="relist after 410")
-    wait_for(lambda: changes.last == {"10.0.0.2": "w1"}, what="state from the relist")
+    wait_until(lambda: watcher.list_watch.lists == 2, what="relist after 410")
+    wait_until(lambda: changes.last == {"10.0.0.2": "w1"}, what="state from the relist")
     assert {"10.0.0.2": "w1", "10.0.0.66": "w-old"} in changes.seen
     watches = api.requests("GET", "/api/v1/nodes")
     watch_rvs = [r.params.get("resourceVersion") for r in watches if r.params.get("watch")]
     assert watch_rvs[0] == "5"  # watched from the (stale) list's version, which then expired
     api.request("POST", "/api/v1/nodes", node("w2", "10.0.0.3"))
-    wait_for(lambda: "10.0.0.3" in changes.last, what="events after the relist")
+    wait_until(lambda: "10.0.0.3" in changes.last, what="events after the relist")
 
 
 def test_watch_resumes_from_the_last_resource_version(api, node_watcher):
@@ -396,14 +390,14 @@ def test_watch_resumes_from_the_last_resource_version(api, node_watcher):
     api.run(lambda km: km[kmock.action.WATCH, kmock.resource(NODES)][:1] << (event,))
     changes = Changes()
     watcher = node_watcher(changes)
-    wait_for(lambda: len([r for r in api.requests("GET", "/api/v1/nodes")
+    wait_until(lambda: len([r for r in api.requests("GET", "/api/v1/nodes")
                           if r.params.get("watch")]) >= 2, what="second watch")
     watches = [r for r in api.requests("GET", "/api/v1/nodes") if r.params.get("watch")]
     assert watches[1].params.get("resourceVersion") == "42"
     assert watches[0].params.get("allowWatchBookmarks") == "true"
     assert "timeoutSeconds" in watches[0].params
     assert watcher.list_watch.lists == 1
-    wait_for(lambda: changes.last == {"10.0.0.2": "w1", "10.0.0.5": "w5"}, what="both nodes")
+    wait_until(lambda: changes.last == {"10.0.0.2": "w1", "10.0.0.5": "w5"}, what="both nodes")
 
 
 def test_api_errors_are_retried_with_backoff(api, node_watcher):
@@ -414,11 +408,11 @@ def test_api_errors_are_retried_with_backoff(api, node_watcher):
     api.run(lambda km: km[kmock.action.WATCH, kmock.resource(NODES)][:1] << 500)
     changes = Changes()
     watcher = node_watcher(changes)
-    wait_for(lambda: changes.last == {"10.0.0.2": "w1"}, what="list after two 403s")
-    wait_for(lambda: len([r for r in api.requests("GET", "/api/v1/nodes")
+    wait_until(lambda: changes.last == {"10.0.0.2": "w1"}, what="list after two 403s")
+    wait_until(lambda: len([r for r in api.requests("GET", "/api/v1/nodes")
                           if r.params.get("watch")]) >= 2, what="watch after a 500")
     api.request("POST", "/api/v1/nodes", node("w2", "10.0.0.3"))
-    wait_for(lambda: "10.0.0.3" in changes.last, what="events after the errors")
+    wait_until(lambda: "10.0.0.3" in changes.last, what="events after the errors")
     assert watcher.list_watch.lists == 1
 
 
@@ -430,15 +424,15 @@ def test_a_failing_callback_does_not_stop_the_watch(api, node_watcher):
         if len(calls.seen) == 1:
             raise RuntimeError("BGP process busy")
     node_watcher(on_change)
-    wait_for(lambda: calls.seen, what="first call")
+    wait_until(lambda: calls.seen, what="first call")
     api.request("POST", "/api/v1/nodes", node("w1", "10.0.0.2"))
-    wait_for(lambda: calls.last == {"10.0.0.2": "w1"}, what="second call")
+    wait_until(lambda: calls.last == {"10.0.0.2": "w1"}, what="second call")
 
 
 def test_stop_interrupts_a_blocked_watch(api, node_watcher):
     watcher = node_watcher(Changes())
     assert watcher.synced.wait(5)
-    wait_for(lambda: any(r.params.get("watch") for r in api.requests("GET", "/api/v1/nodes")),
+    wait_until(lambda: any(r.params.get("watch") for r in api.requests("GET", "/api/v1/nodes")),
              what="watch started")
     started = time.monotonic()
     watcher.stop(timeout=5)
@@ -460,26 +454,26 @@ def test_a_not_ready_node_stays_a_peer_for_the_grace(api, node_watcher):
     api.request("POST", "/api/v1/nodes", node("w3", "10.0.0.4", ready="False"))
     clock, changes = Clock(), Changes()
     watcher = node_watcher(changes, not_ready_grace=30.0, clock=clock)
-    wait_for(lambda: changes.last == {"10.0.0.2": "w1", "10.0.0.3": "w2"}, what="initial list")
+    wait_until(lambda: changes.last == {"10.0.0.2": "w1", "10.0.0.3": "w2"}, what="initial list")
     api.request("PATCH", "/api/v1/nodes/w1",
                 {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}})
-    wait_for(lambda: not watcher.nodes["w1"].ready, what="w1 NotReady")
+    wait_until(lambda: not watcher.nodes["w1"].ready, what="w1 NotReady")
     clock.now += 29
     watcher.expire()
     assert changes.last == {"10.0.0.2": "w1", "10.0.0.3": "w2"}  # a kubelet hiccup: kept
     api.request("PATCH", "/api/v1/nodes/w1",
                 {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-    wait_for(lambda: watcher.nodes["w1"].ready, what="w1 Ready again")
+    wait_until(lambda: watcher.nodes["w1"].ready, what="w1 Ready again")
     clock.now += 60
     watcher.expire()
     assert "10.0.0.2" in changes.last  # recovered in time: the grace starts afresh next time
     api.request("PATCH", "/api/v1/nodes/w1",
                 {"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
-    wait_for(lambda: not watcher.nodes["w1"].ready, what="w1 NotReady again")
+    wait_until(lambda: not watcher.nodes["w1"].ready, what="w1 NotReady again")
     clock.now += 31
-    wait_for(lambda: changes.last == {"10.0.0.3": "w2"}, what="the grace thread drops w1")
+    wait_until(lambda: changes.last == {"10.0.0.3": "w2"}, what="the grace thread drops w1")
     api.request("DELETE", "/api/v1/nodes/w2")  # deleted: no grace
-    wait_for(lambda: changes.last == {}, what="w2 deleted")
+    wait_until(lambda: changes.last == {}, what="w2 deleted")
     assert "10.0.0.4" not in str(changes.seen)  # never Ready: never peered
 
 
@@ -510,15 +504,15 @@ def test_reflector_finder_follows_reflectors_that_move(api):
     finder = ReflectorFinder(k8s_client.DiscoveryV1Api(api.api_client), on_change=changes, **fast())
     finder.start()
     try:
-        wait_for(lambda: changes.last == [ReflectorEndpoint("10.0.0.1", 1790)], what="first list")
+        wait_until(lambda: changes.last == [ReflectorEndpoint("10.0.0.1", 1790)], what="first list")
         api.request("PATCH", f"{SLICE_PATH}/megalos-reflector-abcde",
                     {"endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
                                    {"addresses": ["10.0.0.5"], "conditions": {"ready": True}}]})
-        wait_for(lambda: len(changes.last) == 2, what="second reflector")
+        wait_until(lambda: len(changes.last) == 2, what="second reflector")
         api.request("POST", SLICE_PATH, endpoint_slice("megalos-reflector-fghij", "10.0.0.6"))
-        wait_for(lambda: len(changes.last) == 3, what="second slice")
+        wait_until(lambda: len(changes.last) == 3, what="second slice")
         api.request("DELETE", f"{SLICE_PATH}/megalos-reflector-abcde")
-        wait_for(lambda: changes.last == [ReflectorEndpoint("10.0.0.6", 1790)], what="slice gone")
+        wait_until(lambda: changes.last == [ReflectorEndpoint("10.0.0.6", 1790)], what="slice gone")
     finally:
         finder.stop()
 

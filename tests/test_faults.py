@@ -41,6 +41,11 @@ class Flow:
         return sent, received
 
 
+def agent_args(reflectors) -> list[str]:
+    return [*[a for rr in reflectors for a in ("--reflector", rr.ip)], "--hold-time", str(HOLD),
+            "--stale-time", str(STALE), "--sweep-interval", str(SWEEP)]
+
+
 def reflector_args(nodes) -> list[str]:
     return [*[a for n in nodes for a in ("--peer", n.ip)], "--hold-time", str(HOLD),
             "--restart-grace", str(GRACE)]
@@ -54,8 +59,7 @@ def faults():
         for rr in (rr1, rr2):
             rr.start_reflector(*reflector_args(nodes))
         for node in nodes:
-            node.start_agent("--reflector", rr1.ip, "--reflector", rr2.ip, "--hold-time", str(HOLD),
-                             "--stale-time", str(STALE), "--sweep-interval", str(SWEEP))
+            node.start_agent(*agent_args((rr1, rr2)))
         yield cluster, (rr1, rr2), nodes
 
 
@@ -110,8 +114,7 @@ def test_agent_restart_loses_under_one_percent(runtime, faults):
     flow = Flow(a, address, seconds=10)
     time.sleep(1)
     n2.stop_agent()
-    n2.start_agent("--reflector", rr1.ip, "--reflector", rr2.ip, "--hold-time", str(HOLD),
-                   "--stale-time", str(STALE), "--sweep-interval", str(SWEEP))
+    n2.start_agent(*agent_args((rr1, rr2)))
     sent, received = flow.result()
     assert (sent - received) / sent < 0.01, f"{sent - received} of {sent} frames lost"
 

@@ -5,10 +5,10 @@ emulator, lab.multus.ApiServerEmulator), feeding a ReflectorState as in the refl
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
+from lab.cluster import wait_until
 from reflector.lanview import (
     NETWORK_STATUS_ANNOTATION, NETWORKS_ANNOTATION, OLD_NETWORK_STATUS_ANNOTATION, Attachment,
     LanDefinition, LanTable, Member, PodLans, Request, lan_view, nad_lan, network_requests,
@@ -230,14 +230,6 @@ def api():
         yield server
 
 
-def wait_for(predicate, timeout: float = 8.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def members(state, namespace=NS):
@@ -269,12 +261,12 @@ def test_the_lan_watcher_feeds_the_state_from_nads_and_pods(api):
         api.create(lab.nads["B"])
         r1 = lab.pod("r1", "n2")
         api.create(r1)
-        wait_for(lambda: len(members(state, ns).get("kathara-b", [])) == 1, what="B and r1")
+        wait_until(lambda: len(members(state, ns).get("kathara-b", [])) == 1, what="B and r1")
         # Multus attaches pc1 and writes its network status.
         pc1["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION] = json.dumps(
             [primary(), status(f"{ns}/kathara-a", "net0", MAC_A)])
         api.replace(pc1)
-        wait_for(lambda: (pc1["metadata"]["name"], "net0", MAC_A, True) in
+        wait_until(lambda: (pc1["metadata"]["name"], "net0", MAC_A, True) in
                  members(state, ns)["kathara-a"], what="pc1 attached")
         assert not state.lans(ns)["converged"]
         state.apply({"event": "mac", "action": "add", "vni": nad_lan(lab.nads["A"]).vni,
@@ -282,12 +274,12 @@ def test_the_lan_watcher_feeds_the_state_from_nads_and_pods(api):
         a = next(lan for lan in state.lans(ns)["lans"] if lan["name"] == "kathara-a")
         assert [m["announced"] for m in a["members"]] == [True, False]  # r1 not attached yet
         api.delete(r1)
-        wait_for(lambda: members(state, ns)["kathara-a"] == [
+        wait_until(lambda: members(state, ns)["kathara-a"] == [
             (pc1["metadata"]["name"], "net0", MAC_A, True)], what="r1 gone")
         assert next(lan for lan in state.lans(ns)["lans"] if lan["name"] == "kathara-a")[
             "converged"]
         api.delete(lab.nads["B"])
-        wait_for(lambda: "kathara-b" not in members(state, ns), what="B gone")
+        wait_until(lambda: "kathara-b" not in members(state, ns), what="B gone")
         assert "macvlan" not in members(state, ns)
     finally:
         watcher.stop()
