@@ -170,16 +170,23 @@ def frame_sender(pod_netns: str, ifname: str) -> socket.socket:
 
 # -- memory ---------------------------------------------------------------------------------------
 
-def processes_in(netns: str) -> dict[str, int]:
-    """Every process in a namespace by a short label (agent, bgp, zebra, bgpd...): its pid."""
-    found: dict[str, int] = {}
+def command_lines(netns: str) -> dict[int, list[str]]:
+    """The argv of every process in a namespace, by pid (a process gone meanwhile: left out)."""
+    found: dict[int, list[str]] = {}
     for pid in sh("ip", "netns", "pids", netns, check=False).stdout.split():
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        words = [w.decode() for w in argv if w]
-        label = Path(words[0]).name if words else pid
+        found[int(pid)] = [w.decode() for w in argv if w]
+    return found
+
+
+def processes_in(netns: str) -> dict[str, int]:
+    """Every process in a namespace by a short label (agent, bgp, zebra, bgpd...): its pid."""
+    found: dict[str, int] = {}
+    for pid, words in command_lines(netns).items():
+        label = Path(words[0]).name if words else str(pid)
         if "-m" in words:
             label = words[words.index("-m") + 1].rsplit(".", 1)[-1]   # agent, bgp_process, ...
         label = {"agent": "agent", "bgp_process": "bgp"}.get(label, label)
@@ -187,7 +194,7 @@ def processes_in(netns: str) -> dict[str, int]:
         n = 2
         while key in found:
             key, n = f"{label}{n}", n + 1
-        found[key] = int(pid)
+        found[key] = pid
     return found
 
 
@@ -440,16 +447,9 @@ def flush_macs(bed: Testbed) -> None:
 
 
 def python_pids(netns: str) -> dict[str, int]:
-    """{label: pid} of the Python processes (agent, BGP process, reflector) in a namespace."""
-    found = {}
-    for pid in sh("ip", "netns", "pids", netns, check=False).stdout.split():
-        try:
-            argv = [w.decode() for w in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if w]
-        except OSError:
-            continue
-        if "-m" in argv:
-            found[argv[argv.index("-m") + 1]] = int(pid)
-    return found
+    """{module: pid} of the Python processes run with -m (agent, BGP process, reflector)."""
+    return {words[words.index("-m") + 1]: pid
+            for pid, words in command_lines(netns).items() if "-m" in words}
 
 
 def start_profiles(bed: Testbed, directory: Path, seconds: float) -> list[subprocess.Popen]:
