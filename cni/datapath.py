@@ -260,8 +260,8 @@ class Datapath:
         made learn: see ensure_vtep); the names of the VTEPs. Called at start."""
         with self._lock:
             vteps = [link for link in self._nl.links() if link.kind == "vxlan" and link.master
-                     and naming.vni_of_device(link.name) is not None
-                     and link.name == naming.vtep_name(naming.vni_of_device(link.name))]
+                     and link.name.startswith(naming.VTEP_PREFIX)
+                     and naming.vni_of_device(link.name) is not None]
             for link in vteps:
                 self._nl.set_bridge_port_learning(link.index, False)
         return [link.name for link in vteps]

@@ -204,8 +204,8 @@ class FdbEntry:
     @classmethod
     def parse(cls, msg: bytes) -> "FdbEntry":
         _, ifindex, state, flags, _ = _NDMSG.unpack_from(msg, _HEADER.size)
-        attrs = attributes(msg, _HEADER.size + _NDMSG.size)
-        return cls(ifindex, state, flags, _mac_text(attrs.get(NDA_LLADDR)), _u32(attrs, NDA_MASTER))
+        mac, master, _ = _neigh_attributes(msg, _HEADER.size + _NDMSG.size, len(msg))
+        return cls(ifindex, state, flags, mac, master)
 
 
 class FdbEvent(NamedTuple):
@@ -225,6 +225,26 @@ def _every(family: int, ifindex: int, state: int, flags: int) -> bool:
     return True
 
 
+def _neigh_attributes(data: bytes, at: int, end: int) -> tuple[str, int, str]:
+    """(MAC, NDA_MASTER, NDA_DST) from a neighbour message's attributes in data[at:end]: plain
+    struct reads ('', 0, '' for those absent)."""
+    mac = dst = ""
+    master = 0
+    while at + _ATTR.size <= end:
+        alen, atype = _ATTR.unpack_from(data, at)
+        if alen < _ATTR.size:
+            break
+        if atype == NDA_LLADDR and alen == 10:
+            mac = data[at + 4:at + 10].hex(":")
+        elif atype == NDA_MASTER and alen == 8:
+            master = _U32.unpack_from(data, at + 4)[0]
+        elif atype == NDA_DST and alen in (8, 20):
+            dst = socket.inet_ntop(socket.AF_INET if alen == 8 else socket.AF_INET6,
+                                   data[at + 4:at + alen])
+        at += (alen + 3) & ~3
+    return mac, master, dst
+
+
 def fdb_events(data: bytes, want=_every):
     """The FdbEvent of each neighbour message in one datagram read from an RTMGRP_NEIGH socket
     for which `want(family, ifindex, state, flags)` is true (the attributes of the others are
@@ -240,25 +260,10 @@ def fdb_events(data: bytes, want=_every):
             return
         if kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= _HEADER.size + _NDMSG.size:
             family, ifindex, state, flags, _ = _NDMSG.unpack_from(data, offset + _HEADER.size)
-            if not want(family, ifindex, state, flags):
-                offset += (length + 3) & ~3
-                continue
-            at, end = offset + _HEADER.size + _NDMSG.size, offset + length
-            mac = dst = ""
-            master = 0
-            while at + _ATTR.size <= end:
-                alen, atype = _ATTR.unpack_from(data, at)
-                if alen < _ATTR.size:
-                    break
-                if atype == NDA_LLADDR and alen == 10:
-                    mac = data[at + 4:at + 10].hex(":")
-                elif atype == NDA_MASTER and alen == 8:
-                    master = _U32.unpack_from(data, at + 4)[0]
-                elif atype == NDA_DST and alen in (8, 20):
-                    dst = socket.inet_ntop(socket.AF_INET if alen == 8 else socket.AF_INET6,
-                                           data[at + 4:at + alen])
-                at += (alen + 3) & ~3
-            yield FdbEvent(kind == RTM_NEWNEIGH, family, ifindex, state, flags, mac, master, dst)
+            if want(family, ifindex, state, flags):
+                mac, master, dst = _neigh_attributes(data, offset + _HEADER.size + _NDMSG.size,
+                                                     offset + length)
+                yield FdbEvent(kind == RTM_NEWNEIGH, family, ifindex, state, flags, mac, master, dst)
         offset += (length + 3) & ~3
 
 
