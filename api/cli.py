@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -27,10 +26,11 @@ import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 
+from base.primitives import normalize_mac
+
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EXIT_TIMEOUT, EXIT_USAGE, EXIT_API, EXIT_UNREACHABLE = 1, 2, 3, 4
 LONG_POLL = 25.0  # seconds per events request while waiting (the server caps it at 30)
-_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.IGNORECASE)
 
 
 class ApiFailure(Exception):
@@ -195,12 +195,6 @@ def lans_notice(doc: dict) -> str | None:
 
 
 # -- wait ---------------------------------------------------------------------------------------
-def normalise_mac(raw: str) -> str:
-    if not _MAC.match(raw):
-        raise ValueError(f"not a MAC address: {raw!r}")
-    return raw.lower().replace("-", ":")
-
-
 def missing(api: Api, macs: list[str], vni: int | None, vteps: int | None) -> list[str]:
     """What has not converged yet, in words (empty: everything has)."""
     left = []
@@ -324,7 +318,7 @@ def cmd_remove_node(api: Api, args) -> int:
 
 def cmd_wait(api: Api, args) -> int:
     try:
-        macs = [normalise_mac(m) for raw in args.mac for m in raw.split(",") if m]
+        macs = [normalize_mac(m) for raw in args.mac for m in raw.split(",") if m]
     except ValueError as exc:
         return usage(str(exc))
     if args.vteps is not None and args.vni is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from api.params import MAX_VNI
+from base.primitives import MAX_VNI
 
 bp = Blueprint("openapi", __name__)
 

@@ -7,9 +7,8 @@ import math
 import re
 
 from api.errors import ApiError
+from base.primitives import MAX_VNI, normalize_mac
 
-MAX_VNI = 2 ** 24 - 1
-_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.IGNORECASE)
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Kubernetes node name
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # an RFC 1123 label
 MAX_CURSOR = 200
@@ -29,9 +28,10 @@ def vni(raw: str) -> int:
 
 def mac(raw: str) -> str:
     """aa:bb:cc:dd:ee:ff (colons or hyphens, either case) -> lower case with colons."""
-    if not _MAC.match(raw):
-        raise ApiError(400, f"malformed MAC {raw!r}: six hex octets, like 02:00:00:00:00:0a")
-    return raw.lower().replace("-", ":")
+    try:
+        return normalize_mac(raw)
+    except ValueError:
+        raise ApiError(400, f"malformed MAC {raw!r}: six hex octets, like 02:00:00:00:00:0a") from None
 
 
 def address(raw, what: str = "address") -> str:

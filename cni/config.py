@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cni import naming
+from base.primitives import MAX_VNI, host_mac
 from cni.spec import ERR_INVALID_CONFIG, CniError, negotiate_version
 
 DEFAULT_VXLAN_PORT = 4789
@@ -78,7 +78,7 @@ def parse_netconf(conf: dict) -> NetConf:
                        "(letters, digits, '_', '.', '-'; starting with a letter or digit)")
     if conf.get("type", "megalos") != "megalos":
         raise _invalid(f"type {conf.get('type')!r} is not megalos")
-    vni = _integer(conf, "vxlanId", 1, naming.MAX_VNI)
+    vni = _integer(conf, "vxlanId", 1, MAX_VNI)
     master = _string(conf, "master")
     if master and not _DEVICE_NAME.fullmatch(master):
         raise _invalid(f"master {master!r} is not a valid interface name")
@@ -93,7 +93,7 @@ def parse_netconf(conf: dict) -> NetConf:
     runtime_mac = ""
     if runtime.get("mac"):
         try:
-            runtime_mac = naming.normalize_mac(runtime["mac"])
+            runtime_mac = host_mac(runtime["mac"])
         except ValueError as exc:
             raise _invalid(f"runtimeConfig.mac: {exc}") from None
     prev = conf.get("prevResult")

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
+
+from base.primitives import is_vni
 
 IFNAMSIZ = 15
 VTEP_PREFIX = "mgvx"
 BRIDGE_PREFIX = "mgbr"
 PORT_PREFIX = "mgp"
-MAX_VNI = 2**24 - 1
-
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def vtep_name(vni: int) -> str:
@@ -34,7 +32,7 @@ def vni_of_device(name: str) -> int | None:
         digits = name[len(prefix):]
         if name.startswith(prefix) and digits.isascii() and digits.isdigit() and digits[0] != "0":
             vni = int(digits)
-            if 1 <= vni <= MAX_VNI:
+            if is_vni(vni):
                 return vni
     return None
 
@@ -47,21 +45,6 @@ def port_name(container_id: str, ifname: str) -> str:
 
 def is_port_name(name: str) -> bool:
     return name.startswith(PORT_PREFIX) and len(name) == IFNAMSIZ
-
-
-def normalize_mac(value: object) -> str:
-    """'AA-BB-cc:dd:ee:ff' -> 'aa:bb:cc:dd:ee:ff'; ValueError says what is wrong."""
-    if not isinstance(value, str):
-        raise ValueError(f"MAC address must be a string, not {value!r}")
-    mac = value.strip().lower().replace("-", ":")
-    if not _MAC.match(mac):
-        raise ValueError(f"{value!r} is not a MAC address (expected six hex pairs, aa:bb:cc:dd:ee:ff)")
-    first = int(mac[:2], 16)
-    if first & 1:
-        raise ValueError(f"{value!r} is a multicast/broadcast MAC address: a pod needs a unicast one")
-    if mac == "00:00:00:00:00:00":
-        raise ValueError("00:00:00:00:00:00 is not a usable MAC address")
-    return mac
 
 
 def _local_mac(raw: bytes) -> str:

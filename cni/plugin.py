@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from base.primitives import host_mac
 from cni import naming, spec
 from cni.config import NetConf, parse_netconf
 from cni.datapath import ConflictError, Datapath, DatapathError, ExistsError
@@ -59,7 +60,7 @@ def _pod_mac(inv: spec.Invocation, conf: NetConf) -> str:
         return conf.runtime_mac
     if inv.args.get("MAC"):
         try:
-            return naming.normalize_mac(inv.args["MAC"])
+            return host_mac(inv.args["MAC"])
         except ValueError as exc:
             raise CniError(spec.ERR_INVALID_ENV, f"CNI_ARGS MAC: {exc}") from None
     return naming.random_mac()
@@ -194,7 +195,7 @@ class Plugin:
         for itf in interfaces:
             if isinstance(itf, dict) and itf.get("name") == inv.ifname and itf.get("sandbox"):
                 try:
-                    return naming.normalize_mac(itf.get("mac"))
+                    return host_mac(itf.get("mac"))
                 except ValueError:
                     raise CniError(spec.ERR_INVALID_CONFIG,
                                    f"prevResult has an invalid MAC for {inv.ifname}") from None

@@ -22,17 +22,16 @@ tables.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+
+from base.primitives import canonical_mac, is_vni
 
 PLUGIN_TYPE = "megalos"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 OLD_NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks-status"  # Multus before 3.7
 LINK_LABEL = "name"  # Kathara's label on a NAD: the lab's collision domain
-MAX_VNI = 2 ** 24 - 1
-_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.IGNORECASE)
 _ENDED = ("Succeeded", "Failed")  # the pod's sandbox is gone, and with it its interfaces
 
 
@@ -76,7 +75,7 @@ def nad_lan(nad: Mapping) -> LanDefinition | None:
     if config is None:
         return None
     vni = config.get("vxlanId")
-    if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni <= MAX_VNI:
+    if not is_vni(vni):
         return None
     link = (metadata.get("labels") or {}).get(LINK_LABEL)
     return LanDefinition(str(metadata.get("namespace") or ""), str(metadata.get("name") or ""),
@@ -110,13 +109,6 @@ class PodLans:
     requested: tuple[Request, ...]
 
 
-def normalise_mac(raw: object) -> str:
-    """aa:bb:cc:dd:ee:ff in lower case with colons, or "" when `raw` is not a MAC."""
-    if not isinstance(raw, str) or not _MAC.match(raw.strip()):
-        return ""
-    return raw.strip().lower().replace("-", ":")
-
-
 def _qualified(network: str, namespace: str) -> str:
     return network if "/" in network else f"{namespace}/{network}"
 
@@ -148,7 +140,7 @@ def network_status(pod: Mapping) -> list[Attachment]:
         if not (isinstance(name, str) and name and isinstance(interface, str) and interface):
             continue
         found.append(Attachment(_qualified(name, namespace), interface,
-                                normalise_mac(entry.get("mac"))))
+                                canonical_mac(entry.get("mac"))))
     return found
 
 
@@ -177,7 +169,7 @@ def network_requests(pod: Mapping) -> list[Request]:
         if not isinstance(element_namespace, str) or not element_namespace:
             element_namespace = namespace
         interface = element.get("interface")
-        mac = normalise_mac(element.get("mac"))
+        mac = canonical_mac(element.get("mac"))
         requests.append(Request(_qualified(element["name"], element_namespace),
                                 interface if isinstance(interface, str) and interface else None,
                                 mac or None))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cni import naming
+from base.primitives import MAX_VNI
 from cni.config import DEFAULT_AGENT_SOCKET, DEFAULT_VXLAN_PORT, NetConf, parse_netconf
 from cni.spec import CniError
 from lab.kathara import lab_nads
@@ -35,7 +35,7 @@ def test_kathara_nads_parse_unchanged(kathara_nads):
         conf = parse_netconf(json.loads(nad.raw_config))
         assert conf == NetConf(cni_version="0.3.0", name=nad.link.lower(), vni=nad.config["vxlanId"],
                                suffix=nad.config["suffix"])
-        assert 1 <= conf.vni <= naming.MAX_VNI
+        assert 1 <= conf.vni <= MAX_VNI
 
 
 def test_kathara_vnis_are_distinct(kathara_nads):
@@ -107,7 +107,7 @@ def test_missing_type_is_megalos():
     assert parse_netconf(conf).vni == 1
 
 
-@pytest.mark.parametrize("vni", [1, 2, 4095, 65535, 65536, 14282923, naming.MAX_VNI])
+@pytest.mark.parametrize("vni", [1, 2, 4095, 65535, 65536, 14282923, MAX_VNI])
 def test_good_vnis(vni):
     assert parse_netconf(kathara_conf("lan", vni)).vni == vni
 
