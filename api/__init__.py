@@ -10,8 +10,10 @@ The app reaches the reflector only through reflector.protocol's StateClient. `me
 """
 
 
-def create_app(config: dict | None = None):
-    # Flask is imported here, not when the package is: megalosctl lives in this package and
-    # starts in a fraction of the time without it.
-    from api.app import build_app
-    return build_app(config)
+def __getattr__(name: str):
+    """`api.create_app` is api.app's, imported on first use (PEP 562): megalosctl lives in this
+    package and starts in a fraction of the time without Flask."""
+    if name == "create_app":
+        from api.app import create_app
+        return create_app
+    raise AttributeError(f"module 'api' has no attribute {name!r}")

@@ -15,8 +15,8 @@ from api.state import make_client
 UNMATCHED = "unmatched"
 
 
-def build_app(config: dict | None = None) -> Flask:
-    """The app (see api.create_app)."""
+def create_app(config: dict | None = None) -> Flask:
+    """The app (see the api package): settings from the environment when `config` is None."""
     app = Flask(__name__, static_folder=None)
     app.config.from_mapping(settings.DEFAULTS)
     app.config.from_mapping(settings.from_env(os.environ) if config is None else config)

@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.request
 
-from api.testing import ApiServer
+from lab.api_server import ApiServer
 from lab.cluster import Cluster
 from reflector.protocol import StateClient
 from speaker.bgp_client import BgpProcess

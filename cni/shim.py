@@ -8,7 +8,7 @@ with `#!/usr/bin/python3 -IS`: the interpreter starts in ~11 ms here, and compil
 (done on every run: a script is never cached) adds ~2-3 ms.
 
 Wire protocol on the agent's UNIX socket, one request per connection (the agent's side is
-speaker/cni_server.py):
+cni/server.py):
     shim -> agent: b"CNI1\\n", each CNI_* variable as b"NAME=VALUE\\0", b"\\0", then the network
                    config (stdin) byte for byte, then EOF (shutdown of the write side)
     agent -> shim: the exit code in decimal, b"\\n", then the plugin's stdout byte for byte,

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from api.testing import ApiServer
+from lab.api_server import ApiServer
 
 from lab.cluster import Cluster
 from lab.kathara import lab_nads

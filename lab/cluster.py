@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base.processes import stop_process_group
+
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = Path("/run/megalos-lab")
 NETNS_DIR = Path("/var/run/netns")
@@ -145,13 +147,7 @@ class Node:
     def stop_agent(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         if self.agent is None:
             return
-        if self.agent.poll() is None:
-            os.killpg(self.agent.pid, sig)
-            try:
-                self.agent.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.agent.pid, signal.SIGKILL)
-                self.agent.wait()
+        stop_process_group(self.agent, sig, timeout)
         self.agent = None
 
     def links(self) -> list[dict]:

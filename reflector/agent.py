@@ -13,13 +13,14 @@ import argparse
 import ipaddress
 import json
 import logging
-import os
 import signal
 import socketserver
 import sys
 import threading
 import time
 
+from base import logs
+from base.unix_server import UnixServer
 from reflector.protocol import DEFAULT_SOCKET, OPS, VERSION, RawJson, encode, encode_ok
 from reflector.state import ReflectorState
 from speaker.bgp_client import BgpError, BgpProcess
@@ -292,16 +293,12 @@ class _StateHandler(socketserver.StreamRequestHandler):
             return {"v": VERSION, "ok": False, "error": f"reflector error: {exc}", "status": 500}
 
 
-class StateServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class StateServer(UnixServer):
+    """The state socket: readable and writable by the reflector's user and group (the API)."""
 
     def __init__(self, path: str, reflector: Reflector):
         self.reflector = reflector
-        if os.path.exists(path):
-            os.unlink(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        super().__init__(path, _StateHandler)
-        os.chmod(path, 0o660)
+        super().__init__(path, _StateHandler, mode=0o660, name="state-server")
 
 
 def check_args(args) -> None:
@@ -347,8 +344,7 @@ def watch_kubernetes(args, reflector: Reflector) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(args.log_level)
     try:
         check_args(args)
         peers = peer_addresses(args.peer, args.peer_cidr, args.router_id)
@@ -374,8 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megalos-reflector: the Kubernetes API: {exc}", file=sys.stderr)
         reflector.close()
         return 2
-    server = StateServer(args.state_socket, reflector)
-    threading.Thread(target=server.serve_forever, name="state-server", daemon=True).start()
+    try:
+        server = StateServer(args.state_socket, reflector)
+    except (RuntimeError, OSError) as exc:
+        print(f"megalos-reflector: {exc}", file=sys.stderr)
+        for watcher in watchers:
+            watcher.stop()
+        reflector.close()
+        return 1
+    server.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -388,13 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             break
     for watcher in watchers:
         watcher.stop()
-    server.shutdown()
-    server.server_close()
+    server.stop()
     reflector.close()
-    try:
-        os.unlink(args.state_socket)
-    except FileNotFoundError:
-        pass
     return 0 if stop.is_set() else 1
 
 

@@ -11,10 +11,11 @@ import signal
 import sys
 import threading
 
+from base import logs
 from cni.config import DEFAULT_AGENT_SOCKET
 from cni.datapath import Datapath, DatapathError
 from cni.plugin import LanEvents, Plugin
-from speaker.cni_server import CniServer
+from cni.server import CniServer
 
 log = logging.getLogger("megalos.agent")
 
@@ -74,8 +75,7 @@ def follow_reflectors(args, speaker):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(args.log_level)
     if not (args.vtep_ip or args.underlay_dev):
         print("megalos-agent: give --vtep-ip or --underlay-dev", file=sys.stderr)
         return 2

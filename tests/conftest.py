@@ -104,7 +104,7 @@ class FakeAgent:
     @property
     def last(self) -> tuple[dict, bytes]:
         """(env, stdin) of the last request, decoded by the agent's own decoder."""
-        from speaker.cni_server import decode_request
+        from cni.server import decode_request
         return decode_request(self.requests[-1])
 
     def close(self):

@@ -30,7 +30,7 @@ import pytest
 from api import create_app, settings
 from api.metrics import RequestMetrics
 from api.openapi import DOCUMENT
-from api.testing import CONFIG, ApiServer
+from lab.api_server import CONFIG, ApiServer
 from lab.cluster import Cluster
 from lab.runtime import kathara_conf
 from reflector.agent import Reflector, StateServer

@@ -20,7 +20,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 from api.openapi import DOCUMENT  # noqa: E402
-from api.testing import ApiServer  # noqa: E402
+from lab.api_server import ApiServer  # noqa: E402
 from lab.cluster import Cluster  # noqa: E402
 from lab.runtime import kathara_conf  # noqa: E402
 

@@ -30,7 +30,7 @@ import urllib.request
 
 import pytest
 
-from api.testing import ApiServer
+from lab.api_server import ApiServer
 from cni import naming
 from lab.cluster import REPO, Cluster, Node
 from lab.cluster import wait_for as poll

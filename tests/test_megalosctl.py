@@ -12,7 +12,7 @@ import time
 import pytest
 
 from api import cli
-from api.testing import ApiServer, free_port
+from lab.api_server import ApiServer, free_port
 from lab.cluster import REPO, Cluster
 from lab.runtime import kathara_conf
 

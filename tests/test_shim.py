@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from cni import install_shim, shim
 from lab.runtime import shim_kinds
-from speaker import cni_server
+from cni import server as cni_server
 from tests.conftest import ANSWER_OK, FakeAgent
 
 SHIM = Path(shim.__file__)

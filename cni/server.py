@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import socketserver
-import threading
 
+from base.unix_server import UnixServer
 from cni import shim, spec
 
 log = logging.getLogger(__name__)
@@ -72,45 +70,9 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(encode_reply(code, out))
 
 
-class CniServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = socket.SOMAXCONN  # socketserver's default of 5 refuses a burst of ADDs
+class CniServer(UnixServer):
+    """The agent's CNI socket, root-only: `handle_cni(env, stdin text)` -> (exit code, stdout)."""
 
     def __init__(self, path: str, handle_cni):
-        self.path = path
         self.handle_cni = handle_cni
-        _remove_stale(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        old = os.umask(0o177)
-        try:
-            super().__init__(path, _Handler)
-        finally:
-            os.umask(old)
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="cni-server", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-def _remove_stale(path: str) -> None:
-    """Remove a socket file nobody listens on; refuse to start beside a live agent."""
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise RuntimeError(f"another megalos agent is already serving {path}")
+        super().__init__(path, _Handler, mode=0o600, name="cni-server")

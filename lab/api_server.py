@@ -7,7 +7,6 @@ loopback port, in a process group of its own, stopped (and its metrics directory
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,8 +16,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().with_name("gunicorn.conf.py")
-REPO = CONFIG.parent.parent
+from base.processes import stop_process_group
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "api" / "gunicorn.conf.py"
 
 
 def free_port() -> int:
@@ -84,13 +85,7 @@ class ApiServer:
             self.log_path.unlink(missing_ok=True)
 
     def _stop_process(self, timeout: float) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout=timeout)
         self.process = None
 
     def __enter__(self) -> "ApiServer":
