@@ -327,7 +327,7 @@ def watch_kubernetes(args, reflector: Reflector) -> list:
     from kubernetes import client as k8s_client
 
     from reflector.discovery import DEFAULT_NOT_READY_GRACE, LanWatcher, NodeWatcher, PeerSync
-    from speaker.k8s_watch import api_client
+    from kube.client import api_client
     api = api_client(args.kubeconfig)
     watchers = []
     if args.peers_from_k8s:

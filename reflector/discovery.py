@@ -1,6 +1,5 @@
 """What the reflector learns from the Kubernetes API: its BGP peers (the nodes) and the LAN table
-(NetworkAttachmentDefinitions and pods). The list-then-watch loop itself, and the node agent's
-side (where the reflectors are), live in speaker.k8s_watch: the agent may not import `reflector`.
+(NetworkAttachmentDefinitions and pods), each watched with kube.watch's list-then-watch loop.
 
 `NodeWatcher` lists, then watches, the Node objects and keeps the set of BGP peers the reflector
 should have: one per Ready node, at the node's VTEP address (the annotation `megalos.io/vtep-ip`
@@ -27,7 +26,8 @@ from functools import partial
 
 from kubernetes import client as k8s_client
 
-from speaker.k8s_watch import ListWatch, canonical_ip
+from base.primitives import canonical_ip
+from kube.watch import ListWatch
 
 log = logging.getLogger(__name__)
 

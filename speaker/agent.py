@@ -60,7 +60,8 @@ def follow_reflectors(args, speaker):
     only listens (connect mode passive), the reflectors dial it."""
     from kubernetes import client as k8s_client
 
-    from speaker.k8s_watch import ReflectorFinder, ReflectorPeers, api_client, parse_service_ref
+    from kube.client import api_client
+    from speaker.reflectors import ReflectorFinder, ReflectorPeers, parse_service_ref
     parse_service_ref(args.reflector_service)  # a malformed name fails here, not in the watch
     if args.connect_mode != "passive":
         log.warning("--reflector-service with --connect-mode %s: the speaker dials reflectors on "

@@ -1,4 +1,4 @@
-"""Peer discovery (reflector.discovery, and speaker.k8s_watch under it): pure logic with plain
+"""Peer discovery (reflector.discovery, speaker.reflectors, and kube.watch under both): pure logic with plain
 values, and the list/watch loops against an API server speaking the Kubernetes protocol (kmock's
 in-memory emulator: HTTP lists, watch streams, creates, merge patches, deletes; there is no
 kube-apiserver to be had here).
@@ -24,9 +24,10 @@ from reflector import discovery  # noqa: E402
 from reflector.discovery import (  # noqa: E402
     NodePeer, NodeWatcher, PeerSync, desired_peers, diff_peers, keep_in_grace, node_is_ready,
     node_peer, node_vtep_address, reflector_router_id)
-from speaker import k8s_watch  # noqa: E402
-from speaker.k8s_watch import (  # noqa: E402
-    Backoff, ReflectorEndpoint, ReflectorFinder, ReflectorPeers, parse_service_ref,
+from kube.client import api_client  # noqa: E402
+from kube.watch import Backoff  # noqa: E402
+from speaker.reflectors import (  # noqa: E402
+    SERVICE_NAME_LABEL, ReflectorEndpoint, ReflectorFinder, ReflectorPeers, parse_service_ref,
     reflector_endpoints)
 
 NODES = "v1/nodes"
@@ -61,7 +62,7 @@ def endpoint_slice(name: str, *addresses: str, port: int = 1790, port_name: str 
                           "nodeName": f"node-{address}"})
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "namespace": "megalos", "resourceVersion": "1",
-                         "labels": {k8s_watch.SERVICE_NAME_LABEL: service}},
+                         "labels": {SERVICE_NAME_LABEL: service}},
             "addressType": address_type, "endpoints": endpoints,
             "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}
 
@@ -529,7 +530,7 @@ contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
 current-context: x
 """)
     api.request("POST", "/api/v1/nodes", node("w1", "10.0.0.2"))
-    core = k8s_client.CoreV1Api(k8s_watch.api_client(str(kubeconfig)))
+    core = k8s_client.CoreV1Api(api_client(str(kubeconfig)))
     assert [n.metadata.name for n in core.list_node().items] == ["w1"]
     assert api.requests("GET", "/api/v1/nodes")[-1].headers.get("Authorization") == "Bearer t0ken"
 

@@ -401,7 +401,7 @@ def test_agent_arguments_parse(built):
     assert main["command"] == ["megalos-agent"]
     args = _parse(build_parser(), expand(main["args"], {"HOST_IP": "10.0.0.7"}), "megalos-agent")
     assert args.vtep_ip == "10.0.0.7"
-    from speaker.k8s_watch import DEFAULT_REFLECTOR_SERVICE, parse_service_ref
+    from speaker.reflectors import DEFAULT_REFLECTOR_SERVICE, parse_service_ref
     assert parse_service_ref(args.reflector_service) == parse_service_ref(DEFAULT_REFLECTOR_SERVICE)
     assert args.connect_mode == "passive" and args.kubeconfig is None
 
@@ -495,7 +495,7 @@ def test_reflector_bgp_port_and_router_id(built):
     assert not any(a.startswith("--router-id") for a in args)
     service = find(built, "Service", "megalos-reflector")
     assert service["spec"]["clusterIP"] == "None"
-    from speaker.k8s_watch import DEFAULT_BGP_PORT_NAME, DEFAULT_REFLECTOR_SERVICE
+    from speaker.reflectors import DEFAULT_BGP_PORT_NAME, DEFAULT_REFLECTOR_SERVICE
     (svc_port,) = service["spec"]["ports"]
     assert svc_port["name"] == DEFAULT_BGP_PORT_NAME and svc_port["port"] == port
     assert DEFAULT_REFLECTOR_SERVICE == f"{NAMESPACE}/megalos-reflector"

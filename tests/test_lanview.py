@@ -240,7 +240,7 @@ def members(state, namespace=NS):
 def test_the_lan_watcher_feeds_the_state_from_nads_and_pods(api):
     from lab.multus import kathara_lab
     from reflector.discovery import LanWatcher
-    from speaker.k8s_watch import Backoff
+    from kube.watch import Backoff
     lab = kathara_lab('pc1[0]="A/02:00:00:00:0a:01"\nr1[0]="A"\nr1[1]="B"\npc2[0]="B"\n')
     ns = lab.namespace
     api.create(lab.nads["A"])
