@@ -6,8 +6,8 @@ Needs root (network namespaces) and wrk (Debian package). Not a test: it prints 
 
 How the MACs get there: the way they do in a cluster, as BGP routes. An emulated cluster
 (lab.cluster) runs a real reflector (megalos-reflector, with its state socket) and, on each of
-`--nodes` node namespaces, a real BGP speaker process (speaker.bgp_process, driven through
-speaker.bgp_client exactly as the node agent drives it) that announces the VNI (Type-3) and its
+`--nodes` node namespaces, a real BGP speaker process (bgp.process, driven through
+bgp.client exactly as the node agent drives it) that announces the VNI (Type-3) and its
 share of the MACs, each with an IP (Type-2 MAC/IP routes), in one batch (`call_many`). No pods
 or VTEP devices are made (10,000 pods would measure the CNI path, not the API): the reflector
 cannot tell the difference, it sees the same UPDATEs. The load time is reported too.
@@ -29,10 +29,11 @@ import sys
 import time
 import urllib.request
 
+from bgp.client import BgpProcess
+from bgp.protocol import MacAdd, PeerAdd, Start, VtepAdd
 from lab.api_server import ApiServer
 from lab.cluster import Cluster
 from reflector.protocol import StateClient
-from speaker.bgp_client import BgpProcess
 
 VNI = 70400
 
@@ -54,14 +55,13 @@ def load_macs(cluster: Cluster, rr, count: int, nodes: int, timeout: float = 300
         bgp = BgpProcess(argv_prefix=["ip", "netns", "exec", node.netns], name=f"bench-{node.name}",
                          stderr=subprocess.DEVNULL)
         processes.append(bgp)
-        bgp.call("start", router_id=node.ip, asn=65000, role="speaker", listen_host=node.ip,
-                 listen_port=179, hold_time=30)
-        bgp.call("peer_add", address=rr.ip, connect_mode="passive")
-        bgp.call("vni_add", vni=VNI, rd_index=1)
+        bgp.call(Start(router_id=node.ip, asn=65000, listen_host=node.ip, listen_port=179,
+                       hold_time=30))
+        bgp.call(PeerAdd(rr.ip, "passive"))
+        bgp.call(VtepAdd(VNI, 1))
         share = range(n, count, nodes)
-        bgp.call_many("mac_add", [{"vni": VNI, "mac": mac_of(n + 1, i),
-                                   "ip": f"10.{64 + (i >> 16)}.{i >> 8 & 0xff}.{i & 0xff}"}
-                                  for i in share], timeout=120)
+        bgp.call_many([MacAdd(VNI, mac_of(n + 1, i), f"10.{64 + (i >> 16)}.{i >> 8 & 0xff}.{i & 0xff}")
+                       for i in share], timeout=120)
     announced = time.monotonic()
     deadline = started + timeout
     macs = 0

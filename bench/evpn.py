@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base.primitives import ZERO_MAC
 from cni import naming
 from cni.netlink import AF_BRIDGE, NTF_SELF, RTMGRP_NEIGH, SO_RCVBUFFORCE, fdb_events
 from cni.netns import socket_in
@@ -49,9 +50,9 @@ from lab.frr import Frr
 from lab.runtime import Runtime, kathara_conf
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODULE_LABELS = {"speaker.agent": "agent", "bgp.process": "bgp", "reflector.main": "reflector"}
 SETUPS = ("ours", "frr-rr", "frr")
 VNI = 71000
-ZERO_MAC = "00:00:00:00:00:00"
 
 class FdbWatch:
     """Remote entries (`self`, with a destination) appearing on one VTEP, with their times.
@@ -188,8 +189,8 @@ def processes_in(netns: str) -> dict[str, int]:
     for pid, words in command_lines(netns).items():
         label = Path(words[0]).name if words else str(pid)
         if "-m" in words:
-            label = words[words.index("-m") + 1].rsplit(".", 1)[-1]   # agent, bgp_process, ...
-        label = {"agent": "agent", "bgp_process": "bgp"}.get(label, label)
+            module = words[words.index("-m") + 1]
+            label = MODULE_LABELS.get(module, module.rsplit(".", 1)[-1])
         key = label
         n = 2
         while key in found:

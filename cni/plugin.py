@@ -23,11 +23,13 @@ from cni.spec import CniError, Interface
 log = logging.getLogger(__name__)
 
 
-class LanEvents:
-    """What the control plane hears from the datapath; the speaker overrides these. No-ops here."""
+class Announcements:
+    """What the datapath tells the control plane to announce: this node's VTEP now takes part in a
+    VNI (or no longer does), a pod MAC appeared on it (or went). The node speaker overrides these;
+    without a control plane they are no-ops."""
 
-    def lan_added(self, vni: int) -> None: ...
-    def lan_removed(self, vni: int) -> None: ...
+    def vtep_added(self, vni: int) -> None: ...
+    def vtep_removed(self, vni: int) -> None: ...
     def mac_added(self, vni: int, mac: str) -> None: ...
     def mac_removed(self, vni: int, mac: str) -> None: ...
 
@@ -67,9 +69,9 @@ def _pod_mac(inv: spec.Invocation, conf: NetConf) -> str:
 
 
 class Plugin:
-    def __init__(self, datapath: Datapath, events: LanEvents | None = None, not_ready=lambda: ""):
+    def __init__(self, datapath: Datapath, events: Announcements | None = None, not_ready=lambda: ""):
         self.datapath = datapath
-        self.events = events or LanEvents()
+        self.events = events or Announcements()
         self.not_ready = not_ready  # '' when the control plane is fine, else why not
         self.locks = VniLocks()
 
@@ -130,12 +132,12 @@ class Plugin:
         with self.locks.hold(conf.vni):
             lan, created = self.datapath.ensure_lan(conf.vni, conf.vxlan_port, underlay, conf.mtu)
             if created:
-                self.events.lan_added(conf.vni)
+                self.events.vtep_added(conf.vni)
             try:
                 host_mac = self.datapath.add_port(lan, name, inv.netns, inv.ifname, mac)
             except Exception:
                 if self.datapath.remove_lan_if_unused(conf.vni):
-                    self.events.lan_removed(conf.vni)
+                    self.events.vtep_removed(conf.vni)
                 raise
             self.events.mac_added(conf.vni, mac)
         return spec.shape_result(conf.cni_version, [
@@ -153,7 +155,7 @@ class Plugin:
 
     def _drop_lan_if_unused(self, vni: int) -> None:
         if self.datapath.remove_lan_if_unused(vni):
-            self.events.lan_removed(vni)
+            self.events.vtep_removed(vni)
 
     def delete(self, inv: spec.Invocation, conf: NetConf) -> None:
         with self.locks.hold(conf.vni):
@@ -223,6 +225,6 @@ class Plugin:
             with self.locks.hold(vni):
                 if self.datapath.remove_lan_if_unused(vni):
                     log.info("sweep: VNI %d had no pod left: removed its bridge and VTEP", vni)
-                    self.events.lan_removed(vni)
+                    self.events.vtep_removed(vni)
                     removed.append(vni)
         return removed

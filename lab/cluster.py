@@ -125,7 +125,7 @@ class Node:
     def start_reflector(self, *extra: str, wait: float = 15.0) -> None:
         """Run `megalos-reflector` inside this node's namespace (a control-plane node)."""
         self.socket = str(self.cluster.run_dir / f"{self.name}-state.sock")
-        self._spawn("reflector.agent", ["--router-id", self.ip, "--state-socket", self.socket, *extra],
+        self._spawn("reflector.main", ["--router-id", self.ip, "--state-socket", self.socket, *extra],
                     self.socket, wait)
 
     def _spawn(self, module: str, args: list[str], ready_path: str, wait: float) -> None:

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from bgp.protocol import MacRoute, VtepRoute
 from reflector.lanview import LanTable
 
 MAX_PAGE = 10_000
@@ -102,19 +103,15 @@ class ReflectorState:
     lan_table: LanTable = field(default_factory=LanTable)  # NADs and pods (reflector.lanview)
 
     # -- changes ----------------------------------------------------------------------------------
-    def apply(self, event: dict, now: float | None = None) -> bool:
-        """Fold one BGP event (see speaker.bgp_process) into the state; True if it changed it."""
+    def apply(self, route: MacRoute | VtepRoute, now: float | None = None) -> bool:
+        """Fold one reflected route (bgp.protocol) into the state; True if it changed it."""
         now = time.time() if now is None else now
-        kind, vni, vtep = event.get("event"), event.get("vni"), event.get("vtep")
-        if kind not in ("mac", "flood") or vni is None or not vtep:
-            return False
-        add = event.get("action") == "add"
         with self.changed:
-            if kind == "flood":
-                return self._apply_flood(vni, vtep, add, now)
-            return self._apply_mac(vni, event.get("mac"), vtep, event.get("ip") or None, add, now)
+            if isinstance(route, VtepRoute):
+                return self._apply_vtep(route.vni, route.vtep, route.added, now)
+            return self._apply_mac(route.vni, route.mac, route.vtep, route.ip, route.added, now)
 
-    def _apply_flood(self, vni: int, vtep: str, add: bool, now: float) -> bool:
+    def _apply_vtep(self, vni: int, vtep: str, add: bool, now: float) -> bool:
         vteps = self.vteps.setdefault(vni, set())
         if add == (vtep in vteps):
             if not vteps:
@@ -126,10 +123,8 @@ class ReflectorState:
         self._record({"type": "vtep", "action": "add" if add else "del", "vni": vni, "vtep": vtep}, now)
         return True
 
-    def _apply_mac(self, vni: int, mac: str | None, vtep: str, ip: str | None, add: bool,
+    def _apply_mac(self, vni: int, mac: str, vtep: str, ip: str | None, add: bool,
                    now: float) -> bool:
-        if not mac:
-            return False
         table = self.macs.get(vni, {})
         record = table.get(mac, {}).get(vtep)
         if add:
@@ -178,7 +173,7 @@ class ReflectorState:
         now = time.time() if now is None else now
         with self.changed:
             for vni in [v for v, vteps in self.vteps.items() if vtep in vteps]:
-                self._apply_flood(vni, vtep, False, now)
+                self._apply_vtep(vni, vtep, False, now)
             doomed = [(vni, mac, ip) for vni, table in self.macs.items()
                       for mac, records in table.items() if vtep in records
                       for ip in records[vtep].routes]

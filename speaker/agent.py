@@ -14,7 +14,7 @@ import threading
 from base import logs
 from cni.config import DEFAULT_AGENT_SOCKET
 from cni.datapath import Datapath, DatapathError
-from cni.plugin import LanEvents, Plugin
+from cni.plugin import Announcements, Plugin
 from cni.server import CniServer
 
 log = logging.getLogger("megalos.agent")
@@ -90,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("bridge learning off on %s", ", ".join(vteps))
     log.info("underlay %s, VTEP %s, overlay MTU %d", underlay.name, underlay.ip, underlay.overlay_mtu)
 
-    events: LanEvents = LanEvents()
+    events: Announcements = Announcements()
     not_ready = lambda: ""  # noqa: E731
     speaker = finder = None
     if args.reflector or args.reflector_service:
+        from speaker.config import NodeConfig
+        from speaker.fdb import VtepFdb
         from speaker.node import NodeSpeaker
-        speaker = NodeSpeaker(datapath, args)
+        speaker = NodeSpeaker(NodeConfig.from_args(args), datapath, VtepFdb())
         events, not_ready = speaker, speaker.not_ready
         speaker.start()
     if args.reflector_service:

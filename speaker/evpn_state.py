@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-ZERO_MAC = "00:00:00:00:00:00"
+from bgp.protocol import MacRoute, VtepRoute
 
 
 @dataclass(frozen=True, order=True)
@@ -53,29 +53,29 @@ class RemoteRoutes:
     def max_seq(self, vni: int, mac: str) -> int:
         return max((a.seq for a in self.macs.get((vni, mac), {}).values()), default=0)
 
-    def apply(self, event: dict) -> tuple[list, list]:
-        """Fold one BGP event in; returns (entries to add, entries to remove) for the kernel."""
-        vni, vtep, add = int(event["vni"]), event["vtep"], event["action"] == "add"
-        if event["event"] == "flood":
+    def apply(self, route: MacRoute | VtepRoute) -> tuple[list, list]:
+        """Fold one received route in; returns (entries to add, entries to remove) for the kernel."""
+        vni, vtep = route.vni, route.vtep
+        if isinstance(route, VtepRoute):
             vteps = self.floods.setdefault(vni, set())
             present = vtep in vteps
-            if add:
+            if route.added:
                 vteps.add(vtep)
             else:
                 vteps.discard(vtep)
                 if not vteps:
                     del self.floods[vni]
             entry = FloodEntry(vni, vtep)
-            if add and not present:
+            if route.added and not present:
                 return [entry], []
-            if not add and present:
+            if not route.added and present:
                 return [], [entry]
             return [], []
-        mac = event["mac"]
+        mac = route.mac
         before = self.winner(vni, mac)
         candidates = self.macs.setdefault((vni, mac), {})
-        if add:
-            candidates[vtep] = _Announcement(int(event.get("seq") or 0), event.get("ip"), next(self._clock))
+        if route.added:
+            candidates[vtep] = _Announcement(route.seq, route.ip, next(self._clock))
         else:
             candidates.pop(vtep, None)
             if not candidates:
@@ -86,19 +86,6 @@ class RemoteRoutes:
         adds = [MacEntry(vni, mac, after)] if after else []
         removes = [MacEntry(vni, mac, before)] if before and not after else []
         return adds, removes  # a replace needs no delete of the old VTEP's entry
-
-    def forget_vtep(self, vtep: str) -> tuple[list, list]:
-        """Drop everything learned from one VTEP (its node left); kernel changes as in apply()."""
-        adds, removes = [], []
-        for vni, mac in [key for key, c in self.macs.items() if vtep in c]:
-            a, r = self.apply({"event": "mac", "action": "del", "vni": vni, "mac": mac, "vtep": vtep})
-            adds += a
-            removes += r
-        for vni in [v for v, vteps in self.floods.items() if vtep in vteps]:
-            a, r = self.apply({"event": "flood", "action": "del", "vni": vni, "vtep": vtep})
-            adds += a
-            removes += r
-        return adds, removes
 
     def wants(self, entry) -> bool:
         """Whether `entry` is in desired(entry.vni), without building that set."""

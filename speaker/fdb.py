@@ -18,8 +18,9 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NUD_NOARP,
                                          NUD_PERMANENT, NUD_REACHABLE)
 
+from base.primitives import ZERO_MAC
 from cni import naming
-from speaker.evpn_state import ZERO_MAC, FloodEntry, MacEntry
+from speaker.evpn_state import FloodEntry, MacEntry
 
 log = logging.getLogger(__name__)
 _GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)

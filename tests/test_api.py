@@ -10,7 +10,6 @@ and 503 once the reflector is killed (that test comes last: it restarts the refl
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -30,13 +29,14 @@ import pytest
 from api import create_app, settings
 from api.metrics import RequestMetrics
 from api.openapi import DOCUMENT
+from bgp.client import BgpError
+from bgp.protocol import ADD, MacRoute, PeerAdd, PeerDel, Peers, PeerSummary, Start, VtepRoute
 from lab.api_server import CONFIG, ApiServer
 from lab.cluster import Cluster
 from lab.runtime import kathara_conf
-from reflector.agent import Reflector, StateServer
 from reflector.protocol import ReflectorError, StateClient
-from reflector.state import ReflectorState
-from speaker.bgp_client import BgpError
+from reflector.route_reflector import Reflector, ReflectorConfig
+from reflector.state_server import StateServer, StateService
 
 TOKEN = "test-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,44 +46,42 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class StandInBgp:
     """The reflector's BGP process, as far as the state socket needs it."""
 
-    def __init__(self):
-        self.peers: dict[str, dict] = {}
+    def __init__(self, on_event=None, name=""):
+        self.peers: dict[str, PeerSummary] = {}
         self.fail: Exception | None = None
 
-    def call(self, op, **args):
+    def call(self, command):
         if self.fail:
             raise self.fail
-        if op == "peers":
-            return [dict(p) for p in self.peers.values()]
-        if op == "peer_add":
-            new = args["address"] not in self.peers
-            self.peers.setdefault(args["address"], {
-                "address": args["address"], "state": "Established", "uptime": 12.5, "received": 3,
-                "sent": 1, "updates_received": 2, "updates_sent": 1})
+        if isinstance(command, Peers):
+            return list(self.peers.values())
+        if isinstance(command, PeerAdd):
+            new = command.address not in self.peers
+            self.peers.setdefault(command.address, PeerSummary(
+                address=command.address, state="Established", uptime=12.5, received=3, sent=1,
+                updates_received=2, updates_sent=1))
             return new
-        if op == "peer_del":
-            return self.peers.pop(args["address"], None) is not None
-        raise AssertionError(op)
+        if isinstance(command, PeerDel):
+            return self.peers.pop(command.address, None) is not None
+        if isinstance(command, Start):
+            return None
+        raise AssertionError(command)
 
 
 @pytest.fixture
 def reflector():
     """A Reflector (real state, real state socket) with a stand-in BGP process."""
-    node = object.__new__(Reflector)
-    node.args = argparse.Namespace(router_id="192.0.2.1", md5_password="")
-    node.state, node.peers, node.started, node.bgp = ReflectorState(), set(), time.time(), StandInBgp()
+    node = Reflector(ReflectorConfig("192.0.2.1"), spawn_bgp=StandInBgp)
+    node.start()
     node.add_peer("192.0.2.2")
-    for event in ({"event": "flood", "action": "add", "vni": 100, "vtep": "192.0.2.2"},
-                  {"event": "mac", "action": "add", "vni": 100, "mac": "02:00:00:00:00:01",
-                   "vtep": "192.0.2.2", "ip": None}):
-        node.state.apply(event)
+    for route in (VtepRoute(ADD, 100, "192.0.2.2"), MacRoute(ADD, 100, "02:00:00:00:00:01", "192.0.2.2")):
+        node.state.apply(route)
     directory = tempfile.mkdtemp(prefix="mgapi")  # short: a UNIX socket path has 107 bytes
-    server = StateServer(os.path.join(directory, "state.sock"), node)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = StateServer(os.path.join(directory, "state.sock"), StateService(node))
+    server.start()
     node.socket = server.server_address
     yield node
-    server.shutdown()
-    server.server_close()
+    server.stop()
     shutil.rmtree(directory)
 
 

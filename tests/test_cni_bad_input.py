@@ -129,10 +129,17 @@ CASES = [
 ]
 
 
+def is_group_mac(mac: str) -> bool:
+    return len(mac) == 17 and bool(int(mac[:2], 16) & 1)
+
+
 def snapshot(node, pod) -> tuple:
-    """Node devices, pod devices, and the FDB entries someone added (not those the bridge learns)."""
+    """Node devices, pod devices, and the FDB entries someone added: not those the bridge learns,
+    nor the multicast groups the kernel joins by itself (IPv6 autoconfiguration adds its
+    33:33:ff:.. entries a while after a link comes up: later still on a loaded machine)."""
     fdb = {(e.get("mac"), e.get("ifname"), e.get("master"), e.get("state"))
-           for e in node.fdb() if e.get("state") in ("static", "permanent")}
+           for e in node.fdb() if e.get("state") in ("static", "permanent")
+           and not is_group_mac(e.get("mac", ""))}
     return node.link_names(), {link["ifname"] for link in json.loads(
         pod.run("ip", "-j", "link", "show").stdout)}, fdb
 

@@ -537,7 +537,7 @@ current-context: x
 
 # -- the programs' options and the node speaker's side ---------------------------------------------
 def reflector_args(*argv):
-    from reflector.agent import build_parser, check_args
+    from reflector.main import build_parser, check_args
     args = build_parser().parse_args(list(argv))
     check_args(args)
     return args
@@ -560,20 +560,19 @@ def test_reflector_router_id_defaults_to_one_derived_from_the_listen_address():
 
 
 def test_discovered_nodes_never_remove_static_peers_nor_peer_the_router_id():
-    import argparse
-    from reflector.agent import Reflector
-    from reflector.state import ReflectorState
+    from bgp.protocol import Start
+    from reflector.route_reflector import Reflector, ReflectorConfig
 
     class Bgp:
-        def __init__(self):
+        def __init__(self, on_event, name):
             self.calls = []
 
-        def call(self, op, **args):
-            self.calls.append((op, args["address"]))
+        def call(self, command):
+            if not isinstance(command, Start):
+                self.calls.append((command.op, command.address))
             return True
-    reflector = object.__new__(Reflector)
-    reflector.args = argparse.Namespace(router_id="192.0.2.1", md5_password="")
-    reflector.state, reflector.peers, reflector.bgp = ReflectorState(), set(), Bgp()
+    reflector = Reflector(ReflectorConfig("192.0.2.1"), spawn_bgp=Bgp)
+    reflector.start()
     reflector.static_peers = {"192.0.2.7"}
     sync = PeerSync(reflector.add_node, reflector.remove_node, reflector.name_node)
     reflector.state.name_node("192.0.2.7", "static-7")
@@ -584,50 +583,3 @@ def test_discovered_nodes_never_remove_static_peers_nor_peer_the_router_id():
     assert ("peer_del", "192.0.2.7") not in reflector.bgp.calls  # given with --peer: stays
     assert ("peer_del", "192.0.2.8") in reflector.bgp.calls
     assert reflector.state.node_names == {"192.0.2.7": "n7"}  # the static peer keeps a name
-
-
-def test_the_node_speaker_adds_and_removes_reflectors_at_runtime():
-    """NodeSpeaker.add_reflector/remove_reflector queue work for its worker, which peers (or
-    stops peering) on the BGP process and keeps `args.reflector` as the list a restarted BGP
-    process starts from."""
-    import argparse
-    import queue
-    from speaker.bgp_client import BgpError
-    from speaker.node import NodeSpeaker
-
-    class Bgp:
-        def __init__(self):
-            self.calls, self.fail = [], False
-
-        def call(self, op, **args):
-            if self.fail:
-                raise BgpError("gone")
-            self.calls.append((op, args))
-            return True
-    speaker = object.__new__(NodeSpeaker)
-    speaker.args = argparse.Namespace(reflector=["10.0.0.9"], connect_mode="passive",
-                                      md5_password="pw")
-    speaker.bgp, speaker._queue = Bgp(), queue.Queue()
-    speaker.peers_up, speaker.up_since, speaker.all_down_since = set(), None, None
-
-    def drain():
-        while not speaker._queue.empty():
-            item = speaker._queue.get_nowait()
-            assert item[0] == "reflector"
-            speaker._reflector(item[1], item[2])
-    speaker.add_reflector("10.0.0.1")
-    speaker.add_reflector("10.0.0.1")
-    speaker.add_reflector("10.0.0.9")  # static, already peered
-    drain()
-    assert speaker.bgp.calls == [("peer_add", {"address": "10.0.0.1", "connect_mode": "passive",
-                                               "password": "pw"})]
-    assert speaker.args.reflector == ["10.0.0.9", "10.0.0.1"]
-    speaker._peer_event("10.0.0.1", True)
-    speaker.remove_reflector("10.0.0.1")
-    drain()
-    assert speaker.bgp.calls[-1] == ("peer_del", {"address": "10.0.0.1"})
-    assert speaker.peers_up == set() and speaker.all_down_since is not None
-    speaker.bgp.fail = True  # the BGP process died: a restarted one peers from the list
-    speaker.add_reflector("10.0.0.2")
-    drain()
-    assert speaker.args.reflector == ["10.0.0.9", "10.0.0.2"]

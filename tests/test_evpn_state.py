@@ -1,15 +1,16 @@
-"""RemoteRoutes: BGP events in, VTEP FDB changes out (pure logic, plain values)."""
+"""RemoteRoutes: received routes in, VTEP FDB changes out (pure logic, plain values)."""
+from bgp.protocol import MacRoute, VtepRoute
 from speaker.evpn_state import FloodEntry, MacEntry, RemoteRoutes
 
 MAC = "02:00:00:00:00:01"
 
 
 def mac(action, vtep, vni=100, seq=0, m=MAC):
-    return {"event": "mac", "action": action, "vni": vni, "mac": m, "vtep": vtep, "seq": seq}
+    return MacRoute(action, vni, m, vtep, seq=seq)
 
 
 def flood(action, vtep, vni=100):
-    return {"event": "flood", "action": action, "vni": vni, "vtep": vtep}
+    return VtepRoute(action, vni, vtep)
 
 
 def test_flood_entries_added_once_removed_once():
@@ -55,12 +56,3 @@ def test_routes_of_every_vni_are_kept_and_desired_per_vni():
     assert routes.desired(8) == {MacEntry(8, "02:00:00:00:00:08", "10.0.0.4")}
     assert routes.desired(9) == set()
 
-
-def test_forget_vtep_drops_everything_it_announced():
-    routes = RemoteRoutes()
-    routes.apply(flood("add", "10.0.0.2"))
-    routes.apply(mac("add", "10.0.0.2"))
-    routes.apply(mac("add", "10.0.0.3", m="02:00:00:00:00:03"))
-    adds, removes = routes.forget_vtep("10.0.0.2")
-    assert adds == [] and set(removes) == {FloodEntry(100, "10.0.0.2"), MacEntry(100, MAC, "10.0.0.2")}
-    assert routes.desired(100) == {MacEntry(100, "02:00:00:00:00:03", "10.0.0.3")}

@@ -504,13 +504,13 @@ def test_reflector_bgp_port_and_router_id(built):
 
 
 def test_reflector_arguments_parse(built):
-    from reflector.agent import build_parser
+    from reflector.main import build_parser
     main = container(find(built, "Deployment", "megalos-reflector"), "reflector")
     assert main["command"] == ["megalos-reflector"]
     args = _parse(build_parser(), expand(main["args"], {"POD_IP": "10.0.0.7", "NODE_NAME": "n"}),
                   "megalos-reflector")
     assert args.listen_host == "10.0.0.7"
-    from reflector.agent import check_args
+    from reflector.main import check_args
     check_args(args)  # what main() does next: the router id derived from the listen address
     assert args.router_id == "0.0.0.7"
     assert args.peers_from_k8s and args.lans_from_k8s and args.kubeconfig is None

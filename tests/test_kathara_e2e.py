@@ -16,7 +16,7 @@ Checked: pings on each LAN, isolation between LANs, the fixed MAC, and GET /api/
 
 Last, the manifests' exact layout (the reflector in a node's own network, beside that node's
 agent): upstream os-ken refuses routes whose next hop is the session's own local address, which
-lost that node's MACs; speaker/osken_compat.py accepts them for EVPN.
+lost that node's MACs; bgp/osken_compat.py accepts them for EVPN.
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def start_control_plane(cluster: Cluster, host: Node, nodes: list[Node]):
                          "--kubeconfig", kubeconfig, "--hold-time", str(HOLD))
     control = Node("control", host.netns, host.ip, cluster)  # the reflector's pod
     control.socket = str(cluster.run_dir / "reflector.sock")
-    control._spawn("reflector.agent", [  # the Deployment's arguments: no --router-id
+    control._spawn("reflector.main", [  # the Deployment's arguments: no --router-id
         "--listen-host", host.ip, "--bgp-port", "1790", "--peers-from-k8s",
         "--node-selector", "kubernetes.io/os=linux", "--lans-from-k8s",
         "--kubeconfig", kubeconfig, "--hold-time", str(HOLD),

@@ -208,11 +208,11 @@ def test_the_state_checks_members_against_its_mac_tables():
     assert view["watching"] and view["synced"] and not view["converged"]
     for mac, vtep in ((MAC_A, "192.0.2.2"), (MAC_B, "192.0.2.3")):
         assert not state.lans(NS)["lans"][0]["converged"]
-        state.apply({"event": "mac", "action": "add", "vni": 100, "mac": mac, "vtep": vtep})
+        state.apply(MacRoute("add", 100, mac, vtep))
     view = state.lans(NS)
     assert view["converged"] and view["lans"][0]["converged"]
     assert [m["vteps"] for m in view["lans"][0]["members"]] == [["192.0.2.2"], ["192.0.2.3"]]
-    state.apply({"event": "mac", "action": "add", "vni": 999, "mac": MAC_A, "vtep": "192.0.2.9"})
+    state.apply(MacRoute("add", 999, MAC_A, "192.0.2.9"))
     state.apply({"event": "mac", "action": "del", "vni": 100, "mac": MAC_A, "vtep": "192.0.2.2"})
     assert not state.lans(NS)["converged"]  # announced in another VNI does not count
     assert state.lans("elsewhere")["lans"] == [] and state.lans("elsewhere")["converged"]

@@ -1,4 +1,4 @@
-"""Tests of speaker.osken_compat: each fix, and the upstream fault it fixes.
+"""Tests of bgp.osken_compat: each fix, and the upstream fault it fixes.
 
 Every ``test_upstream_*`` asserts that unpatched os-ken 4.2.2 still behaves
 the way a fix assumes. When one fails after an upgrade, the fix may be
@@ -32,8 +32,9 @@ from os_ken.services.protocols.bgp.rtconf import common, neighbors
 from os_ken.services.protocols.bgp.signals.emit import BgpSignalBus
 from os_ken.services.protocols.bgp.utils.circlist import CircularListType
 
-from speaker import osken_compat
-from speaker.bgp_client import BgpProcess
+from bgp import osken_compat
+from bgp.client import BgpProcess
+from bgp.protocol import MacAdd, PeerAdd, Start, VtepAdd
 
 osken_compat.apply_all()
 upstream = osken_compat.original
@@ -656,7 +657,7 @@ eventlet.monkey_patch()
 from os_ken.lib.packet.bgp import RF_L2_EVPN
 from os_ken.services.protocols.bgp.bgpspeaker import BGPSpeaker
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
-from speaker import osken_compat
+from bgp import osken_compat
 
 mode, router_id, peer = sys.argv[1:4]
 speaker = BGPSpeaker(as_number=65000, router_id=router_id, bgp_server_port=0)
@@ -716,11 +717,10 @@ def origin(two_namespaces):
     bgp = BgpProcess(argv_prefix=['ip', 'netns', 'exec', ORIGIN_NS],
                      name='origin')
     try:
-        bgp.call('start', router_id=ORIGIN_IP, asn=65000,
-                 listen_host=ORIGIN_IP, hold_time=3)
-        bgp.call('peer_add', address=OBSERVER_IP, connect_mode='passive')
-        bgp.call('vni_add', vni=100, rd_index=1)
-        bgp.call('mac_add', vni=100, mac='02:00:00:00:00:01')
+        bgp.call(Start(router_id=ORIGIN_IP, asn=65000, listen_host=ORIGIN_IP, hold_time=3))
+        bgp.call(PeerAdd(OBSERVER_IP, 'passive'))
+        bgp.call(VtepAdd(100, 1))
+        bgp.call(MacAdd(100, '02:00:00:00:00:01'))
         yield bgp
     finally:
         bgp.close()

@@ -1,7 +1,7 @@
 """The reflector's static peers from its command line (pure)."""
 import pytest
 
-from reflector.agent import peer_addresses, split_peer
+from reflector.main import peer_addresses, split_peer
 
 
 def test_named_and_plain_peers():

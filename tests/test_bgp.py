@@ -1,4 +1,5 @@
-"""The BGP process: protocol functions, the client, and real BGP sessions.
+"""The BGP package: the protocol and the event translation with plain values, the client, the
+process, and real BGP sessions.
 
 The session tests run a route reflector and two node speakers, each BGP
 process in its own network namespace, joined by veth pairs to a bridge in an
@@ -17,8 +18,12 @@ import types
 
 import pytest
 
-from speaker import bgp_process as bp
-from speaker.bgp_client import BgpError, BgpProcess
+from bgp import events
+from bgp.client import BgpError, BgpProcess
+from bgp.protocol import (ADD, DEL, MacAdd, MacDel, MacRoute, PeerAdd, PeerDel, Peers, PeerState,
+                          PeerSummary, ProtocolError, Ready, Reply, Rib, Start, Stop, VtepAdd,
+                          VtepDel, VtepRoute, decode_command, decode_event, encode_commands,
+                          encode_event, event_json, route_distinguisher, route_target)
 
 ASN = 65000
 HOLD = 3
@@ -26,20 +31,25 @@ BIG_VNI = 16777215  # above 65535: cannot be an RD number
 SMALL_VNI = 100
 
 
-# --- pure protocol functions -------------------------------------------------------
+# --- the protocol, with plain values ------------------------------------------------------
 
-def test_importing_does_not_load_eventlet_or_os_ken():
-    code = ('import sys, speaker.bgp_process, speaker.bgp_client; '
-            'print(sorted(m for m in ("eventlet", "os_ken") '
-            'if m in sys.modules))')
+def test_importing_the_agent_side_does_not_load_eventlet_or_os_ken():
+    code = ('import sys, bgp.process, bgp.client, bgp.protocol, bgp.events, bgp.service; '
+            'print(sorted(m for m in ("eventlet", "os_ken") if m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == '[]'
 
 
-def test_parse_command():
-    command = bp.parse_command(b'{"id": 3, "op": "mac_add", "vni": 5}')
-    assert command == bp.Command(3, 'mac_add', {'vni': 5})
+def test_commands_round_trip_through_their_lines():
+    commands = [Start(router_id='192.0.2.11', asn=ASN), PeerAdd('192.0.2.1', 'passive', 'pw'),
+                PeerDel('192.0.2.1'), VtepAdd(BIG_VNI, 1), VtepDel(BIG_VNI),
+                MacAdd(BIG_VNI, '02:00:00:00:00:01', '10.0.0.1', 7), MacDel(1, '02:00:00:00:00:01'),
+                Peers(), Rib(), Stop()]
+    lines = encode_commands(enumerate(commands, 1)).splitlines()
+    assert [decode_command(line) for line in lines] == list(enumerate(commands, 1))
+    assert json.loads(lines[5]) == {'id': 6, 'op': 'mac_add', 'vni': BIG_VNI,
+                                    'mac': '02:00:00:00:00:01', 'ip': '10.0.0.1', 'seq': 7}
 
 
 @pytest.mark.parametrize('line, command_id, message', [
@@ -48,35 +58,37 @@ def test_parse_command():
     (b'{"op": "peers"}', None, '"id"'),
     (b'{"id": true, "op": "peers"}', None, '"id"'),
     (b'{"id": 4}', 4, '"op"'),
+    (b'{"id": 5, "op": "fly"}', 5, 'unknown op'),
+    (b'{"id": 6, "op": "mac_add", "vni": 1}', 6, 'missing "mac"'),
 ])
-def test_parse_command_rejects(line, command_id, message):
-    with pytest.raises(bp.ProtocolError, match=message) as error:
-        bp.parse_command(line)
+def test_decode_command_rejects(line, command_id, message):
+    with pytest.raises(ProtocolError, match=message) as error:
+        decode_command(line)
     assert error.value.command_id == command_id
 
 
-def test_replies_and_lines():
-    assert bp.reply_ok(1, [1]) == {'reply': 1, 'ok': True, 'result': [1]}
-    assert bp.reply_error(2, 'x') == {'reply': 2, 'ok': False, 'error': 'x'}
-    line = bp.encode_line({'event': 'peer', 'address': '192.0.2.1'})
+def test_replies_are_lines():
+    assert json.loads(Reply(1, True, [1]).encode()) == {'reply': 1, 'ok': True, 'result': [1]}
+    line = Reply(2, False, error='x').encode()
     assert line.endswith(b'\n') and line.count(b'\n') == 1
-    assert json.loads(line) == {'event': 'peer', 'address': '192.0.2.1'}
+    assert json.loads(line) == {'reply': 2, 'ok': False, 'error': 'x'}
 
 
-def test_parse_start_defaults():
-    config = bp.parse_start({'router_id': '192.0.2.11', 'asn': ASN})
-    assert config == bp.StartConfig(
+def test_start_defaults():
+    assert Start.decode({'router_id': '192.0.2.11', 'asn': ASN}) == Start(
         router_id='192.0.2.11', asn=ASN, role='speaker', cluster_id=None,
         listen_host=None, listen_port=179, hold_time=9)
 
 
-def test_parse_start_reflector():
-    config = bp.parse_start({
+def test_start_reflector():
+    config = Start.decode({
         'router_id': '192.0.2.1', 'asn': ASN, 'role': 'reflector',
         'cluster_id': '10.255.0.1', 'listen_host': '192.0.2.1',
         'listen_port': 0, 'hold_time': 3, 'keepalive': 1})
     assert config.cluster_id == '10.255.0.1'
     assert (config.listen_port, config.hold_time) == (0, 3)
+    speaker = Start.decode({'router_id': '192.0.2.1', 'asn': ASN, 'cluster_id': '10.255.0.1'})
+    assert speaker.cluster_id is None  # a speaker has no cluster id
 
 
 @pytest.mark.parametrize('change, message', [
@@ -89,37 +101,53 @@ def test_parse_start_reflector():
     ({'hold_time': 9, 'keepalive': 1}, 'hold_time // 3'),
     ({'listen_host': 'node-1'}, 'IP address'),
 ])
-def test_parse_start_rejects(change, message):
+def test_start_rejects(change, message):
     args = {'router_id': '192.0.2.11', 'asn': ASN, **change}
-    with pytest.raises(bp.ProtocolError, match=message):
-        bp.parse_start(args)
+    with pytest.raises(ProtocolError, match=message):
+        Start.decode(args)
 
 
-def test_parse_peer():
-    assert bp.parse_peer({'address': '192.0.2.1'}) == bp.PeerConfig(
-        '192.0.2.1', 'both', None)
-    assert bp.parse_peer({'address': '192.0.2.1', 'connect_mode': 'passive',
-                          'password': 's'}).password == 's'
-    with pytest.raises(bp.ProtocolError, match='connect_mode'):
-        bp.parse_peer({'address': '192.0.2.1', 'connect_mode': 'Passive'})
+def test_peer_add():
+    assert PeerAdd.decode({'address': '192.0.2.1'}) == PeerAdd('192.0.2.1', 'both', None)
+    assert PeerAdd.decode({'address': '192.0.2.1', 'connect_mode': 'passive',
+                           'password': 's'}).password == 's'
+    with pytest.raises(ProtocolError, match='connect_mode'):
+        PeerAdd.decode({'address': '192.0.2.1', 'connect_mode': 'Passive'})
 
 
-def test_parse_mac():
-    assert bp.parse_mac({'vni': BIG_VNI, 'mac': 'AA:BB:CC:00:00:01'}) == (
-        BIG_VNI, 'aa:bb:cc:00:00:01', None)
-    assert bp.parse_mac({'vni': 1, 'mac': '02:00:00:00:00:01',
-                         'ip': 'fd00::0:1'})[2] == 'fd00::1'
+def test_mac_commands_normalise_and_check():
+    assert MacAdd.decode({'vni': BIG_VNI, 'mac': 'AA-BB-CC-00-00-01'}) == MacAdd(
+        BIG_VNI, 'aa:bb:cc:00:00:01')
+    assert MacDel.decode({'vni': 1, 'mac': '02:00:00:00:00:01', 'ip': 'fd00::0:1'}).ip == 'fd00::1'
     for bad in ({'vni': 0, 'mac': '02:00:00:00:00:01'},
                 {'vni': BIG_VNI + 1, 'mac': '02:00:00:00:00:01'},
-                {'vni': 1, 'mac': '02-00-00-00-00-01'},
-                {'vni': 1, 'mac': '02:00:00:00:00:01', 'ip': '10.0.0.300'}):
-        with pytest.raises(bp.ProtocolError):
-            bp.parse_mac(bad)
+                {'vni': True, 'mac': '02:00:00:00:00:01'},
+                {'vni': 1, 'mac': '02:00:00:00:01'},
+                {'vni': 1, 'mac': '02:00:00:00:00:01', 'ip': '10.0.0.300'},
+                {'vni': 1, 'mac': '02:00:00:00:00:01', 'seq': 2**32}):
+        with pytest.raises(ProtocolError):
+            MacAdd.decode(bad)
+
+
+def test_events_round_trip_and_malformed_ones_are_refused():
+    events = [MacRoute(ADD, BIG_VNI, '02:00:00:00:00:01', '192.0.2.11', '10.0.0.1', 3),
+              VtepRoute(DEL, 1, 'fd00::1'), PeerState('192.0.2.1', True), Ready(42)]
+    for event in events:
+        assert decode_event(json.loads(encode_event(event))) == event
+    for bad in ({'event': 'mac', 'action': 'add', 'vni': 1, 'vtep': '192.0.2.1'},
+                {'event': 'mac', 'action': 'add', 'vni': None, 'mac': '02:00:00:00:00:01',
+                 'vtep': '192.0.2.1'},
+                {'event': 'vtep', 'action': 'add', 'vni': 1, 'vtep': ''},
+                {'event': 'vtep', 'action': 'maybe', 'vni': 1, 'vtep': '192.0.2.1'},
+                {'event': 'peer', 'address': '192.0.2.1', 'up': 'yes'},
+                {'event': 'flood'}, {}):
+        with pytest.raises(ProtocolError):
+            decode_event(bad)
 
 
 def test_route_distinguisher_and_target():
-    assert bp.route_distinguisher('192.0.2.11', 7) == '192.0.2.11:7'
-    assert bp.route_target(ASN, BIG_VNI) == '65000:16777215'
+    assert route_distinguisher('192.0.2.11', 7) == '192.0.2.11:7'
+    assert route_target(ASN, BIG_VNI) == '65000:16777215'
 
 
 def _fake_path(kind, nexthop='192.0.2.11', **nlri):
@@ -127,34 +155,29 @@ def _fake_path(kind, nexthop='192.0.2.11', **nlri):
     return types.SimpleNamespace(
         nlri=types.SimpleNamespace(ROUTE_TYPE_NAME=kind, **nlri),
         nexthop=nexthop,
-        get_pattr=lambda kind: pmsi if kind == bp.PATH_ATTR_PMSI_TUNNEL
-        else None)
+        get_pattr=lambda kind: pmsi if kind == events.PATH_ATTR_PMSI_TUNNEL else None)
 
 
-def test_path_event_type2():
-    path = _fake_path(bp.TYPE2, vni=BIG_VNI, mac_addr='02:00:00:00:00:01',
-                      ip_addr=None)
-    assert bp.path_event(path, False, '192.0.2.21') == {
-        'event': 'mac', 'action': 'add', 'vni': BIG_VNI,
-        'mac': '02:00:00:00:00:01', 'ip': None, 'vtep': '192.0.2.11', 'seq': 0}
-    assert bp.path_event(path, True, None)['action'] == 'del'
-    assert bp.path_event(path, False, '192.0.2.11') is None  # our own
+def test_route_event_type2():
+    path = _fake_path(events.TYPE2, vni=BIG_VNI, mac_addr='02:00:00:00:00:01', ip_addr=None)
+    assert events.route_event(path, False, '192.0.2.21') == MacRoute(
+        ADD, BIG_VNI, '02:00:00:00:00:01', '192.0.2.11', None, 0)
+    assert events.route_event(path, True, None).action == DEL
+    assert events.route_event(path, False, '192.0.2.11') is None  # our own
 
 
-def test_path_event_type3_reads_pmsi():
+def test_route_event_type3_reads_pmsi():
     pmsi = types.SimpleNamespace(vni=SMALL_VNI, tunnel_id=types.SimpleNamespace(
         tunnel_endpoint_ip='192.0.2.12'))
-    path = _fake_path(bp.TYPE3, ip_addr='192.0.2.11', pmsi=pmsi)
-    assert bp.path_event(path, False, '192.0.2.21') == {
-        'event': 'flood', 'action': 'add', 'vni': SMALL_VNI,
-        'vtep': '192.0.2.12'}
-    no_pmsi = _fake_path(bp.TYPE3, ip_addr='192.0.2.11')
-    assert bp.path_event(no_pmsi, False, None) is None
-    assert bp.path_event(_fake_path('ip_prefix'), False, None) is None
+    path = _fake_path(events.TYPE3, ip_addr='192.0.2.11', pmsi=pmsi)
+    assert events.route_event(path, False, '192.0.2.21') == VtepRoute(ADD, SMALL_VNI, '192.0.2.12')
+    no_pmsi = _fake_path(events.TYPE3, ip_addr='192.0.2.11')
+    assert events.route_event(no_pmsi, False, None) is None
+    assert events.route_event(_fake_path('ip_prefix'), False, None) is None
 
 
-def test_path_event_with_os_ken_objects_as_received():
-    """The attribute names path_event reads, on objects parsed from the wire."""
+def test_route_event_with_os_ken_objects_as_received():
+    """The attribute names route_event reads, on objects parsed from the wire."""
     from os_ken.lib import type_desc
     from os_ken.lib.packet import bgp
 
@@ -173,16 +196,13 @@ def test_path_event_with_os_ken_objects_as_received():
         pmsi_flags=0, tunnel_type=6, vni=BIG_VNI,
         tunnel_id=bgp.PmsiTunnelIdIngressReplication('192.0.2.11')
     ).serialize())
-    assert pmsi.type == bp.PATH_ATTR_PMSI_TUNNEL
+    assert pmsi.type == events.PATH_ATTR_PMSI_TUNNEL
 
     def path(nlri, attrs):
-        return types.SimpleNamespace(nlri=nlri, nexthop='192.0.2.11',
-                                     get_pattr=attrs.get)
+        return types.SimpleNamespace(nlri=nlri, nexthop='192.0.2.11', get_pattr=attrs.get)
 
-    assert bp.path_event(path(mac, {}), False) == {
-        'event': 'mac', 'action': 'add', 'vni': BIG_VNI,
-        'mac': '02:00:00:00:00:01', 'ip': '10.0.0.1', 'vtep': '192.0.2.11',
-        'seq': 0}
+    assert events.route_event(path(mac, {}), False) == MacRoute(
+        ADD, BIG_VNI, '02:00:00:00:00:01', '192.0.2.11', '10.0.0.1', 0)
     communities, _ = bgp._PathAttribute.parser(
         bgp.BGPPathAttributeExtendedCommunities(communities=[
             bgp.BGPEncapsulationExtendedCommunity.from_str('vxlan'),
@@ -190,24 +210,20 @@ def test_path_event_with_os_ken_objects_as_received():
                 subtype=bgp._ExtendedCommunity.SUBTYPE_EVPN_MAC_MOBILITY,
                 flags=0, sequence_number=7),
         ]).serialize())
-    assert communities.type == bp.PATH_ATTR_EXTENDED_COMMUNITIES
-    moved = bp.path_event(path(mac, {communities.type: communities}), False)
-    assert moved['seq'] == 7
-    assert bp.path_event(path(imet, {pmsi.type: pmsi}), True) == {
-        'event': 'flood', 'action': 'del', 'vni': BIG_VNI,
-        'vtep': '192.0.2.11'}
+    assert communities.type == events.PATH_ATTR_EXTENDED_COMMUNITIES
+    moved = events.route_event(path(mac, {communities.type: communities}), False)
+    assert moved.seq == 7
+    assert events.route_event(path(imet, {pmsi.type: pmsi}), True) == VtepRoute(
+        DEL, BIG_VNI, '192.0.2.11')
 
 
-def test_peer_event_and_summary():
-    assert bp.peer_event('192.0.2.1', False) == {
-        'event': 'peer', 'address': '192.0.2.1', 'state': 'down'}
-    up = bp.peer_summary('192.0.2.1', 'Established', 100.0, 3, 2, 5, 4,
-                         now=112.5)
-    assert up == {'address': '192.0.2.1', 'state': 'Established',
-                  'uptime': 12.5, 'received': 3, 'sent': 2,
-                  'updates_received': 5, 'updates_sent': 4}
-    down = bp.peer_summary('192.0.2.1', 'Active', 0, 3, 2, 5, 4, now=1.0)
-    assert (down['uptime'], down['received'], down['sent']) == (None, 0, 0)
+def test_peer_summary():
+    up = events.peer_summary('192.0.2.1', 'Established', 100.0, 3, 2, 5, 4, now=112.5)
+    assert up == PeerSummary(address='192.0.2.1', state='Established', uptime=12.5, received=3,
+                             sent=2, updates_received=5, updates_sent=4)
+    assert Peers.decode_result([up.json()]) == [up]
+    down = events.peer_summary('192.0.2.1', 'Active', 0, 3, 2, 5, 4, now=1.0)
+    assert (down.uptime, down.received, down.sent) == (None, 0, 0)
 
 
 # --- the client, against processes that are not BGP speakers ---------------------
@@ -216,58 +232,80 @@ def test_client_fails_pending_calls_when_the_process_dies():
     bgp = BgpProcess(argv_prefix=['sh', '-c', 'sleep 0.5; exit 3', 'sh'])
     started = time.monotonic()
     with pytest.raises(BgpError, match='exited with code 3'):
-        bgp.call('peers', timeout=10)
+        bgp.call(Peers(), timeout=10)
     assert time.monotonic() - started < 3
     with pytest.raises(BgpError, match='exited'):
-        bgp.call('peers')
+        bgp.call(Peers())
     bgp.close()
 
 
-def test_process_errors_and_stop():
-    events = []
-    with BgpProcess(on_event=events.append) as bgp:
+class RawProcess:
+    """A BGP process driven by raw lines, as a broken agent would drive it."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, '-m', 'bgp.process'], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert json.loads(self.process.stdout.readline()) == {'event': 'ready', 'pid': self.process.pid}
+
+    def ask(self, line: bytes) -> dict:
+        self.process.stdin.write(line + b'\n')
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self):
+        self.process.kill()
+        self.process.wait()
+
+
+def test_process_answers_malformed_commands_with_errors():
+    raw = RawProcess()
+    try:
+        assert raw.ask(b'{"id": 1, "op": "peers"}') == {'reply': 1, 'ok': False, 'error': 'not started'}
+        assert raw.ask(b'{"id": 2, "op": "fly"}')['error'] == "unknown op 'fly'"
+        assert '"asn"' in raw.ask(b'{"id": 3, "op": "start", "router_id": "192.0.2.11"}')['error']
+        reply = raw.ask(b'{"id": 4, "op": "start", "router_id": "192.0.2.11", "asn": 65000, '
+                        b'"keepalive": 2}')
+        assert 'hold_time // 3' in reply['error'] and reply['reply'] == 4
+        assert raw.ask(b'[]') == {'reply': None, 'ok': False, 'error': 'a command must be a JSON object'}
+    finally:
+        raw.close()
+
+
+def test_process_states_and_stop():
+    received = []
+    with BgpProcess(on_event=received.append) as bgp:
         with pytest.raises(BgpError, match='not started'):
-            bgp.call('peers')
-        with pytest.raises(BgpError, match='unknown op'):
-            bgp.call('fly')
-        with pytest.raises(BgpError, match='"asn"'):
-            bgp.call('start', router_id='192.0.2.11')
-        with pytest.raises(BgpError, match=r'hold_time // 3'):
-            bgp.call('start', router_id='192.0.2.11', asn=ASN, keepalive=2)
+            bgp.call(Peers())
         # No listening: nothing is created in this (root) namespace.
-        assert bgp.call('start', router_id='192.0.2.11', asn=ASN,
-                        listen_port=0) is None
+        assert bgp.call(Start(router_id='192.0.2.11', asn=ASN, listen_port=0)) is None
         with pytest.raises(BgpError, match='already started'):
-            bgp.call('start', router_id='192.0.2.11', asn=ASN, listen_port=0)
+            bgp.call(Start(router_id='192.0.2.11', asn=ASN, listen_port=0))
         with pytest.raises(BgpError, match='vni 5 was not added'):
-            bgp.call('mac_add', vni=5, mac='02:00:00:00:00:01')
-        assert bgp.call('vni_add', vni=5, rd_index=1) is True
-        assert bgp.call('vni_add', vni=5, rd_index=1) is False
+            bgp.call(MacAdd(5, '02:00:00:00:00:01'))
+        assert bgp.call(VtepAdd(5, 1)) is True
+        assert bgp.call(VtepAdd(5, 1)) is False
         with pytest.raises(BgpError, match='rd_index 1 is used by vni 5'):
-            bgp.call('vni_add', vni=6, rd_index=1)
-        assert bgp.call_many('mac_add', [
-            {'vni': 5, 'mac': '02:00:00:00:00:%02x' % i} for i in range(3)
-        ]) == [True, True, True]
-        assert bgp.call('mac_del', vni=5, mac='02:00:00:00:00:09') is False
-        assert bgp.call('rib') == []  # own routes are not reported
-        assert bgp.call('peers') == []
-        assert bgp.call('vni_del', vni=5) is True
-        assert bgp.call('stop') is None
+            bgp.call(VtepAdd(6, 1))
+        replies = bgp.call_many([MacAdd(5, f'02:00:00:00:00:{i:02x}') for i in range(3)]
+                                + [MacAdd(7, '02:00:00:00:00:07')])
+        assert [r.result for r in replies[:3]] == [True, True, True]
+        assert not replies[3].ok and replies[3].error == 'vni 7 was not added'  # one failure
+        assert bgp.call(MacDel(5, '02:00:00:00:00:09')) is False
+        assert bgp.call(Rib()) == []  # own routes are not reported
+        assert bgp.call(Peers()) == []
+        assert bgp.call(VtepDel(5)) is True
+        assert bgp.call(Stop()) is None
         assert bgp.wait(5) == 0
-    assert events == []
+    assert received == []
 
 
 def test_process_exits_when_its_agent_is_gone():
     """Replies to a closed stdout are dropped; end of stdin stops it."""
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'speaker.bgp_process'], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    raw = RawProcess()
+    process = raw.process
     try:
-        process.stdin.write(b'{"id": 1, "op": "start", "asn": 65000, '
-                            b'"router_id": "192.0.2.11", "listen_port": 0}\n')
-        process.stdin.flush()
-        assert json.loads(process.stdout.readline())['event'] == 'ready'
-        assert json.loads(process.stdout.readline())['ok'] is True
+        assert raw.ask(b'{"id": 1, "op": "start", "asn": 65000, "router_id": "192.0.2.11", '
+                       b'"listen_port": 0}')['ok'] is True
         process.stdout.close()
         process.stdin.write(b'{"id": 2, "op": "peers"}\n' * 3)  # -> EPIPE
         process.stdin.flush()
@@ -275,8 +313,7 @@ def test_process_exits_when_its_agent_is_gone():
         process.stdin.close()
         assert process.wait(10) == 0
     finally:
-        process.kill()
-        process.wait()
+        raw.close()
 
 
 # --- real sessions ------------------------------------------------------------------
@@ -331,7 +368,7 @@ class Events:
 
     def __call__(self, event):
         with self._changed:
-            self._items.append(event)
+            self._items.append(event_json(event))
             self._changed.notify_all()
 
     def all(self):
@@ -363,18 +400,20 @@ class Node:
         self.bgp = BgpProcess(on_event=self.events, name=name, argv_prefix=[
             'ip', 'netns', 'exec', PREFIX + name])
 
-    def call(self, op, **args):
-        return self.bgp.call(op, **args)
+    def call(self, command):
+        return self.bgp.call(command)
+
+    def rib(self):
+        return [event_json(route) for route in self.call(Rib())]
 
     def start_speaker(self, password=None):
         """Start as a node speaker, passive towards the reflector."""
-        self.call('start', router_id=self.address, asn=ASN, role='speaker',
-                  listen_host=self.address, hold_time=HOLD, keepalive=1)
-        self.call('peer_add', address=RR, connect_mode='passive',
-                  password=password)
+        self.call(Start(router_id=self.address, asn=ASN, listen_host=self.address, hold_time=HOLD))
+        self.call(PeerAdd(RR, 'passive', password))
 
 
-PEER_UP = {'event': 'peer', 'state': 'up'}
+PEER_UP = {'event': 'peer', 'up': True}
+PEER_DOWN = {'event': 'peer', 'up': False}
 
 
 @pytest.fixture
@@ -386,14 +425,12 @@ def cluster(underlay):
     nodes = {name: Node(name) for name in NODES}  # processes start at once
     rr, a, b = nodes['rr'], nodes['a'], nodes['b']
     try:
-        rr.call('start', router_id=RR, asn=ASN, role='reflector',
-                cluster_id='10.255.0.1', listen_host=RR, hold_time=HOLD,
-                keepalive=1, connect_retry=1)
+        rr.call(Start(router_id=RR, asn=ASN, role='reflector', cluster_id='10.255.0.1',
+                      listen_host=RR, hold_time=HOLD, connect_retry=1))
         a.start_speaker(password='megalos')
         b.start_speaker()
-        rr.call('peer_add', address=A, connect_mode='active',
-                password='megalos')
-        rr.call('peer_add', address=B, connect_mode='active')
+        rr.call(PeerAdd(A, 'active', 'megalos'))
+        rr.call(PeerAdd(B, 'active'))
         rr.events.wait_for({**PEER_UP, 'address': A},
                            {**PEER_UP, 'address': B})
         a.events.wait_for({**PEER_UP, 'address': RR})
@@ -418,12 +455,12 @@ def mac_event(action, vni, i, vtep, ip=None, seq=0):
 
 
 def flood_event(action, vni, vtep):
-    return {'event': 'flood', 'action': action, 'vni': vni, 'vtep': vtep}
+    return {'event': 'vtep', 'action': action, 'vni': vni, 'vtep': vtep}
 
 
 def routes_of(node, vtep):
     return [e for e in node.events.all()
-            if e['event'] in ('mac', 'flood') and e['vtep'] == vtep]
+            if e['event'] in ('mac', 'vtep') and e['vtep'] == vtep]
 
 
 def by_json(events):
@@ -433,14 +470,13 @@ def by_json(events):
 @pytest.mark.root
 def test_routes_propagate_through_the_reflector(cluster):
     rr, a, b = cluster['rr'], cluster['a'], cluster['b']
-    assert a.call('vni_add', vni=BIG_VNI, rd_index=1) is True
-    assert a.call('vni_add', vni=SMALL_VNI, rd_index=2) is True
-    assert b.call('vni_add', vni=BIG_VNI, rd_index=1) is True
-    assert a.bgp.call_many('mac_add', [
-        {'vni': BIG_VNI, 'mac': mac(1), 'ip': '10.0.0.1'},
-        {'vni': BIG_VNI, 'mac': mac(2)}]) == [True, True]
-    assert a.call('mac_add', vni=BIG_VNI, mac=mac(2)) is False  # no-op
-    assert a.call('mac_add', vni=SMALL_VNI, mac=mac(3)) is True
+    assert a.call(VtepAdd(BIG_VNI, 1)) is True
+    assert a.call(VtepAdd(SMALL_VNI, 2)) is True
+    assert b.call(VtepAdd(BIG_VNI, 1)) is True
+    assert [r.result for r in a.bgp.call_many([MacAdd(BIG_VNI, mac(1), '10.0.0.1'),
+                                               MacAdd(BIG_VNI, mac(2))])] == [True, True]
+    assert a.call(MacAdd(BIG_VNI, mac(2))) is False  # no-op
+    assert a.call(MacAdd(SMALL_VNI, mac(3))) is True
     from_a = [flood_event('add', BIG_VNI, A), flood_event('add', SMALL_VNI, A),
               mac_event('add', BIG_VNI, 1, A, ip='10.0.0.1'),
               mac_event('add', BIG_VNI, 2, A),
@@ -454,13 +490,13 @@ def test_routes_propagate_through_the_reflector(cluster):
     assert routes_of(a, A) == [] and routes_of(b, B) == []
 
     # rib: the best routes learned from peers, as "add" events.
-    assert by_json(b.call('rib')) == by_json(from_a)
-    assert by_json(rr.call('rib')) == by_json(from_a + from_b)
-    assert a.call('rib') == from_b
+    assert by_json(b.rib()) == by_json(from_a)
+    assert by_json(rr.rib()) == by_json(from_a + from_b)
+    assert a.rib() == from_b
     with pytest.raises(BgpError, match='reflector originates no routes'):
-        rr.call('vni_add', vni=SMALL_VNI, rd_index=1)
+        rr.call(VtepAdd(SMALL_VNI, 1))
 
-    peers = rr.call('peers')
+    peers = [peer.json() for peer in rr.call(Peers())]
     assert [p['address'] for p in peers] == [A, B]
     for peer in peers:
         assert set(peer) == {'address', 'state', 'uptime', 'received',
@@ -472,67 +508,66 @@ def test_routes_propagate_through_the_reflector(cluster):
     assert (from_peer[B]['received'], from_peer[B]['sent']) == (1, 5)
     # Packed: MACs 1 and 2 (sent together, equal attributes) share an UPDATE.
     assert from_peer[A]['updates_received'] < 5
-    [to_rr] = b.call('peers')
+    [to_rr] = [peer.json() for peer in b.call(Peers())]
     assert (to_rr['address'], to_rr['received'], to_rr['sent']) == (RR, 5, 1)
 
-    assert a.call('mac_del', vni=BIG_VNI, mac=mac(1), ip='10.0.0.1') is True
+    assert a.call(MacDel(BIG_VNI, mac(1), ip='10.0.0.1')) is True
     b.events.wait_for(mac_event('del', BIG_VNI, 1, A, ip='10.0.0.1'))
     rr.events.wait_for(mac_event('del', BIG_VNI, 1, A, ip='10.0.0.1'))
-    assert a.call('mac_del', vni=BIG_VNI, mac=mac(1), ip='10.0.0.1') is False
+    assert a.call(MacDel(BIG_VNI, mac(1), ip='10.0.0.1')) is False
 
 
 @pytest.mark.root
 
 def test_mac_mobility_sequence_number_reaches_the_other_side(cluster):
     a, b = cluster['a'], cluster['b']
-    assert a.call('vni_add', vni=SMALL_VNI, rd_index=7) is True
-    assert a.call('mac_add', vni=SMALL_VNI, mac=mac(9)) is True
+    assert a.call(VtepAdd(SMALL_VNI, 7)) is True
+    assert a.call(MacAdd(SMALL_VNI, mac(9))) is True
     b.events.wait_for(mac_event('add', SMALL_VNI, 9, A))
     # Announcing again with a sequence number re-announces the route with it.
-    assert a.call('mac_add', vni=SMALL_VNI, mac=mac(9), seq=3) is True
-    assert a.call('mac_add', vni=SMALL_VNI, mac=mac(9), seq=3) is False
+    assert a.call(MacAdd(SMALL_VNI, mac(9), seq=3)) is True
+    assert a.call(MacAdd(SMALL_VNI, mac(9), seq=3)) is False
     b.events.wait_for(mac_event('add', SMALL_VNI, 9, A, seq=3))
 
 def test_vni_del_withdraws_all_its_routes(cluster):
     a, b = cluster['a'], cluster['b']
-    a.call('vni_add', vni=BIG_VNI, rd_index=1)
-    a.call('vni_add', vni=SMALL_VNI, rd_index=2)
-    a.bgp.call_many('mac_add', [{'vni': BIG_VNI, 'mac': mac(i)}
-                                for i in range(3)])
+    a.call(VtepAdd(BIG_VNI, 1))
+    a.call(VtepAdd(SMALL_VNI, 2))
+    a.bgp.call_many([MacAdd(BIG_VNI, mac(i)) for i in range(3)])
     b.events.wait_for(flood_event('add', SMALL_VNI, A),
                       *[mac_event('add', BIG_VNI, i, A) for i in range(3)])
-    assert a.call('vni_del', vni=BIG_VNI) is True
+    assert a.call(VtepDel(BIG_VNI)) is True
     b.events.wait_for(flood_event('del', BIG_VNI, A),
                       *[mac_event('del', BIG_VNI, i, A) for i in range(3)])
-    assert b.call('rib') == [flood_event('add', SMALL_VNI, A)]
-    assert a.call('vni_del', vni=BIG_VNI) is False
+    assert b.rib() == [flood_event('add', SMALL_VNI, A)]
+    assert a.call(VtepDel(BIG_VNI)) is False
     with pytest.raises(BgpError, match='not added'):
-        a.call('mac_add', vni=BIG_VNI, mac=mac(1))
+        a.call(MacAdd(BIG_VNI, mac(1)))
 
 
 @pytest.mark.root
 def test_peer_del_on_reflector_withdraws_that_peers_routes(cluster):
     rr, a, b = cluster['rr'], cluster['a'], cluster['b']
-    a.call('vni_add', vni=BIG_VNI, rd_index=1)
-    a.call('mac_add', vni=BIG_VNI, mac=mac(1))
-    b.call('vni_add', vni=BIG_VNI, rd_index=1)
+    a.call(VtepAdd(BIG_VNI, 1))
+    a.call(MacAdd(BIG_VNI, mac(1)))
+    b.call(VtepAdd(BIG_VNI, 1))
     b.events.wait_for(flood_event('add', BIG_VNI, A),
                       mac_event('add', BIG_VNI, 1, A))
     rr.events.wait_for(flood_event('add', BIG_VNI, B))
-    assert rr.call('peer_del', address=A) is True  # the MD5 peer
+    assert rr.call(PeerDel(A)) is True  # the MD5 peer
     b.events.wait_for(flood_event('del', BIG_VNI, A),
                       mac_event('del', BIG_VNI, 1, A))
-    rr.events.wait_for({'event': 'peer', 'address': A, 'state': 'down'},
+    rr.events.wait_for({**PEER_DOWN, 'address': A},
                        mac_event('del', BIG_VNI, 1, A))
-    a.events.wait_for({'event': 'peer', 'address': RR, 'state': 'down'})
-    assert [p['address'] for p in rr.call('peers')] == [B]
-    assert rr.call('rib') == [flood_event('add', BIG_VNI, B)]
-    assert rr.call('peer_del', address=A) is False
+    a.events.wait_for({**PEER_DOWN, 'address': RR})
+    assert [p.address for p in rr.call(Peers())] == [B]
+    assert rr.rib() == [flood_event('add', BIG_VNI, B)]
+    assert rr.call(PeerDel(A)) is False
 
 
 def _originate(node):
-    node.call('vni_add', vni=BIG_VNI, rd_index=1)
-    node.call('mac_add', vni=BIG_VNI, mac=mac(1))
+    node.call(VtepAdd(BIG_VNI, 1))
+    node.call(MacAdd(BIG_VNI, mac(1)))
 
 
 @pytest.mark.root
@@ -546,7 +581,7 @@ def test_killed_speaker_is_withdrawn_and_comes_back(cluster):
     b.events.wait_for(mac_event('del', BIG_VNI, 1, A),
                       flood_event('del', BIG_VNI, A), timeout=HOLD)
     assert time.monotonic() - started < HOLD
-    rr.events.wait_for({'event': 'peer', 'address': A, 'state': 'down'})
+    rr.events.wait_for({**PEER_DOWN, 'address': A})
 
     # A new process on the node: the reflector dials it again by itself.
     b.events.clear()

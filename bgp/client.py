@@ -1,0 +1,214 @@
+"""The agent's handle on its BGP process (bgp.process): plain threads, no eventlet, no os-ken.
+
+`BgpProcess` starts the process, sends typed commands (bgp.protocol) and waits for their
+replies, and hands every event to `on_event` from its reader thread::
+
+    with BgpProcess(on_event=queue.put) as bgp:
+        bgp.call(Start(router_id="10.0.0.11", asn=65000))
+        bgp.call(PeerAdd("10.0.0.1", connect_mode="passive"))
+        bgp.call(VtepAdd(vni=100, rd_index=1))
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from bgp.protocol import Command, ProtocolError, Ready, Reply, Stop, decode_event, encode_commands
+
+log = logging.getLogger(__name__)
+
+PROCESS_MODULE = "bgp.process"
+
+
+class BgpError(Exception):
+    """A command failed, timed out, or the BGP process is gone."""
+
+
+class _Pending:
+    __slots__ = ("done", "reply")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.reply: Reply | None = None
+
+
+class BgpProcess:
+    """One BGP process and the pipes to it.
+
+    `argv_prefix` runs it through another command (e.g. `ip netns exec ns1`). `on_event(event)`
+    is called from the reader thread, one event at a time, in the order the process wrote them;
+    it should not block for long (the process buffers meanwhile). Calls made before the process is
+    ready (os-ken imported) first wait up to `startup_timeout` s for it; their own timeout starts
+    then.
+    """
+
+    def __init__(self, on_event: Callable | None = None, argv_prefix: Sequence[str] = (),
+                 python: str = sys.executable, env: dict | None = None, stderr=None,
+                 name: str = "bgp", startup_timeout: float = 60):
+        self.name = name
+        self._on_event = on_event
+        self._startup_timeout = startup_timeout
+        self._ready = threading.Event()  # the process said "ready", or died
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()        # guards _pending and _exit_reason
+        self._write_lock = threading.Lock()  # one batch of lines at a time
+        self._exit_reason: str | None = None
+        # Its own session: a signal to the agent's process group (Ctrl-C, a runtime stopping the
+        # agent) must not kill BGP under the agent's feet; the agent closes it, and end of stdin
+        # stops it if the agent dies.
+        self._process = subprocess.Popen(
+            [*argv_prefix, python, "-m", PROCESS_MODULE], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, name=f"{name}-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._exit_reason is None and self._process.poll() is None
+
+    def call(self, command: Command, timeout: float = 10):
+        """Send one command; its result. BgpError when it failed, timed out or the process is gone."""
+        reply = self.call_many([command], timeout)[0]
+        if not reply.ok:
+            raise BgpError(f"{self.name}: {command.op} failed: {reply.error}")
+        return reply.result
+
+    def call_many(self, commands: Sequence[Command], timeout: float = 10) -> list[Reply]:
+        """Send `commands` in one write and wait for every reply; the replies, in order, each
+        result typed. The process applies them back to back, which lets it pack their routes into
+        few UPDATEs. A command that failed is a Reply with ok False; BgpError only when the batch
+        could not be sent, a reply did not come within `timeout` (for the whole batch), or the
+        process is gone."""
+        if not commands:
+            return []
+        with self._lock:
+            if self._exit_reason is not None:
+                raise BgpError(f"{self.name}: {self._exit_reason}")
+            pending = [(next(self._ids), _Pending()) for _ in commands]
+            self._pending.update(pending)
+        try:
+            with self._write_lock:
+                self._process.stdin.write(encode_commands(zip((i for i, _ in pending), commands)))
+                self._process.stdin.flush()
+        except (OSError, ValueError) as exc:
+            self._forget(pending)
+            raise BgpError(f"{self.name}: cannot send {commands[0].op}: {exc}") from None
+        if not self._ready.wait(self._startup_timeout):
+            self._forget(pending)
+            raise BgpError(f"{self.name}: not ready within {self._startup_timeout} s")
+        deadline = time.monotonic() + timeout
+        replies = []
+        for command, (_, item) in zip(commands, pending):
+            if not item.done.wait(max(0.0, deadline - time.monotonic())):
+                self._forget(pending)
+                raise BgpError(f"{self.name}: no reply to {command.op} within {timeout} s")
+            reply = item.reply
+            if reply.ok:
+                reply = Reply(reply.id, True, command.decode_result(reply.result))
+            replies.append(reply)
+        return replies
+
+    def _forget(self, pending: list) -> None:
+        with self._lock:
+            for command_id, _ in pending:
+                self._pending.pop(command_id, None)
+
+    def close(self, timeout: float = 5) -> None:
+        """Stop the process (`stop`, then end of stdin, then SIGKILL)."""
+        if self._process.poll() is None and self._exit_reason is None:
+            try:
+                self.call(Stop(), timeout=timeout)
+            except BgpError as exc:
+                log.warning("%s: stop: %s", self.name, exc)
+        try:
+            with self._write_lock:
+                self._process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: killing pid %d", self.name, self._process.pid)
+            self._process.kill()
+            self._process.wait()
+        self._reader.join(timeout)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit; its return code."""
+        return self._process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the process (tests: a node that dies without a word)."""
+        self._process.kill()
+        self._process.wait()
+        self._reader.join(5)
+
+    def __enter__(self) -> "BgpProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the reader thread ------------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            for raw in self._process.stdout:
+                self._dispatch(raw)
+        except (OSError, ValueError) as exc:
+            log.error("%s: reading stdout: %s", self.name, exc)
+        try:
+            reason = f"process exited with code {self._process.wait(5)}"
+        except subprocess.TimeoutExpired:
+            reason = "process closed its output"
+        self._fail_pending(reason)
+
+    def _dispatch(self, raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+            if not isinstance(message, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            log.error("%s: not a JSON object: %r", self.name, raw[:200])
+            return
+        if "reply" in message:
+            with self._lock:
+                item = self._pending.pop(message["reply"], None)
+            if item is None:
+                log.warning("%s: unexpected reply %r", self.name, message)
+                return
+            item.reply = Reply(message["reply"], bool(message.get("ok")), message.get("result"),
+                               str(message.get("error") or ""))
+            item.done.set()
+            return
+        try:
+            event = decode_event(message)
+        except ProtocolError as exc:
+            log.warning("%s: %s: %r", self.name, exc, message)
+            return
+        if isinstance(event, Ready):
+            self._ready.set()
+        elif self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("%s: on_event failed for %r", self.name, event)
+
+    def _fail_pending(self, reason: str) -> None:
+        with self._lock:
+            self._exit_reason = reason
+            pending, self._pending = self._pending, {}
+        self._ready.set()
+        for item in pending.values():
+            item.reply = Reply(None, False, error=reason)
+            item.done.set()

@@ -1,0 +1,459 @@
+"""The wire protocol between an agent (the node agent or the reflector) and its BGP process.
+
+Commands, replies and events are typed here, and encoded and decoded here only; both sides import
+this module (standard library and base.primitives only: the agent never loads os-ken).
+
+The process reads commands on stdin and writes replies and events on stdout, one JSON object
+per line. Each command gets exactly one reply, in order::
+
+    -> {"id": 7, "op": "mac_add", "vni": 100, "mac": "aa:bb:cc:00:00:01"}
+    <- {"reply": 7, "ok": true, "result": true}
+    <- {"reply": 8, "ok": false, "error": "vni 5 was not added"}
+
+Events carry no "reply" key; the first line the process writes is `{"event": "ready", "pid": N}`
+once os-ken is imported. A command that cannot be decoded gets an error reply with its id when
+the id could be read (else null). The commands, and what their results are, are the classes
+below; `Start` must come first.
+
+Two kinds of EVPN route, one name each from the CNI verb to the API:
+- the VTEP route (EVPN Type-3, inclusive multicast Ethernet tag): "the VTEP at this address takes
+  part in this VNI"; a node originates one per local VNI (`VtepAdd`), receivers put the VTEP on
+  the VNI's flood list, the reflector lists it as one of the VNI's VTEPs;
+- the MAC route (EVPN Type-2): "this MAC of this VNI is behind this VTEP".
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+from dataclasses import dataclass
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from base.primitives import MAX_VNI, normalize_mac, parse_vni
+
+ROLE_SPEAKER, ROLE_REFLECTOR = "speaker", "reflector"
+ROLES = (ROLE_SPEAKER, ROLE_REFLECTOR)
+CONNECT_MODES = ("active", "passive", "both")
+MAX_RD_INDEX = 2**16 - 1
+MAX_ASN = 2**16 - 1       # the RT <asn>:<vni> is a 2-octet-AS route target
+MAX_SEQ = 2**32 - 1       # the MAC mobility sequence number is 32 bits
+ADD, DEL = "add", "del"
+
+
+class ProtocolError(ValueError):
+    """A line or a command that cannot be applied; `command_id` is its id when one was read."""
+
+    def __init__(self, message: str, command_id: int | None = None):
+        super().__init__(message)
+        self.command_id = command_id
+
+
+# -- field checks (each raises ProtocolError naming the field) -----------------------------------
+_MISSING = object()
+
+
+def _field(args: dict, name: str, kind: type, default: Any = _MISSING) -> Any:
+    value = args.get(name)
+    if value is None:
+        if default is _MISSING:
+            raise ProtocolError(f'missing "{name}"')
+        return default
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        raise ProtocolError(f'"{name}" must be {"an int" if kind is int else "a string"}')
+    return value
+
+
+def _int_in(args: dict, name: str, low: int, high: int, default: Any = _MISSING) -> int:
+    value = _field(args, name, int, default)
+    if not low <= value <= high:
+        raise ProtocolError(f'"{name}" must be in {low}..{high}, not {value}')
+    return value
+
+
+def _ip(args: dict, name: str, default: Any = _MISSING, version: int | None = None) -> str | None:
+    value = _field(args, name, str, default)
+    if value is None:
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        address = None
+    if address is None or (version and address.version != version):
+        kind = f"an IPv{version} address" if version else "an IP address"
+        raise ProtocolError(f'"{name}" must be {kind}, not {value!r}')
+    return str(address)
+
+
+def _vni(args: dict) -> int:
+    try:
+        return parse_vni(_field(args, "vni", int))
+    except ValueError:
+        raise ProtocolError(f'"vni" must be in 1..{MAX_VNI}, not {args.get("vni")}') from None
+
+
+def _action(args: dict) -> str:
+    action = _field(args, "action", str)
+    if action not in (ADD, DEL):
+        raise ProtocolError(f'"action" must be {ADD} or {DEL}, not {action!r}')
+    return action
+
+
+def _mac(args: dict) -> str:
+    raw = _field(args, "mac", str)
+    try:
+        return normalize_mac(raw)
+    except ValueError as exc:
+        raise ProtocolError(f'"mac": {exc}') from None
+
+
+# -- commands ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    op: ClassVar[str]
+
+    @classmethod
+    def decode(cls, args: dict) -> "Command":
+        """The command from a message's fields, every one checked."""
+        return cls()
+
+    @staticmethod
+    def decode_result(raw: Any) -> Any:
+        """The typed result from a reply's "result" (the client's side)."""
+        return raw
+
+
+@dataclass(frozen=True)
+class Start(Command):
+    """Start os-ken's speaker. `router_id`: the node's VTEP address (IPv4: FRR reads the VTEP
+    from it). `cluster_id`: reflector role only (defaults to router_id). `listen_port` 0: do not
+    listen. `hold_time` 0 or >= 3 (os-ken sends keepalives every hold_time // 3 s).
+    `connect_retry`: seconds between attempts to connect to an active/both peer (os-ken's own
+    30 s delays every re-connection). `restart_grace`: seconds a peer's routes are kept after its
+    session closes (0: upstream behaviour; a hold-timer expiry still withdraws at once).
+    Result: None. A start that fails leaves the process unusable: close it."""
+    op: ClassVar[str] = "start"
+    router_id: str
+    asn: int
+    role: str = ROLE_SPEAKER
+    cluster_id: str | None = None
+    listen_host: str | None = None
+    listen_port: int = 179
+    hold_time: int = 9
+    connect_retry: int = 1
+    restart_grace: int = 0
+
+    @classmethod
+    def decode(cls, args: dict) -> "Start":
+        role = _field(args, "role", str, ROLE_SPEAKER)
+        if role not in ROLES:
+            raise ProtocolError(f'"role" must be one of {", ".join(ROLES)}, not {role!r}')
+        hold_time = _int_in(args, "hold_time", 0, 65535, 9)
+        if 0 < hold_time < 3:
+            raise ProtocolError('"hold_time" must be 0 or at least 3')
+        keepalive = _field(args, "keepalive", int, None)
+        if keepalive is not None and keepalive != hold_time // 3:
+            raise ProtocolError(f"os-ken sends keepalives every hold_time // 3 = {hold_time // 3} s; "
+                                f'"keepalive" {keepalive} cannot be honoured')
+        return cls(router_id=_ip(args, "router_id", version=4), asn=_int_in(args, "asn", 1, MAX_ASN),
+                   role=role,
+                   cluster_id=_ip(args, "cluster_id", None, 4) if role == ROLE_REFLECTOR else None,
+                   listen_host=_ip(args, "listen_host", None),
+                   listen_port=_int_in(args, "listen_port", 0, 65535, 179), hold_time=hold_time,
+                   connect_retry=_int_in(args, "connect_retry", 1, 3600, 1),
+                   restart_grace=_int_in(args, "restart_grace", 0, 3600, 0))
+
+
+@dataclass(frozen=True)
+class PeerAdd(Command):
+    """An iBGP, L2VPN-EVPN-only peer (a route reflector client in the reflector role). os-ken has
+    no dynamic neighbours: only peers it is told about are accepted. The same peer again with the
+    same settings is a no-op, with other settings an error. Result: True if added."""
+    op: ClassVar[str] = "peer_add"
+    address: str
+    connect_mode: str = "both"
+    password: str | None = None  # TCP MD5
+
+    @classmethod
+    def decode(cls, args: dict) -> "PeerAdd":
+        mode = _field(args, "connect_mode", str, "both")
+        if mode not in CONNECT_MODES:
+            raise ProtocolError(f'"connect_mode" must be one of {", ".join(CONNECT_MODES)}, '
+                                f"not {mode!r}")
+        return cls(_ip(args, "address"), mode, _field(args, "password", str, None) or None)
+
+
+@dataclass(frozen=True)
+class PeerDel(Command):
+    """Close the session and withdraw every route learned from the peer. Result: False if unknown."""
+    op: ClassVar[str] = "peer_del"
+    address: str
+
+    @classmethod
+    def decode(cls, args: dict) -> "PeerDel":
+        return cls(_ip(args, "address"))
+
+
+@dataclass(frozen=True)
+class VtepAdd(Command):
+    """Take part in a VNI (speaker role): an EVPN VRF with RD <router_id>:<rd_index> (a VNI above
+    65535 cannot be a Type-1 RD number) and export RT <asn>:<vni>, and its VTEP route (Type-3:
+    ethernet tag 0, originator = next hop = router_id, PMSI tunnel type 6 with the VNI, the VXLAN
+    encapsulation community). The same again is a no-op. Result: True if added."""
+    op: ClassVar[str] = "vtep_add"
+    vni: int
+    rd_index: int
+
+    @classmethod
+    def decode(cls, args: dict) -> "VtepAdd":
+        return cls(_vni(args), _int_in(args, "rd_index", 0, MAX_RD_INDEX))
+
+
+@dataclass(frozen=True)
+class VtepDel(Command):
+    """Withdraw the VNI's VTEP route and MAC routes, delete its VRF. Result: False if unknown."""
+    op: ClassVar[str] = "vtep_del"
+    vni: int
+
+    @classmethod
+    def decode(cls, args: dict) -> "VtepDel":
+        return cls(_vni(args))
+
+
+@dataclass(frozen=True)
+class MacAdd(Command):
+    """A MAC route (Type-2) in the VNI's VRF, keyed by (mac, ip): ethernet tag 0, ESI 0, label =
+    VNI, next hop = router_id. `seq` > 0 adds the MAC Mobility community (RFC 7432 15): the route
+    then wins over an older announcement of the MAC from another node; adding it again with
+    another seq re-announces it. Result: True if announced (again)."""
+    op: ClassVar[str] = "mac_add"
+    vni: int
+    mac: str
+    ip: str | None = None
+    seq: int = 0
+
+    @classmethod
+    def decode(cls, args: dict) -> "MacAdd":
+        return cls(_vni(args), _mac(args), _ip(args, "ip", None), _int_in(args, "seq", 0, MAX_SEQ, 0))
+
+
+@dataclass(frozen=True)
+class MacDel(Command):
+    """Withdraw a MAC route (`ip` as added). Result: False if unknown."""
+    op: ClassVar[str] = "mac_del"
+    vni: int
+    mac: str
+    ip: str | None = None
+
+    @classmethod
+    def decode(cls, args: dict) -> "MacDel":
+        return cls(_vni(args), _mac(args), _ip(args, "ip", None))
+
+
+@dataclass(frozen=True)
+class PeerSummary:
+    """One peer as `Peers` reports it. `state` is os-ken's FSM name ("Idle", "Connect", "Active",
+    "OpenSent", "OpenConfirm", "Established"); `uptime` seconds or None; `received`: routes held
+    from the peer now; `sent`: routes advertised to it and not withdrawn; UPDATE messages counted
+    over the process's life."""
+    address: str
+    state: str
+    uptime: float | None
+    received: int
+    sent: int
+    updates_received: int
+    updates_sent: int
+
+    @property
+    def established(self) -> bool:
+        return self.state == "Established"
+
+    def json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Peers(Command):
+    """Result: [PeerSummary], by address."""
+    op: ClassVar[str] = "peers"
+
+    @staticmethod
+    def decode_result(raw: Any) -> list[PeerSummary]:
+        return [PeerSummary(**item) for item in raw]
+
+
+@dataclass(frozen=True)
+class Rib(Command):
+    """Result: every current best EVPN route learned from a peer, as "add" route events."""
+    op: ClassVar[str] = "rib"
+
+    @staticmethod
+    def decode_result(raw: Any) -> list:
+        return [decode_event(item) for item in raw]
+
+
+@dataclass(frozen=True)
+class Stop(Command):
+    """Shut the speaker down, reply, exit 0 (end of stdin does the same without a reply)."""
+    op: ClassVar[str] = "stop"
+
+
+COMMANDS: dict[str, type[Command]] = {cls.op: cls for cls in (
+    Start, PeerAdd, PeerDel, VtepAdd, VtepDel, MacAdd, MacDel, Peers, Rib, Stop)}
+
+
+def encode_commands(numbered: Iterable[tuple[int, Command]]) -> bytes:
+    """The lines of (id, command) pairs."""
+    return b"".join(_line({"id": command_id, "op": c.op, **_fields(c)}) for command_id, c in numbered)
+
+
+def decode_command(line: bytes | str) -> tuple[int, Command]:
+    """(id, command) of one input line; ProtocolError (with the id when one was read)."""
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a command must be a JSON object")
+    command_id = message.get("id")
+    if not isinstance(command_id, int) or isinstance(command_id, bool):
+        raise ProtocolError('"id" must be an int')
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError('"op" must be a string', command_id)
+    kind = COMMANDS.get(op)
+    if kind is None:
+        raise ProtocolError(f"unknown op {op!r}", command_id)
+    try:
+        return command_id, kind.decode(message)
+    except ProtocolError as exc:
+        raise ProtocolError(str(exc), command_id) from None
+
+
+# -- replies -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reply:
+    id: int | None
+    ok: bool
+    result: Any = None
+    error: str = ""
+
+    def encode(self) -> bytes:
+        if self.ok:
+            return _line({"reply": self.id, "ok": True, "result": self.result})
+        return _line({"reply": self.id, "ok": False, "error": self.error})
+
+
+# -- events --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MacRoute:
+    """A MAC route (Type-2) learned from a peer was added or withdrawn. `vtep` is its next hop,
+    `seq` its MAC mobility sequence number (0 without the community). A MAC that moves is two
+    routes (each node has its own RD): an add from the new VTEP, a del from the old, in either
+    order: key forwarding state on (vni, mac, vtep). An add may repeat without a del between (the
+    same route from two reflectors): adds are idempotent."""
+    event: ClassVar[str] = "mac"
+    action: str
+    vni: int
+    mac: str
+    vtep: str
+    ip: str | None = None
+    seq: int = 0
+
+    @property
+    def added(self) -> bool:
+        return self.action == ADD
+
+    @classmethod
+    def decode(cls, message: dict) -> "MacRoute":
+        return cls(_action(message), _vni(message), _mac(message), _ip(message, "vtep"),
+                   _ip(message, "ip", None), _int_in(message, "seq", 0, MAX_SEQ, 0))
+
+
+@dataclass(frozen=True)
+class VtepRoute:
+    """A VTEP route (Type-3) learned from a peer was added or withdrawn: `vtep` takes part in
+    `vni` (from the PMSI attribute, as FRR reads it)."""
+    event: ClassVar[str] = "vtep"
+    action: str
+    vni: int
+    vtep: str
+
+    @property
+    def added(self) -> bool:
+        return self.action == ADD
+
+    @classmethod
+    def decode(cls, message: dict) -> "VtepRoute":
+        return cls(_action(message), _vni(message), _ip(message, "vtep"))
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """A session came up or went down."""
+    event: ClassVar[str] = "peer"
+    address: str
+    up: bool
+
+    @classmethod
+    def decode(cls, message: dict) -> "PeerState":
+        up = message.get("up")
+        if not isinstance(up, bool):
+            raise ProtocolError('"up" must be true or false')
+        return cls(_ip(message, "address"), up)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The process has imported os-ken and reads commands."""
+    event: ClassVar[str] = "ready"
+    pid: int
+
+    @classmethod
+    def decode(cls, message: dict) -> "Ready":
+        return cls(_int_in(message, "pid", 1, 2**31 - 1))
+
+
+Route = MacRoute | VtepRoute
+Event = MacRoute | VtepRoute | PeerState | Ready
+EVENTS: dict[str, type] = {cls.event: cls for cls in (MacRoute, VtepRoute, PeerState, Ready)}
+
+
+def event_json(event: Event) -> dict:
+    return {"event": event.event, **_fields(event)}
+
+
+def encode_event(event: Event) -> bytes:
+    return _line(event_json(event))
+
+
+def decode_event(message: dict) -> Event:
+    """The event of one decoded line, every field checked (a route's fields come from BGP peers
+    through the process); ProtocolError for an unknown or malformed one."""
+    kind = EVENTS.get(message.get("event"))
+    if kind is None:
+        raise ProtocolError(f"unknown event {message.get('event')!r}")
+    try:
+        return kind.decode(message)
+    except ProtocolError as exc:
+        raise ProtocolError(f"malformed {kind.event} event: {exc}") from None
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _fields(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _line(message: dict) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
+def route_distinguisher(router_id: str, rd_index: int) -> str:
+    """A Type-1 RD. The VNI cannot be its number: the VNI is 24 bits, the number 16."""
+    return f"{router_id}:{rd_index}"
+
+
+def route_target(asn: int, vni: int) -> str:
+    """FRR imports a route into a VNI by an RT whose local part is the VNI."""
+    return f"{asn}:{vni}"
+
