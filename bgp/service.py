@@ -66,8 +66,7 @@ class BgpService:
         compat = self._osken.compat
         compat.set_connect_retry(config.connect_retry)
         if config.role == ROLE_REFLECTOR:
-            compat.patch_evpn_next_hop_local()
-            compat.patch_evpn_nlri_wire_cache()
+            compat.apply_reflector_fixes()
         if config.restart_grace:
             compat.enable_restart_grace(config.restart_grace)
         if config.listen_port and not self._wait_listening():

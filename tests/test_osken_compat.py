@@ -1,4 +1,4 @@
-"""Tests of bgp.osken_compat: each fix, and the upstream fault it fixes.
+"""Tests of bgp.osken_compat and bgp.osken_throughput: each fix, and the upstream fault it fixes.
 
 Every ``test_upstream_*`` asserts that unpatched os-ken 4.2.2 still behaves
 the way a fix assumes. When one fails after an upgrade, the fix may be
@@ -32,19 +32,20 @@ from os_ken.services.protocols.bgp.rtconf import common, neighbors
 from os_ken.services.protocols.bgp.signals.emit import BgpSignalBus
 from os_ken.services.protocols.bgp.utils.circlist import CircularListType
 
-from bgp import osken_compat
+from bgp import osken_compat, osken_throughput
 from bgp.client import BgpProcess
+from bgp.osken_patch import _ORIGINALS, original
 from bgp.protocol import MacAdd, PeerAdd, Start, VtepAdd
 
 osken_compat.apply_all()
-upstream = osken_compat.original
+upstream = original
 
 
 def test_apply_all_is_idempotent():
     patched = CircularListType.node_is_on_list
     osken_compat.apply_all()
     assert CircularListType.node_is_on_list is patched
-    assert not osken_compat.patch_update_packing()
+    assert not osken_throughput.patch_update_packing()
     assert upstream(Peer, '_process_outgoing_msg_list') \
         is not Peer._process_outgoing_msg_list
 
@@ -404,7 +405,7 @@ def test_the_shortcut_sends_the_same_bytes_as_building_every_update(runs):
         with pytest.MonkeyPatch.context() as monkeypatch:
             peer = _rr_client_peer(monkeypatch)
             if not shortcut:
-                monkeypatch.setattr(osken_compat, '_shortcut_allowed', lambda peer: False)
+                monkeypatch.setattr(osken_throughput, '_shortcut_allowed', lambda peer: False)
             _send_all(peer, items, Peer._process_outgoing_msg_list)
             wires.append(peer._protocol.sent)
     assert wires[0] == wires[1]
@@ -567,14 +568,14 @@ def test_upstream_serialises_a_parsed_nlri_to_the_bytes_it_came_in():
 
 
 def test_a_received_nlri_is_sent_as_it_came_and_formatted_once(monkeypatch):
-    osken_compat.patch_evpn_nlri_wire_cache()  # the reflector's
-    assert not osken_compat.patch_evpn_nlri_wire_cache()  # idempotent
+    osken_throughput.patch_evpn_nlri_wire_cache()  # the reflector's
+    assert not osken_throughput.patch_evpn_nlri_wire_cache()  # idempotent
     made, wire = _wire_nlris()
     parsed = _parse_all(wire)
     key = (bgp_packet.EvpnNLRI, 'prefix')
     formatted = []
-    upstream_prefix = osken_compat._ORIGINALS[key]
-    monkeypatch.setitem(osken_compat._ORIGINALS, key, property(
+    upstream_prefix = _ORIGINALS[key]
+    monkeypatch.setitem(_ORIGINALS, key, property(
         lambda self: formatted.append(self) or upstream_prefix.fget(self)))
     for _ in range(3):
         assert [n.prefix for n in parsed] == [n.prefix for n in made]
