@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ class Reflector:
         self.started = time.time()
         self._spawn_bgp = spawn_bgp
         self.bgp: BgpProcess | None = None
+        # Events worth counting, by name: exported as metrics.
+        self.counters: Counter[str] = Counter()
 
     def start(self) -> None:
         self.bgp = self._spawn_bgp(on_event=self.on_event, name="reflector-bgp")

@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,6 +89,8 @@ class NodeSpeaker(Announcements):
         self.up_since: float | None = None                # when the first session came up
         self.all_down_since: float | None = time.monotonic()
         self.pending: dict = {}                           # entry -> when its withdrawal was seen
+        # Events worth counting, by name ("bgp_command_failed", ...): exported as metrics.
+        self.counters: Counter[str] = Counter()
         self.bgp: BgpProcess | None = None
         self._static_now: dict[int, set] = {}             # VNI -> pod MACs, read once per batch
         self._spawn_bgp = spawn_bgp
@@ -285,10 +288,12 @@ class NodeSpeaker(Announcements):
             replies = self.bgp.call_many(commands, timeout=30)
         except BgpError as exc:
             log.warning("BGP batch of %d commands failed: %s", len(commands), exc)
+            self.counters["bgp_command_failed"] += len(commands)
             return
         for command, reply in zip(commands, replies):
             if not reply.ok:
                 log.warning("BGP %s failed: %s", command.op, reply.error)
+                self.counters["bgp_command_failed"] += 1
 
     def _program(self, adds: list, removes: list) -> None:
         local = self.announced
