@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from bgp.protocol import MacRoute
 from lab.cluster import wait_until
 from reflector.lanview import (
     NETWORK_STATUS_ANNOTATION, NETWORKS_ANNOTATION, OLD_NETWORK_STATUS_ANNOTATION, Attachment,
@@ -213,7 +214,7 @@ def test_the_state_checks_members_against_its_mac_tables():
     assert view["converged"] and view["lans"][0]["converged"]
     assert [m["vteps"] for m in view["lans"][0]["members"]] == [["192.0.2.2"], ["192.0.2.3"]]
     state.apply(MacRoute("add", 999, MAC_A, "192.0.2.9"))
-    state.apply({"event": "mac", "action": "del", "vni": 100, "mac": MAC_A, "vtep": "192.0.2.2"})
+    state.apply(MacRoute("del", 100, MAC_A, "192.0.2.2"))
     assert not state.lans(NS)["converged"]  # announced in another VNI does not count
     assert state.lans("elsewhere")["lans"] == [] and state.lans("elsewhere")["converged"]
 
@@ -268,8 +269,7 @@ def test_the_lan_watcher_feeds_the_state_from_nads_and_pods(api):
         wait_until(lambda: (pc1["metadata"]["name"], "net0", MAC_A, True) in
                  members(state, ns)["kathara-a"], what="pc1 attached")
         assert not state.lans(ns)["converged"]
-        state.apply({"event": "mac", "action": "add", "vni": nad_lan(lab.nads["A"]).vni,
-                     "mac": MAC_A, "vtep": "192.0.2.2"})
+        state.apply(MacRoute("add", nad_lan(lab.nads["A"]).vni, MAC_A, "192.0.2.2"))
         a = next(lan for lan in state.lans(ns)["lans"] if lan["name"] == "kathara-a")
         assert [m["announced"] for m in a["members"]] == [True, False]  # r1 not attached yet
         api.delete(r1)
