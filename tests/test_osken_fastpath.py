@@ -1,0 +1,131 @@
+"""speaker.osken_fastpath.WireReflector's table with stand-in peers: who gets what, and when.
+
+The same behaviour on real sessions, against os-ken's own path: test_wire_reflection.py."""
+from __future__ import annotations
+
+from os_ken.lib.packet import bgp as bgp_packet
+
+from speaker import evpn_wire
+from speaker.osken_fastpath import WireReflector
+from test_osken_compat import mac_route
+
+CLUSTER = "10.255.0.1"
+
+
+class FakePeer:
+    def __init__(self, address: str, established: bool = True):
+        self.ip_address = address
+        self.version_num = 1
+        self.established = established
+        self.queued: list[bytes] = []
+        self.counts: dict[str, int] = {}
+        self.state = self
+
+    def incr(self, name, by=1):
+        self.counts[name] = self.counts.get(name, 0) + by
+
+    def in_established(self):
+        return self.established
+
+    def is_mpbgp_cap_valid(self, family):
+        return True
+
+    def enque_outgoing_msg(self, message):
+        self.queued.append(message.serialize())
+
+    def taken(self) -> list[tuple[str, list[str]]]:
+        """('reach'|'unreach', [route prefixes]) of each queued UPDATE; clears the queue."""
+        found = []
+        for raw in self.queued:
+            attrs = bgp_packet.BGPMessage.parser(raw)[0].pathattr_map
+            reach = attrs.get(bgp_packet.BGP_ATTR_TYPE_MP_REACH_NLRI)
+            nlris = reach.nlri if reach else attrs[bgp_packet.BGP_ATTR_TYPE_MP_UNREACH_NLRI].withdrawn_routes
+            found.append(("reach" if reach else "unreach", [n.prefix for n in nlris]))
+        self.queued.clear()
+        return found
+
+
+def _update(indexes, withdraw=False, clusters=()):
+    nlris = [mac_route(i).nlri for i in indexes]
+    if withdraw:
+        attrs = [bgp_packet.BGPPathAttributeMpUnreachNLRI(25, 70, nlris)]
+    else:
+        path = mac_route(indexes[0])
+        attrs = [bgp_packet.BGPPathAttributeMpReachNLRI(25, 70, path.nexthop, nlris),
+                 *path.pathattr_map.values()]
+        if clusters:
+            attrs.append(bgp_packet.BGPPathAttributeClusterList(list(clusters)))
+    return bytes(bgp_packet.BGPUpdate(path_attributes=attrs).serialize())
+
+
+def _prefixes(indexes):
+    return [mac_route(i).nlri.prefix for i in indexes]
+
+
+def _table(*peers):
+    events = []
+    return WireReflector(events.append, "192.0.2.1", CLUSTER, 100, lambda: peers), events
+
+
+def test_a_client_update_goes_once_to_every_other_established_client():
+    a, b, c, down = FakePeer("192.0.2.11"), FakePeer("192.0.2.12"), FakePeer("192.0.2.13"), \
+        FakePeer("192.0.2.14", established=False)
+    table, events = _table(a, b, c, down)
+    assert table.receive(a, _update([1, 2, 3]))
+    assert b.taken() == c.taken() == [("reach", _prefixes([1, 2, 3]))]
+    assert a.queued == down.queued == []
+    assert [e["action"] for e in events] == ["add"] * 3
+    assert a.counts == {"recv_updates": 1, "recv_prefixes": 3}
+    assert table.received == {"192.0.2.11": 3} and table.sent_to("192.0.2.12") == 3
+    assert table.receive(a, _update([2], withdraw=True))
+    assert b.taken() == [("unreach", _prefixes([2]))]
+    assert events[-1]["action"] == "del" and events[-1]["mac"] == mac_route(2).nlri.mac_addr
+    assert table.receive(a, _update([9], withdraw=True))  # unknown: nothing to send
+    assert b.queued == [] and len(events) == 4
+
+
+def test_our_cluster_id_in_the_cluster_list_is_a_loop():
+    a, b = FakePeer("192.0.2.11"), FakePeer("192.0.2.12")
+    table, events = _table(a, b)
+    assert table.receive(a, _update([1], clusters=["10.9.9.9", CLUSTER]))
+    assert b.queued == events == [] and table.best == {}
+
+
+def test_two_clients_with_one_route_the_other_takes_over():
+    a, b, c = FakePeer("192.0.2.12"), FakePeer("192.0.2.11"), FakePeer("192.0.2.13")
+    table, events = _table(a, b, c)
+    table.receive(a, _update([1]))
+    table.receive(b, _update([1]))  # lower address: the better one
+    assert c.taken() == [("reach", _prefixes([1]))] * 2 and a.taken() == [("reach", _prefixes([1]))]
+    assert table.received == {"192.0.2.12": 1, "192.0.2.11": 1}
+    b.queued.clear()
+    table.receive(b, _update([1], withdraw=True))  # a's announcement is back in force
+    assert c.taken() == [("reach", _prefixes([1]))] and b.taken() == [("reach", _prefixes([1]))]
+    assert table.best[evpn_wire.route_key(bytes(mac_route(1).nlri.serialize()))].source is a
+    table.receive(a, _update([1], withdraw=True))
+    assert c.taken() == [("unreach", _prefixes([1]))] and table.best == {} and table.others == {}
+    assert [e["action"] for e in events] == ["add", "add", "add", "del"]
+
+
+def test_stale_routes_go_and_those_announced_again_stay():
+    a, b = FakePeer("192.0.2.11"), FakePeer("192.0.2.12")
+    table, events = _table(a, b)
+    table.receive(a, _update([1, 2, 3]))
+    a.version_num += 1             # the session went down and came back (os-ken bumps it)
+    table.receive(a, _update([2]))  # announced again in the new session
+    b.queued.clear()
+    table.clean_stale(a)
+    assert b.taken() == [("unreach", _prefixes([1, 3]))]
+    assert [bytes(r.nlri) for r in table.best.values()] == [bytes(mac_route(2).nlri.serialize())]
+
+
+def test_the_table_for_a_new_peer_leaves_out_its_own_routes():
+    a, b, c = FakePeer("192.0.2.11"), FakePeer("192.0.2.12"), FakePeer("192.0.2.13", established=False)
+    table, _ = _table(a, b, c)
+    table.receive(a, _update([1, 2]))
+    table.receive(b, _update([5]))
+    a.queued.clear()
+    table.send_table(c)
+    assert sorted(c.taken()) == [("reach", _prefixes([1, 2])), ("reach", _prefixes([5]))]
+    table.send_table(a)
+    assert a.taken() == [("reach", _prefixes([5]))]
