@@ -33,9 +33,10 @@ TYPE2, TYPE3 = 2, 3
 PMSI_INGRESS_REPLICATION = 6
 _EVPN_AFI_SAFI = struct.pack("!HB", AFI_L2VPN, SAFI_EVPN)
 # Attributes os-ken copies into a reflected UPDATE (besides MP_REACH, which it rebuilds, and
-# LOCAL_PREF, which it replaces by its own): anything else sends the message to os-ken.
-_CARRIED = {ORIGIN, AS_PATH, MED, LOCAL_PREF, COMMUNITIES, CLUSTER_LIST, MP_REACH, MP_UNREACH,
-            EXT_COMMUNITIES, PMSI_TUNNEL}
+# LOCAL_PREF, which it replaces by its own), and the ORIGINATOR_ID a node receives: anything
+# else sends the message to os-ken.
+_CARRIED = {ORIGIN, AS_PATH, MED, LOCAL_PREF, COMMUNITIES, ORIGINATOR_ID, CLUSTER_LIST, MP_REACH,
+            MP_UNREACH, EXT_COMMUNITIES, PMSI_TUNNEL}
 
 
 @dataclass

@@ -15,7 +15,7 @@ the wire path never enter os-ken's RIB, so os-ken never sends them twice. Hooks,
 of one os-ken method:
 
 - ``BgpProtocol._data_received``: a complete UPDATE from an established client goes to
-  ``WireReflector.receive`` first; what it declines goes to os-ken as before;
+  ``WireTable.receive`` first; what it declines goes to os-ken as before;
 - ``Peer.comm_all_best_paths`` (a session comes up): the new peer gets our table too;
 - ``Peer._handle_route_refresh_req``: so does a peer asking for a refresh;
 - ``TableCoreManager.clean_stale_routes`` (peer down, peer deleted, enhanced refresh): routes
@@ -31,7 +31,7 @@ import ipaddress
 import logging
 import socket
 
-from os_ken.lib.packet.bgp import BGP_MSG_UPDATE, RF_L2_EVPN, BGPUpdate
+from os_ken.lib.packet.bgp import BGP_MSG_UPDATE, RF_L2_EVPN, BgpExc, BGPUpdate
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
 from os_ken.services.protocols.bgp.core_managers.table_manager import TableCoreManager
 from os_ken.services.protocols.bgp.peer import Peer, PeerCounterNames
@@ -85,12 +85,16 @@ def _better(a: Route, b: Route) -> bool:
     return rank(a) < rank(b)
 
 
-class WireReflector:
-    """Routes learned from clients by RIB key: the best, and the others while there are any."""
+class WireTable:
+    """EVPN routes learned from peers by RIB key: the best, and the others while there are any.
+    A reflector (`reflect`) sends each change on to its other clients; a node only reports it."""
 
-    def __init__(self, emit, router_id: str, cluster_id: str, local_pref: int, peers):
+    def __init__(self, emit, router_id: str, cluster_id: str, local_pref: int, peers,
+                 reflect: bool = True):
         self.emit = emit
+        self.reflect = reflect
         self.router_id = router_id
+        self.router_id_bytes = socket.inet_aton(router_id)
         self.cluster_id = socket.inet_aton(cluster_id)
         self.local_pref = local_pref
         self.peers = peers                         # () -> every os-ken Peer
@@ -100,16 +104,14 @@ class WireReflector:
 
     # -- a received UPDATE ----------------------------------------------------------------------
     def receive(self, peer: Peer, raw: bytes) -> bool:
-        """Handle one UPDATE from client `peer`; False leaves it to os-ken."""
+        """Handle one UPDATE from `peer`; False leaves it to os-ken."""
         update = evpn_wire.parse_update(raw)
-        if update is None:
-            return False
+        if update is None or (self.reflect and evpn_wire.ORIGINATOR_ID in update.attributes):
+            return False  # a reflector's client sends none (os-ken would drop it when reflecting)
         peer.state.incr(PeerCounterNames.RECV_UPDATES)
-        clusters = update.attributes.get(evpn_wire.CLUSTER_LIST, (0, b""))[1]
-        if self.cluster_id in {clusters[i:i + 4] for i in range(0, len(clusters), 4)}:
-            LOG.debug("ignoring an UPDATE from %s: our cluster id is in its cluster list",
-                      peer.ip_address)
-            return True  # os-ken's loop check (RFC 4456) drops it too
+        if self._looped(update):
+            LOG.debug("ignoring an UPDATE from %s: it went round a loop", peer.ip_address)
+            return True
         changes: list[tuple[Route | None, Route]] = []   # (new best or None, old best)
         for nlri in update.unreach:
             change = self._forget(evpn_wire.route_key(nlri), peer)
@@ -118,7 +120,7 @@ class WireReflector:
         if update.reach:
             peer.state.incr(PeerCounterNames.RECV_PREFIXES, len(update.reach))
             out = evpn_wire.reflected(update, socket.inet_aton(peer.ip_address), self.cluster_id,
-                                      self.local_pref)
+                                      self.local_pref) if self.reflect else None
             version = peer.version_num
             for nlri in update.reach:
                 change = self._learn(evpn_wire.route_key(nlri),
@@ -127,6 +129,18 @@ class WireReflector:
                     changes.append(change)
         self._announce(changes)
         return True
+
+    def _looped(self, update: evpn_wire.EvpnUpdate) -> bool:
+        """The UPDATEs os-ken drops whole: our cluster id in the CLUSTER_LIST (RFC 4456), our
+        router id as ORIGINATOR_ID (``osken_compat.patch_originator_id_loop_check``), and on a
+        node our own address as next hop (``Peer._validate_update_msg``)."""
+        attrs = update.attributes
+        clusters = attrs.get(evpn_wire.CLUSTER_LIST, (0, b""))[1]
+        if self.cluster_id in {clusters[i:i + 4] for i in range(0, len(clusters), 4)}:
+            return True
+        if attrs.get(evpn_wire.ORIGINATOR_ID, (0, b""))[1] == self.router_id_bytes:
+            return True
+        return not self.reflect and update.next_hop == self.router_id_bytes
 
     def _learn(self, key: bytes, route: Route):
         best = self.best.get(key)
@@ -195,7 +209,7 @@ class WireReflector:
         """Send each change to every established client but the route's own, and report it."""
         if not changes:
             return
-        targets = self._targets()
+        targets = self._targets() if self.reflect else []
         runs: dict[int, tuple[Route, list[bytes]]] = {}   # by announcement (attributes, source)
         withdrawn: dict[int, tuple[Peer, list[bytes]]] = {}  # by source
         for new, old in changes:
@@ -205,6 +219,8 @@ class WireReflector:
             else:
                 withdrawn.setdefault(id(old.source), (old.source, []))[1].append(old.nlri)
                 self._report(old, True)
+        if not self.reflect:
+            return
         for route, nlris in runs.values():
             self._send(route.out.updates(nlris), targets, route.source)
         for source, nlris in withdrawn.values():
@@ -253,26 +269,24 @@ class WireReflector:
         return found
 
     def sent_to(self, address: str) -> int:
-        """Routes advertised to client `address` (every best route not its own)."""
+        """Routes advertised to client `address` (every best route not its own; none by a node)."""
+        if not self.reflect:
+            return 0
         own = sum(1 for r in self.best.values() if r.source.ip_address == address)
         return len(self.best) - own
 
 
 # -- the hooks --------------------------------------------------------------------------------------
 
-_reflector: dict[str, WireReflector] = {}
-
-
-def reflector() -> WireReflector | None:
-    return _reflector.get("on")
+_tables: dict[str, WireTable] = {}
 
 
 def _take(protocol, message: bytes) -> bool:
     """Whether the wire path handled this complete message."""
     peer = protocol._peer
-    wire = _reflector.get("on")
+    wire = _tables.get("on")
     if (wire is None or message[18] != BGP_MSG_UPDATE or message[:16] != evpn_wire.MARKER
-            or peer is None or not peer.is_route_reflector_client or not peer.in_established()
+            or peer is None or not peer.in_established()
             or not wire.receive(peer, message)):
         return False
     if protocol._expiry:
@@ -303,15 +317,15 @@ def _data_received_wire(self, next_bytes):
 
 def _comm_all_best_paths_and_ours(self, global_tables):
     original(Peer, "comm_all_best_paths")(self, global_tables)
-    wire = _reflector.get("on")
-    if wire is not None and self.is_mpbgp_cap_valid(RF_L2_EVPN):
+    wire = _tables.get("on")
+    if wire is not None and wire.reflect and self.is_mpbgp_cap_valid(RF_L2_EVPN):
         wire.send_table(self)
 
 
 def _route_refresh_and_ours(self, afi, safi):
     original(Peer, "_handle_route_refresh_req")(self, afi, safi)
-    wire = _reflector.get("on")
-    if (wire is not None and (afi, safi) == (RF_L2_EVPN.afi, RF_L2_EVPN.safi)
+    wire = _tables.get("on")
+    if (wire is not None and wire.reflect and (afi, safi) == (RF_L2_EVPN.afi, RF_L2_EVPN.safi)
             and self._protocol is not None and self._protocol.is_route_family_adv(RF_L2_EVPN)):
         wire.send_table(self)
 
@@ -323,22 +337,54 @@ def _clean_stale_routes_and_ours(self, peer, route_family=None):
 
 def clean_stale(peer, route_family=None) -> None:
     """Withdraw the wire path's routes from `peer` older than its version (no-op when off)."""
-    wire = _reflector.get("on")
+    wire = _tables.get("on")
     if wire is not None and route_family in (None, RF_L2_EVPN):
         wire.clean_stale(peer)
 
 
-def enable_wire_reflection(emit) -> WireReflector:
-    """Reflect client EVPN routes on the wire path (reflector role; call once the speaker
-    exists). `emit` takes the BGP process's events."""
+def enable_wire_path(emit, reflect: bool) -> WireTable:
+    """Take received EVPN Type-2/Type-3 routes on the wire path (call once the speaker exists).
+    `emit` takes the BGP process's events; `reflect`: the reflector role (send them on)."""
     conf = CORE_MANAGER.common_conf
     _replace(BgpProtocol, "_data_received", _data_received_wire)
     _replace(Peer, "comm_all_best_paths", _comm_all_best_paths_and_ours)
     _replace(Peer, "_handle_route_refresh_req", _route_refresh_and_ours)
     _replace(TableCoreManager, "clean_stale_routes", _clean_stale_routes_and_ours)
-    wire = WireReflector(emit, conf.router_id, conf.cluster_id, conf.local_pref,
-                         lambda: CORE_MANAGER.get_core_service().peer_manager.iterpeers)
+    wire = WireTable(emit, conf.router_id, conf.cluster_id or conf.router_id, conf.local_pref,
+                     lambda: CORE_MANAGER.get_core_service().peer_manager.iterpeers, reflect)
     if clean_stale not in compat.LEARNED_PATH_CLEANERS:
         compat.LEARNED_PATH_CLEANERS.append(clean_stale)
-    _reflector["on"] = wire
+    _tables["on"] = wire
     return wire
+
+
+# -- both roles: whole reads ----------------------------------------------------------------------
+
+RECV_SIZE = 1 << 16
+
+
+def _recv_loop_whole_reads(self):
+    """Upstream ``BgpProtocol._recv_loop`` reading what the socket holds (up to 64 KiB) instead
+    of 19 octets (a BGP header) per call: a 4 KiB UPDATE took ~200 reads, each a trip through
+    eventlet's hub. ``_data_received`` already takes any number of octets."""
+    reason = "Connection lost as protocol is no longer active"
+    try:
+        while True:
+            data = self._socket.recv(RECV_SIZE)
+            if not data:
+                reason = "Peer closed connection"
+                break
+            self.data_received(data)
+    except socket.error as err:
+        reason = f"Connection to peer lost: {err}."
+    except BgpExc as exc:
+        reason = f"Connection to peer lost, reason: {exc}."
+    except Exception as exc:
+        LOG.debug("receive loop", exc_info=True)
+        reason = str(exc)
+    finally:
+        self.connection_lost(reason)
+
+
+def patch_whole_reads() -> bool:
+    return _replace(BgpProtocol, "_recv_loop", _recv_loop_whole_reads)

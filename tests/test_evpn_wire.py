@@ -139,7 +139,8 @@ def test_anything_else_is_left_to_osken():
     keepalive = bytes(bgp_packet.BGPKeepAlive().serialize())
     for message in (ipv4, type5_update, no_origin):
         assert evpn_wire.parse_update(bytes(message.serialize())) is None
-    assert evpn_wire.parse_update(with_originator) is None
+    assert evpn_wire.parse_update(with_originator).attributes[evpn_wire.ORIGINATOR_ID] == (
+        0x80, socket.inet_aton('1.2.3.4'))  # what a node receives from a reflector
     assert evpn_wire.parse_update(keepalive) is None
     good = _sent_by_a_node([mac_route(1)])
     mp_reach_end = 23 + 3 + good[25]

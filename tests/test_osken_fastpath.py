@@ -1,4 +1,4 @@
-"""speaker.osken_fastpath.WireReflector's table with stand-in peers: who gets what, and when.
+"""speaker.osken_fastpath.WireTable's table with stand-in peers: who gets what, and when.
 
 The same behaviour on real sessions, against os-ken's own path: test_wire_reflection.py."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from os_ken.lib.packet import bgp as bgp_packet
 
 from speaker import evpn_wire
-from speaker.osken_fastpath import WireReflector
+from speaker.osken_fastpath import WireTable
 from test_osken_compat import mac_route
 
 CLUSTER = "10.255.0.1"
@@ -45,7 +45,7 @@ class FakePeer:
         return found
 
 
-def _update(indexes, withdraw=False, clusters=()):
+def _update(indexes, withdraw=False, clusters=(), originator=None):
     nlris = [mac_route(i).nlri for i in indexes]
     if withdraw:
         attrs = [bgp_packet.BGPPathAttributeMpUnreachNLRI(25, 70, nlris)]
@@ -55,6 +55,8 @@ def _update(indexes, withdraw=False, clusters=()):
                  *path.pathattr_map.values()]
         if clusters:
             attrs.append(bgp_packet.BGPPathAttributeClusterList(list(clusters)))
+        if originator:
+            attrs.append(bgp_packet.BGPPathAttributeOriginatorId(originator))
     return bytes(bgp_packet.BGPUpdate(path_attributes=attrs).serialize())
 
 
@@ -62,9 +64,9 @@ def _prefixes(indexes):
     return [mac_route(i).nlri.prefix for i in indexes]
 
 
-def _table(*peers):
+def _table(*peers, router_id="192.0.2.1", reflect=True):
     events = []
-    return WireReflector(events.append, "192.0.2.1", CLUSTER, 100, lambda: peers), events
+    return WireTable(events.append, router_id, CLUSTER, 100, lambda: peers, reflect), events
 
 
 def test_a_client_update_goes_once_to_every_other_established_client():
@@ -129,3 +131,33 @@ def test_the_table_for_a_new_peer_leaves_out_its_own_routes():
     assert sorted(c.taken()) == [("reach", _prefixes([1, 2])), ("reach", _prefixes([5]))]
     table.send_table(a)
     assert a.taken() == [("reach", _prefixes([5]))]
+
+
+def test_a_reflector_leaves_an_update_with_an_originator_id_to_osken():
+    a, b = FakePeer("192.0.2.11"), FakePeer("192.0.2.12")
+    table, events = _table(a, b)
+    assert not table.receive(a, _update([1], originator="10.1.1.1"))
+    assert b.queued == events == [] and a.counts == {}
+
+
+def test_a_node_reports_and_sends_nothing():
+    rr1, rr2 = FakePeer("192.0.2.1"), FakePeer("192.0.2.2")
+    node, events = _table(rr1, rr2, router_id="192.0.2.50", reflect=False)
+    assert node.receive(rr1, _update([1, 2], originator="192.0.2.11", clusters=["10.0.0.1"]))
+    assert node.receive(rr2, _update([1], originator="192.0.2.11", clusters=["10.0.0.1"]))
+    assert rr1.queued == rr2.queued == []
+    assert [(e["action"], e["vtep"]) for e in events] == [("add", "192.0.2.11")] * 2
+    assert node.sent_to("192.0.2.1") == 0 and node.received == {"192.0.2.1": 2, "192.0.2.2": 1}
+    node.receive(rr1, _update([1], withdraw=True))  # still announced by the other reflector
+    assert len(events) == 3 and events[-1]["action"] == "add"
+    node.receive(rr2, _update([1], withdraw=True))
+    assert events[-1]["action"] == "del" and len(node.events()) == 1
+
+
+def test_a_node_drops_its_own_routes_coming_back():
+    rr = FakePeer("192.0.2.1")
+    node, events = _table(rr, router_id=mac_route(1).nexthop, reflect=False)  # our next hop
+    assert node.receive(rr, _update([1]))
+    node2, events2 = _table(rr, router_id="192.0.2.50", reflect=False)
+    assert node2.receive(rr, _update([1], originator="192.0.2.50"))  # FRR reflects it back
+    assert events == events2 == [] and node.best == node2.best == {}

@@ -1,7 +1,7 @@
 """The reflector's wire path (speaker.osken_fastpath) against os-ken's own path, on real sessions.
 
 One scenario, run twice, with the reflector's BGP process on the wire path and with it off
-(``MEGALOS_WIRE_REFLECTION=0``: os-ken reflects): announcements with and without IPs, a MAC
+(``MEGALOS_WIRE_PATH=0``: os-ken reflects): announcements with and without IPs, a MAC
 moving between nodes (mobility sequence numbers), withdrawals, a node that joins late (it must
 get the whole table), a route refresh (a node that adds a VRF asks for one), a node that dies.
 What every node and the reflector end up with (events folded into state, ``rib``, ``peers``)
@@ -64,13 +64,13 @@ def mac(i: int) -> str:
 
 def _scenario(wire: bool) -> dict:
     """Run it; what each party ends up with."""
-    env = {} if wire else {"MEGALOS_WIRE_REFLECTION": "0"}
+    env = {} if wire else {"MEGALOS_WIRE_PATH": "0"}
     cluster = Cluster(prefix=unique_prefix("mgw"))
     speakers = []
     try:
         rr_node, a_node, b_node, c_node = (cluster.add_node(n) for n in ("rr", "a", "b", "c"))
         rr = Speaker(rr_node, "reflector", env)
-        a, b, c = (Speaker(n, "speaker") for n in (a_node, b_node, c_node))
+        a, b, c = (Speaker(n, "speaker", env) for n in (a_node, b_node, c_node))
         speakers = [rr, a, b, c]
         for node in (a, b):
             node.bgp.call("peer_add", address=rr_node.ip, connect_mode="passive")
