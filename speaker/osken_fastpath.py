@@ -285,7 +285,8 @@ def _take(protocol, message: bytes) -> bool:
     """Whether the wire path handled this complete message."""
     peer = protocol._peer
     wire = _tables.get("on")
-    if (wire is None or message[18] != BGP_MSG_UPDATE or message[:16] != evpn_wire.MARKER
+    if (wire is None or len(message) < 23 or message[18] != BGP_MSG_UPDATE
+            or message[:16] != evpn_wire.MARKER
             or peer is None or not peer.in_established()
             or not wire.receive(peer, message)):
         return False
@@ -304,7 +305,7 @@ def _data_received_wire(self, next_bytes):
     while len(self._recv_buff) >= 19:
         buff = self._recv_buff
         length = int.from_bytes(buff[16:18], "big")
-        if length < 23 or len(buff) < length:
+        if length < 19 or len(buff) < length:
             upstream(self, b"")  # checks the header (raising on a bad one) or waits for the rest
             return
         self._recv_buff, rest = buff[:length], buff[length:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from os_ken.lib.packet import bgp as bgp_packet
 
-from speaker import evpn_wire
+from speaker import evpn_wire, osken_fastpath
 from speaker.osken_fastpath import WireTable
 from test_osken_compat import mac_route
 
@@ -161,3 +161,38 @@ def test_a_node_drops_its_own_routes_coming_back():
     node2, events2 = _table(rr, router_id="192.0.2.50", reflect=False)
     assert node2.receive(rr, _update([1], originator="192.0.2.50"))  # FRR reflects it back
     assert events == events2 == [] and node.best == node2.best == {}
+
+
+class FakeProtocol:
+    """What ``_data_received_wire`` and upstream's ``_data_received`` use of a BgpProtocol."""
+
+    def __init__(self, peer):
+        self._recv_buff = b""
+        self._peer = peer
+        self._expiry = None
+        self.handled = []  # message types os-ken handled
+
+    def pause(self, seconds):
+        pass
+
+    def _handle_msg(self, msg):
+        self.handled.append(msg.type)
+
+
+def test_every_update_of_a_read_is_offered_to_the_wire_path(monkeypatch):
+    """A read holds whatever the socket had: keepalives between UPDATEs must not carry the
+    UPDATEs after them into os-ken (whose RIB does not hold these routes)."""
+    rr, other = FakePeer("192.0.2.1"), FakePeer("192.0.2.9")
+    node, events = _table(rr, other, router_id="192.0.2.50", reflect=False)
+    monkeypatch.setitem(osken_fastpath._tables, "on", node)
+    keepalive = bytes(bgp_packet.BGPKeepAlive().serialize())
+    stream = keepalive + _update([1, 2]) + keepalive + _update([1], withdraw=True) + _update([3])
+    for size in (len(stream), 1, 19, 100):
+        protocol = FakeProtocol(rr)
+        node.best.clear()
+        events.clear()
+        for at in range(0, len(stream), size):
+            osken_fastpath._data_received_wire(protocol, stream[at:at + size])
+        assert protocol.handled == [bgp_packet.BGP_MSG_KEEPALIVE] * 2 and protocol._recv_buff == b""
+        assert [(e["action"], e["mac"][-2:]) for e in events] == [
+            ("add", "01"), ("add", "02"), ("del", "01"), ("add", "03")]
