@@ -80,8 +80,37 @@ class Profile:
         return found
 
 
+# The stages of our processes, each named by the function (qualified name, as py-spy writes it)
+# whose frame marks a sample as spent there; the innermost one on the stack wins.
+STAGES = {
+    "BgpProtocol._recv_loop": "BGP: receive (parse, learn)",
+    "_recv_loop_whole_reads": "BGP: receive (parse, learn)",
+    "BgpProcessor._run": "BGP: best-path runs",
+    "Peer._run": "BGP: send (build UPDATEs)",
+    "BgpService.handle": "BGP: agent commands (originate)",
+    "LineWriter._run": "BGP: events to the agent",
+    "BaseHub.run": "BGP: eventlet hub",
+    "NodeSpeaker.reconcile": "agent: reconcile (FDB dumps)",
+    "NodeSpeaker._run": "agent: BGP events -> FDB writes",
+    "MacWatch._run": "agent: MAC watch",
+    "BgpProcess._read": "agent: BGP events read",
+}
+
+
+def stage_samples(profile: Profile) -> Counter:
+    """Samples per stage (see STAGES); 'other' for the rest."""
+    found: Counter = Counter()
+    for stack, n in profile.stacks.items():
+        names = [frame.rpartition(" (")[0] for frame in stack]
+        inner = [STAGES[name] for name in reversed(names) if name in STAGES]
+        # innermost listed stage: reconcile runs inside the worker loop, the hub under everything
+        found[inner[0] if inner else "other"] += n
+    return found
+
+
 def summary(profile: Profile, top: int = 15) -> str:
-    """Text: CPU seconds by file (self time), by function (self), and by function (inclusive)."""
+    """Text: CPU seconds by stage, by file (self time), by function (self), and by function
+    (inclusive)."""
     total = profile.seconds(profile.samples)
     cpu = (f"{profile.cpu_s:.2f} s of CPU (kernel's count) over {profile.samples} samples"
            if profile.cpu_s is not None else f"{total:.2f} s ({profile.samples} samples at {profile.rate} Hz)")
@@ -93,6 +122,7 @@ def summary(profile: Profile, top: int = 15) -> str:
             lines.append(f"  {profile.seconds(n):7.2f} s {100 * n / max(profile.samples, 1):5.1f} %  {name}")
         lines.append("")
 
+    table("By stage", stage_samples(profile))
     table("Self time by file", profile.self_by(frame_file))
     table("Self time by function", profile.self_by(frame_function))
     table("Inclusive time by function", profile.inclusive_functions())

@@ -5,7 +5,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bench.flame import Profile, flame_svg, frame_file, frame_function, read_collapsed, summary
+from bench.flame import (Profile, flame_svg, frame_file, frame_function, read_collapsed, stage_samples,
+                         summary)
 
 RAW = """\
 main (app.py:3);parse (os_ken/lib/packet/bgp.py:10);_Value.parse_value (os_ken/lib/packet/bgp.py:99) 30
@@ -56,3 +57,12 @@ def test_flame_svg_is_xml_with_a_box_per_frame():
               for g in root.findall("s:g", ns) for t in [g.find("s:title", ns)]}
     assert widths["main (app.py"] == pytest.approx(1200.0)
     assert widths["send <&> (speaker/x.py"] == pytest.approx(720.0)
+
+
+def test_stages_take_the_innermost_named_function():
+    stacks = read_collapsed(
+        "BaseHub.run (eventlet/hubs/hub.py:1);NodeSpeaker._run (speaker/node.py:2) 3\n"
+        "NodeSpeaker._run (speaker/node.py:2);NodeSpeaker.reconcile (speaker/node.py:9);x (a.py:1) 5\n"
+        "main (app.py:1) 2\n")
+    assert stage_samples(Profile("p", stacks)) == {"agent: BGP events -> FDB writes": 3,
+                                                   "agent: reconcile (FDB dumps)": 5, "other": 2}
