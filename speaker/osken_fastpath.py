@@ -27,13 +27,16 @@ route appears, changes or goes, in ``rib``, and in each peer's received/sent cou
 """
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import socket
+from collections import OrderedDict
 
 from os_ken.lib.packet.bgp import BGP_MSG_UPDATE, RF_L2_EVPN, BgpExc, BGPUpdate
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
 from os_ken.services.protocols.bgp.core_managers.table_manager import TableCoreManager
+from os_ken.services.protocols.bgp.info_base import base as path_base
 from os_ken.services.protocols.bgp.peer import Peer, PeerCounterNames
 from os_ken.services.protocols.bgp.speaker import BgpProtocol
 
@@ -359,7 +362,7 @@ def enable_wire_path(emit, reflect: bool) -> WireTable:
     return wire
 
 
-# -- both roles: whole reads ----------------------------------------------------------------------
+# -- both roles: whole reads, attribute maps copied as dicts ------------------------------------
 
 RECV_SIZE = 1 << 16
 
@@ -387,5 +390,22 @@ def _recv_loop_whole_reads(self):
         self.connection_lost(reason)
 
 
-def patch_whole_reads() -> bool:
-    return _replace(BgpProtocol, "_recv_loop", _recv_loop_whole_reads)
+def _copy_attribute_map(value):
+    """``copy.copy`` for the path attribute maps os-ken copies (a dict or OrderedDict: its own
+    ``copy()``, same type and order); anything else through ``copy.copy``."""
+    if type(value) in (OrderedDict, dict):
+        return value.copy()
+    return copy.copy(value)
+
+
+def apply_both_roles() -> None:
+    """Per-message fixes for nodes and reflector alike (idempotent).
+
+    - ``BgpProtocol._recv_loop`` reads whole socket buffers (``_recv_loop_whole_reads``);
+    - ``Path.__init__`` and ``Path.pathattr_map`` copy the attribute map (an OrderedDict) with
+      ``copy.copy``, which for an OrderedDict goes through ``__reduce_ex__`` and
+      ``copyreg._slotnames``: ~10 us a copy, 0.3 s of a node's CPU for 3,333 originated MACs.
+      ``OrderedDict.copy()`` makes the same shallow copy.
+    """
+    _replace(BgpProtocol, "_recv_loop", _recv_loop_whole_reads)
+    _replace(path_base, "copy", _copy_attribute_map)

@@ -196,3 +196,23 @@ def test_every_update_of_a_read_is_offered_to_the_wire_path(monkeypatch):
         assert protocol.handled == [bgp_packet.BGP_MSG_KEEPALIVE] * 2 and protocol._recv_buff == b""
         assert [(e["action"], e["mac"][-2:]) for e in events] == [
             ("add", "01"), ("add", "02"), ("del", "01"), ("add", "03")]
+
+
+def test_attribute_maps_are_copied_as_upstream_copies_them():
+    from collections import OrderedDict
+    from copy import copy as upstream_copy
+
+    from os_ken.services.protocols.bgp.info_base import base as path_base
+
+    osken_fastpath.apply_both_roles()
+    osken_fastpath.apply_both_roles()  # idempotent
+    assert path_base.copy is osken_fastpath._copy_attribute_map
+    path = mac_route(1)
+    attrs = path.pathattr_map  # goes through the patched copy
+    assert type(attrs) is type(path._path_attr_map) and attrs == path._path_attr_map
+    assert attrs is not path._path_attr_map and list(attrs) == list(path._path_attr_map)
+    for value in (OrderedDict([(2, 'b'), (1, 'a')]), {1: 2}, [1, 2], {1, 2}):
+        ours, theirs = osken_fastpath._copy_attribute_map(value), upstream_copy(value)
+        assert type(ours) is type(theirs) and ours == theirs and ours is not value
+        if isinstance(value, dict):
+            assert list(ours) == list(theirs)
