@@ -108,6 +108,8 @@ class WireTable:
     # -- a received UPDATE ----------------------------------------------------------------------
     def receive(self, peer: Peer, raw: bytes) -> bool:
         """Handle one UPDATE from `peer`; False leaves it to os-ken."""
+        if self.reflect and ":" in peer.ip_address:
+            return False  # an IPv6 peer: no 4-octet ORIGINATOR_ID to give its routes
         update = evpn_wire.parse_update(raw)
         if update is None or (self.reflect and evpn_wire.ORIGINATOR_ID in update.attributes):
             return False  # a reflector's client sends none (os-ken would drop it when reflecting)
@@ -115,7 +117,7 @@ class WireTable:
         if self._looped(update):
             LOG.debug("ignoring an UPDATE from %s: it went round a loop", peer.ip_address)
             return True
-        changes: list[tuple[Route | None, Route]] = []   # (new best or None, old best)
+        changes: list[tuple[Route | None, Route | None]] = []   # (new best, old best)
         for nlri in update.unreach:
             change = self._forget(evpn_wire.route_key(nlri), peer)
             if change:
