@@ -1,6 +1,6 @@
-"""speaker.evpn_wire against os-ken: the reflector's wire path must send the bytes os-ken's own
+"""bgp.evpn_wire against os-ken: the reflector's wire path must send the bytes os-ken's own
 path sends (``Peer._construct_update`` for a route reflector client) and report the events
-``path_event`` reports for the paths os-ken parses from the same message."""
+``bgp.events.route_event`` reports for the paths os-ken parses from the same message."""
 from __future__ import annotations
 
 import socket
@@ -10,8 +10,8 @@ from os_ken.lib.packet import bgp as bgp_packet
 from os_ken.services.protocols.bgp.model import OutgoingRoute
 from os_ken.services.protocols.bgp.utils import bgp as bgp_utils
 
-from speaker import evpn_wire
-from speaker.bgp_process import path_event
+from bgp import evpn_wire
+from bgp.events import route_event as path_event
 from test_osken_compat import _attrs, _rr_client_peer, imet_route, mac_route
 
 SOURCE = '192.0.2.21'  # the client that sent the UPDATE

@@ -1,12 +1,12 @@
-"""speaker.osken_fastpath.WireTable's table with stand-in peers: who gets what, and when.
+"""bgp.osken_fastpath.WireTable's table with stand-in peers: who gets what, and when.
 
 The same behaviour on real sessions, against os-ken's own path: test_wire_reflection.py."""
 from __future__ import annotations
 
 from os_ken.lib.packet import bgp as bgp_packet
 
-from speaker import evpn_wire, osken_fastpath
-from speaker.osken_fastpath import WireTable
+from bgp import evpn_wire, osken_fastpath
+from bgp.osken_fastpath import WireTable
 from test_osken_compat import mac_route
 
 CLUSTER = "10.255.0.1"
@@ -76,12 +76,12 @@ def test_a_client_update_goes_once_to_every_other_established_client():
     assert table.receive(a, _update([1, 2, 3]))
     assert b.taken() == c.taken() == [("reach", _prefixes([1, 2, 3]))]
     assert a.queued == down.queued == []
-    assert [e["action"] for e in events] == ["add"] * 3
+    assert [e.action for e in events] == ["add"] * 3
     assert a.counts == {"recv_updates": 1, "recv_prefixes": 3}
     assert table.received == {"192.0.2.11": 3} and table.sent_to("192.0.2.12") == 3
     assert table.receive(a, _update([2], withdraw=True))
     assert b.taken() == [("unreach", _prefixes([2]))]
-    assert events[-1]["action"] == "del" and events[-1]["mac"] == mac_route(2).nlri.mac_addr
+    assert events[-1].action == "del" and events[-1].mac == mac_route(2).nlri.mac_addr
     assert table.receive(a, _update([9], withdraw=True))  # unknown: nothing to send
     assert b.queued == [] and len(events) == 4
 
@@ -106,7 +106,7 @@ def test_two_clients_with_one_route_the_other_takes_over():
     assert table.best[evpn_wire.route_key(bytes(mac_route(1).nlri.serialize()))].source is a
     table.receive(a, _update([1], withdraw=True))
     assert c.taken() == [("unreach", _prefixes([1]))] and table.best == {} and table.others == {}
-    assert [e["action"] for e in events] == ["add", "add", "add", "del"]
+    assert [e.action for e in events] == ["add", "add", "add", "del"]
 
 
 def test_stale_routes_go_and_those_announced_again_stay():
@@ -146,12 +146,12 @@ def test_a_node_reports_and_sends_nothing():
     assert node.receive(rr1, _update([1, 2], originator="192.0.2.11", clusters=["10.0.0.1"]))
     assert node.receive(rr2, _update([1], originator="192.0.2.11", clusters=["10.0.0.1"]))
     assert rr1.queued == rr2.queued == []
-    assert [(e["action"], e["vtep"]) for e in events] == [("add", "192.0.2.11")] * 2
+    assert [(e.action, e.vtep) for e in events] == [("add", "192.0.2.11")] * 2
     assert node.sent_to("192.0.2.1") == 0 and node.received == {"192.0.2.1": 2, "192.0.2.2": 1}
     node.receive(rr1, _update([1], withdraw=True))  # still announced by the other reflector
-    assert len(events) == 3 and events[-1]["action"] == "add"
+    assert len(events) == 3 and events[-1].action == "add"
     node.receive(rr2, _update([1], withdraw=True))
-    assert events[-1]["action"] == "del" and len(node.events()) == 1
+    assert events[-1].action == "del" and len(node.events()) == 1
 
 
 def test_a_node_drops_its_own_routes_coming_back():
@@ -194,7 +194,7 @@ def test_every_update_of_a_read_is_offered_to_the_wire_path(monkeypatch):
         for at in range(0, len(stream), size):
             osken_fastpath._data_received_wire(protocol, stream[at:at + size])
         assert protocol.handled == [bgp_packet.BGP_MSG_KEEPALIVE] * 2 and protocol._recv_buff == b""
-        assert [(e["action"], e["mac"][-2:]) for e in events] == [
+        assert [(e.action, e.mac[-2:]) for e in events] == [
             ("add", "01"), ("add", "02"), ("del", "01"), ("add", "03")]
 
 

@@ -1,11 +1,12 @@
-"""The reflector's wire path (speaker.osken_fastpath) against os-ken's own path, on real sessions.
+"""The wire path (bgp.osken_fastpath) against os-ken's own path, on real sessions.
 
-One scenario, run twice, with the reflector's BGP process on the wire path and with it off
-(``MEGALOS_WIRE_PATH=0``: os-ken reflects): announcements with and without IPs, a MAC
-moving between nodes (mobility sequence numbers), withdrawals, a node that joins late (it must
-get the whole table), a route refresh (a node that adds a VRF asks for one), a node that dies.
-What every node and the reflector end up with (events folded into state, ``rib``, ``peers``)
-must be the same both ways. The codec's bytes are checked against os-ken in test_evpn_wire.py.
+One scenario, run twice, with every BGP process on the wire path (the reflector reflects, the
+nodes report, received routes as bytes) and with it off (``MEGALOS_WIRE_PATH=0``: os-ken's own
+path): announcements with and without IPs, a MAC moving between nodes (mobility sequence
+numbers), withdrawals, a node that joins late (it must get the whole table), a route refresh (a
+node that adds a VRF asks for one), a node that dies. What every node and the reflector end up
+with (events folded into state, ``rib``, ``peers``) must be the same both ways. The codec's
+bytes are checked against os-ken in test_evpn_wire.py.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import threading
 
 import pytest
 
+from bgp.client import BgpProcess
+from bgp.protocol import MacAdd, MacDel, PeerAdd, Peers, PeerState, Rib, Start, VtepAdd, event_json
 from lab.cluster import Cluster, unique_prefix, wait_until
 from reflector.state import ReflectorState
-from speaker.bgp_client import BgpProcess
 from speaker.evpn_state import RemoteRoutes
 
 ASN, HOLD, VNI, OTHER_VNI = 65000, 3, 4200, 4201
@@ -37,14 +39,14 @@ class Speaker:
         self.bgp = BgpProcess(on_event=self._on_event, name=node.name,
                               argv_prefix=["ip", "netns", "exec", node.netns],
                               env={**os.environ, **(env or {})})
-        extra = {"cluster_id": "10.255.0.1"} if role == "reflector" else {}
-        self.bgp.call("start", router_id=node.ip, asn=ASN, role=role, listen_host=node.ip,
-                      hold_time=HOLD, connect_retry=1, **extra)
+        self.bgp.call(Start(router_id=node.ip, asn=ASN, role=role, listen_host=node.ip,
+                            hold_time=HOLD, connect_retry=1,
+                            cluster_id="10.255.0.1" if role == "reflector" else None))
 
-    def _on_event(self, event: dict) -> None:
+    def _on_event(self, event) -> None:
         with self.lock:
-            if event["event"] == "peer":
-                (self.peers_up.add if event["state"] == "up" else self.peers_up.discard)(event["address"])
+            if isinstance(event, PeerState):
+                (self.peers_up.add if event.up else self.peers_up.discard)(event.address)
             else:
                 self.remote.apply(event)
                 self.state.apply(event, now=0.0)
@@ -62,6 +64,11 @@ def mac(i: int) -> str:
     return f"02:77:00:00:{i >> 8:02x}:{i & 255:02x}"
 
 
+def ip(i: int) -> str | None:
+    """Two MACs in three also announce an IP."""
+    return f"10.7.0.{i}" if i % 3 else None
+
+
 def _scenario(wire: bool) -> dict:
     """Run it; what each party ends up with."""
     env = {} if wire else {"MEGALOS_WIRE_PATH": "0"}
@@ -73,41 +80,39 @@ def _scenario(wire: bool) -> dict:
         a, b, c = (Speaker(n, "speaker", env) for n in (a_node, b_node, c_node))
         speakers = [rr, a, b, c]
         for node in (a, b):
-            node.bgp.call("peer_add", address=rr_node.ip, connect_mode="passive")
-            rr.bgp.call("peer_add", address=node.node.ip, connect_mode="active")
+            node.bgp.call(PeerAdd(rr_node.ip, connect_mode="passive"))
+            rr.bgp.call(PeerAdd(node.node.ip, connect_mode="active"))
         wait_until(lambda: {a_node.ip, b_node.ip} <= rr.peers_up, 20, "sessions a, b")
-        for node, rd in ((a, 1), (b, 1)):
-            node.bgp.call("vni_add", vni=VNI, rd_index=rd)
-        a.bgp.call_many("mac_add", [{"vni": VNI, "mac": mac(i), **({"ip": f"10.7.0.{i}"} if i % 3 else {})}
-                                    for i in range(1, 121)])
-        b.bgp.call_many("mac_add", [{"vni": VNI, "mac": mac(500 + i)} for i in range(40)])
+        for node in (a, b):
+            node.bgp.call(VtepAdd(VNI, 1))
+        a.bgp.call_many([MacAdd(VNI, mac(i), ip(i)) for i in range(1, 121)])
+        b.bgp.call_many([MacAdd(VNI, mac(500 + i)) for i in range(40)])
         wait_until(lambda: len(b.macs()) == 120 and len(a.macs()) == 40, 20, "first routes")
         # Withdrawals, and a MAC moving from b to a (the new owner outbids with a sequence number).
-        a.bgp.call_many("mac_del", [{"vni": VNI, "mac": mac(i), **({"ip": f"10.7.0.{i}"} if i % 3 else {})}
-                                    for i in range(1, 21)])
-        a.bgp.call("mac_add", vni=VNI, mac=mac(500), seq=1)
-        b.bgp.call("mac_del", vni=VNI, mac=mac(500))
+        a.bgp.call_many([MacDel(VNI, mac(i), ip(i)) for i in range(1, 21)])
+        a.bgp.call(MacAdd(VNI, mac(500), seq=1))
+        b.bgp.call(MacDel(VNI, mac(500)))
         wait_until(lambda: len(b.macs()) == 101 and a.macs().get(f"{VNI} {mac(500)}") is None
                    and len(a.macs()) == 39, 20, "withdrawals and the move")
         # A node that joins late gets the whole table; then asks for a refresh (a new VRF).
-        c.bgp.call("peer_add", address=rr_node.ip, connect_mode="passive")
-        rr.bgp.call("peer_add", address=c_node.ip, connect_mode="active")
+        c.bgp.call(PeerAdd(rr_node.ip, connect_mode="passive"))
+        rr.bgp.call(PeerAdd(c_node.ip, connect_mode="active"))
         wait_until(lambda: len(c.macs()) == 140, 20, "the late node's table")
-        c.bgp.call("vni_add", vni=OTHER_VNI, rd_index=2)
-        c.bgp.call("mac_add", vni=OTHER_VNI, mac=mac(900))
+        c.bgp.call(VtepAdd(OTHER_VNI, 2))
+        c.bgp.call(MacAdd(OTHER_VNI, mac(900)))
         wait_until(lambda: f"{OTHER_VNI} {mac(900)}" in a.macs(), 20, "c's route")
-        refreshed = {p["address"]: p for p in rr.bgp.call("peers")}
+        refreshed = {p.address: p for p in rr.bgp.call(Peers())}
         # A node that dies: its routes go everywhere.
         b.bgp.kill()
         wait_until(lambda: len(c.macs()) == 101 and len(a.macs()) == 1, 20, "b's routes withdrawn")
         wait_until(lambda: len(rr.macs()) == 101 + 1, 20, "the reflector's view")
-        peers = rr.bgp.call("peers")
+        peers = rr.bgp.call(Peers())
         return {
             "a": (a.macs(), a.floods()), "c": (c.macs(), c.floods()), "rr": (rr.macs(), rr.floods()),
             "rr_state": rr.state.totals() | {"seq": None, "epoch": None},
-            "rib": sorted(json.dumps(e, sort_keys=True) for e in rr.bgp.call("rib")),
-            "peers": [(p["address"], p["state"], p["received"], p["sent"]) for p in peers],
-            "refreshed": {k: (p["received"], p["sent"]) for k, p in refreshed.items()},
+            "rib": sorted(json.dumps(event_json(e), sort_keys=True) for e in rr.bgp.call(Rib())),
+            "peers": [(p.address, p.state, p.received, p.sent) for p in peers],
+            "refreshed": {k: (p.received, p.sent) for k, p in refreshed.items()},
         }
     finally:
         for speaker in speakers:

@@ -4,7 +4,7 @@ os-ken reflects a route by parsing each NLRI into objects, making a path, a dest
 best-path run, an outgoing route per client and an UPDATE per route, serialised again: ~0.4 ms
 of CPU per route and client on this machine, 4 s of CPU for 10k MACs from 3 nodes. Our use is
 narrow (iBGP, EVPN Type-2/Type-3, one originator per MAC), so the reflector here keeps those
-routes itself, as the bytes they came in (``speaker.evpn_wire``), and sends each received UPDATE
+routes itself, as the bytes they came in (``bgp.evpn_wire``), and sends each received UPDATE
 on to the other clients as one UPDATE built once, with ORIGINATOR_ID and CLUSTER_LIST added.
 
 os-ken stays the speaker: sessions, FSM, capabilities, timers, hold-timer resets, the outgoing
@@ -22,8 +22,9 @@ of one os-ken method:
   older than the peer's version are withdrawn, as os-ken withdraws its own; the restart grace
   of ``osken_compat.enable_restart_grace`` defers it the same way (``clean_stale``).
 
-The BGP process reports these routes as os-ken's would be: ``mac``/``flood`` events when a best
-route appears, changes or goes, in ``rib``, and in each peer's received/sent counts.
+The BGP process reports these routes as os-ken's would be: route events (``MacRoute``,
+``VtepRoute``) when a best route appears, changes or goes, in ``rib``, and in each peer's
+received/sent counts.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ from os_ken.services.protocols.bgp.info_base import base as path_base
 from os_ken.services.protocols.bgp.peer import Peer, PeerCounterNames
 from os_ken.services.protocols.bgp.speaker import BgpProtocol
 
-from speaker import evpn_wire
-from speaker import osken_compat as compat
-from speaker.osken_compat import _replace, original
+from bgp import evpn_wire
+from bgp import osken_compat as compat
+from bgp.osken_patch import original, replace
 
 LOG = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class WireTable:
 
     def _report(self, route: Route, withdraw: bool) -> None:
         event = evpn_wire.route_event(route.nlri, route.update, withdraw)
-        if event is not None and event.get("vtep") != self.router_id:
+        if event is not None and event.vtep != self.router_id:
             self.emit(event)
 
     def send_table(self, peer: Peer) -> None:
@@ -264,12 +265,12 @@ class WireTable:
             self._forget(key, peer, peer.version_num)
         self._announce(changes)
 
-    def events(self) -> list[dict]:
+    def events(self) -> list:
         """The ``rib`` of these routes: an "add" event per best route."""
         found = []
         for route in self.best.values():
             event = evpn_wire.route_event(route.nlri, route.update, False)
-            if event is not None and event.get("vtep") != self.router_id:
+            if event is not None and event.vtep != self.router_id:
                 found.append(event)
         return found
 
@@ -352,10 +353,10 @@ def enable_wire_path(emit, reflect: bool) -> WireTable:
     """Take received EVPN Type-2/Type-3 routes on the wire path (call once the speaker exists).
     `emit` takes the BGP process's events; `reflect`: the reflector role (send them on)."""
     conf = CORE_MANAGER.common_conf
-    _replace(BgpProtocol, "_data_received", _data_received_wire)
-    _replace(Peer, "comm_all_best_paths", _comm_all_best_paths_and_ours)
-    _replace(Peer, "_handle_route_refresh_req", _route_refresh_and_ours)
-    _replace(TableCoreManager, "clean_stale_routes", _clean_stale_routes_and_ours)
+    replace(BgpProtocol, "_data_received", _data_received_wire)
+    replace(Peer, "comm_all_best_paths", _comm_all_best_paths_and_ours)
+    replace(Peer, "_handle_route_refresh_req", _route_refresh_and_ours)
+    replace(TableCoreManager, "clean_stale_routes", _clean_stale_routes_and_ours)
     wire = WireTable(emit, conf.router_id, conf.cluster_id or conf.router_id, conf.local_pref,
                      lambda: CORE_MANAGER.get_core_service().peer_manager.iterpeers, reflect)
     if clean_stale not in compat.LEARNED_PATH_CLEANERS:
@@ -409,5 +410,5 @@ def apply_both_roles() -> None:
       ``copyreg._slotnames``: ~10 us a copy, 0.3 s of a node's CPU for 3,333 originated MACs.
       ``OrderedDict.copy()`` makes the same shallow copy.
     """
-    _replace(BgpProtocol, "_recv_loop", _recv_loop_whole_reads)
-    _replace(path_base, "copy", _copy_attribute_map)
+    replace(BgpProtocol, "_recv_loop", _recv_loop_whole_reads)
+    replace(path_base, "copy", _copy_attribute_map)

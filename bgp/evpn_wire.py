@@ -4,7 +4,7 @@ Our use of BGP is narrow: iBGP, L2VPN EVPN, Type-2 (MAC/IP) and Type-3 (IMET) ro
 originator per MAC. For that, a reflector need not turn every received NLRI into os-ken's path,
 destination and outgoing-route objects and back into bytes: it can split the message, keep each
 NLRI's bytes under its RIB key, and send the other clients one UPDATE built once for all of them
-(``speaker.osken_fastpath`` does, inside os-ken's sessions). This module is the codec; it knows
+(``bgp.osken_fastpath`` does, inside os-ken's sessions). This module is the codec; it knows
 nothing of sockets or os-ken, and ``tests/test_evpn_wire.py`` checks it byte for byte against
 os-ken's own parser and UPDATE builder.
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
+
+from bgp.protocol import ADD, DEL, MacRoute, VtepRoute
 
 MARKER = b"\xff" * 16
 MSG_UPDATE = 2
@@ -236,17 +238,16 @@ def _ip_text(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
-def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> dict | None:
-    """The agent's ``mac``/``flood`` event for one route (``speaker.bgp_process.path_event`` of
-    the path os-ken would have made from it); `update` is the one that announced it."""
-    action = "del" if withdraw else "add"
+def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> MacRoute | VtepRoute | None:
+    """The agent's route event for one route (``bgp.events.route_event`` of the path os-ken would
+    have made from it); `update` is the one that announced it."""
+    action = DEL if withdraw else ADD
     value = nlri[2:]
     if nlri[0] == TYPE2:
         ip_bytes = value[29] // 8
-        labels = value[30 + ip_bytes:]
-        return {"event": "mac", "action": action, "vni": int.from_bytes(labels[:3], "big"), "mac": value[23:29].hex(":"),
-                "ip": _ip_text(value[30:30 + ip_bytes]) if ip_bytes else None,
-                "vtep": update.next_hop_text, "seq": mobility_seq(update)}
+        vni = int.from_bytes(value[30 + ip_bytes:33 + ip_bytes], "big")
+        ip = _ip_text(value[30:30 + ip_bytes]) if ip_bytes else None
+        return MacRoute(action, vni, value[23:29].hex(":"), update.next_hop_text, ip, mobility_seq(update))
     pmsi = update.attributes.get(PMSI_TUNNEL)
     if pmsi is None or len(pmsi[1]) < 5:
         return None
@@ -256,4 +257,4 @@ def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> dict | None:
     endpoint = pmsi[1][5:]
     vtep = (_ip_text(endpoint) if pmsi[1][1] == PMSI_INGRESS_REPLICATION and len(endpoint) in (4, 16)
             else _ip_text(value[13:]))
-    return {"event": "flood", "action": action, "vni": vni, "vtep": vtep}
+    return VtepRoute(action, vni, vtep)
