@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/install-deps.sh
 	./scripts/install-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 demo: deps

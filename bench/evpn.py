@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.evpn scale         # 10,000 MACs from 3 nodes through the reflector
     .venv/bin/python -m bench.evpn all
       [--setups ours,frr-rr,frr] [--pods N] [--macs N] [--nodes N] [--timeout S]
-      [--profile DIR (py-spy of the reflector and n1)] [--keep-logs DIR] [--note TEXT]
+      [--profile DIR (py-spy of the reflector and n1: flame graphs and summaries)] [--keep-logs DIR] [--note TEXT]
 
 Each run builds emulated clusters (lab.cluster: namespaces as nodes) in three set-ups:
 
@@ -30,6 +30,7 @@ import errno
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from base.primitives import ZERO_MAC
+from bench import flame
 from cni import naming
 from cni.netlink import AF_BRIDGE, NTF_SELF, RTMGRP_NEIGH, SO_RCVBUFFORCE, fdb_events
 from cni.netns import socket_in
@@ -453,19 +455,48 @@ def python_pids(netns: str) -> dict[str, int]:
             for pid, words in command_lines(netns).items() if "-m" in words}
 
 
-def start_profiles(bed: Testbed, directory: Path, seconds: float) -> list[subprocess.Popen]:
+PROFILE_RATE = 200  # samples per second
+
+
+@dataclass
+class Spy:
+    """One py-spy recording of one process, and its CPU count when the recording started."""
+
+    proc: subprocess.Popen
+    raw: Path
+    pid: int
+    cpu_before: float
+
+
+def start_profiles(bed: Testbed, directory: Path, phase: str, seconds: float) -> list[Spy]:
     """py-spy (sampling, non-blocking) on the reflector's and the first node's Python processes."""
     directory.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
-    procs = []
+    spies = []
     for node in (bed.rr, bed.nodes[0]):
         for module, pid in python_pids(node.netns).items():
-            out = directory / f"{bed.setup}-{node.name}-{module}.txt"
-            procs.append(subprocess.Popen(
-                [str(spy), "record", "--nonblocking", "-r", "200", "-d", str(int(seconds)), "-f", "raw",
-                 "-o", str(out), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            raw = directory / f"{bed.setup}-{node.name}-{module}-{phase}.txt"
+            proc = subprocess.Popen(
+                [str(spy), "record", "--nonblocking", "-r", str(PROFILE_RATE), "-d", str(int(seconds)),
+                 "-f", "raw", "-o", str(raw), "-p", str(pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spies.append(Spy(proc, raw, pid, cpu_seconds(pid)))
     time.sleep(1.0)  # py-spy attaches
-    return procs
+    return spies
+
+
+def stop_profiles(spies: list[Spy]) -> dict[str, float]:
+    """Stop the recordings; write each one's flame graph and text summary (the kernel's CPU
+    seconds over the recording shared out by samples). Returns {recording: CPU seconds}."""
+    cpu = {}
+    for spy in spies:
+        spent = cpu_seconds(spy.pid) - spy.cpu_before
+        spy.proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        spy.proc.wait(30)
+        if spy.raw.exists():
+            flame.write_reports(spy.raw, spy.raw.stem, round(spent, 2), PROFILE_RATE)
+            cpu[spy.raw.stem] = round(spent, 2)
+    return cpu
 
 
 def scale(setup: str, runtime: Runtime, total: int, n_nodes: int, timeout: float,
@@ -477,7 +508,7 @@ def scale(setup: str, runtime: Runtime, total: int, n_nodes: int, timeout: float
         baseline = bed.memory()
         load_before = loadavg()
         per_node = [total // n_nodes + (1 if i < total % n_nodes else 0) for i in range(n_nodes)]
-        spies = start_profiles(bed, profile, timeout) if profile else []
+        spies = start_profiles(bed, profile, "install", timeout) if profile else []
         cpu_before = bed.cpu()
         t0 = time.monotonic()
         macs = inject_macs(bed, per_node)
@@ -506,6 +537,10 @@ def scale(setup: str, runtime: Runtime, total: int, n_nodes: int, timeout: float
         result["memory_after_mib"] = bed.memory()
         cpu_installed = bed.cpu()
         result["cpu_install_s"] = cpu_spent(cpu_before, cpu_installed)
+        if spies:
+            result["profiled_cpu_s"] = stop_profiles(spies)
+            spies = start_profiles(bed, profile, "withdraw", timeout)
+            cpu_installed = bed.cpu()
         if withdraw and complete:
             t1 = time.monotonic()
             flush_macs(bed)
@@ -528,9 +563,8 @@ def scale(setup: str, runtime: Runtime, total: int, n_nodes: int, timeout: float
             time.sleep(0.5)
             result["cpu_withdraw_s"] = cpu_spent(cpu_installed, bed.cpu())
         result["netlink_overflows"] = sum(w.overflows for w in bed.watches.values())
-        for spy in spies:
-            spy.send_signal(2)  # py-spy writes its profile on SIGINT
-            spy.wait(30)
+        if spies:
+            result["profiled_cpu_s"].update(stop_profiles(spies))
         return result
 
 
@@ -623,9 +657,11 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(1, args.repeat + 1):
                 for setup in setups:
                     print(f"scale: {setup} (round {round_}/{args.repeat}) ...", flush=True)
+                    profile = Path(args.profile) if args.profile else None
+                    if profile and args.repeat > 1:
+                        profile /= f"round{round_}"
                     result = scale(setup, runtime, args.macs, args.nodes, args.timeout,
-                                   not args.no_withdraw,
-                                   Path(args.profile) if args.profile else None, keep_logs)
+                                   not args.no_withdraw, profile, keep_logs)
                     report["scale"].append({"round": round_, **result})
             rows = []
             for r in report["scale"]:

@@ -277,6 +277,11 @@ def _forget_sent_routes(table_manager, peer):
             dest.remove_sent_route(peer)
 
 
+# Called with the peer after a deferred cleanup of its learned paths: routes kept outside
+# os-ken's RIB (bgp.osken_fastpath) are cleaned the same way.
+LEARNED_PATH_CLEANERS: list = []
+
+
 def _clean_learned_paths(table_manager, peer):
     """What upstream's cleanup does for paths *learned from* the peer: drop those older than
     its current version (those it did not announce again since)."""
@@ -284,6 +289,8 @@ def _clean_learned_paths(table_manager, peer):
         for dest in table.values():
             if dest.remove_old_paths_from_source(peer):
                 table._signal_bus.dest_changed(dest)
+    for clean in LEARNED_PATH_CLEANERS:
+        clean(peer)
 
 
 def _on_peer_down_with_grace(self, peer):

@@ -121,10 +121,12 @@ class OsKen:
         from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
         from os_ken.services.protocols.bgp.peer import PeerCounterNames
 
-        from bgp import osken_compat
+        from bgp import osken_compat, osken_fastpath
 
         osken_compat.apply_all()
+        osken_fastpath.apply_both_roles()
         self.compat = osken_compat
+        self.fastpath = osken_fastpath
         self.bgpspeaker = bgpspeaker
         self.CORE_MANAGER = CORE_MANAGER
         self.PeerCounterNames = PeerCounterNames

@@ -7,6 +7,7 @@ patching (so this module imports no os-ken itself and its logic can be driven by
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,6 +35,7 @@ class BgpService:
         self._config: Start | None = None
         self._peers: dict[str, PeerAdd] = {}
         self._vnis: dict[int, _LocalVni] = {}
+        self._wire = None  # bgp.osken_fastpath.WireTable: received EVPN routes
         self.stopped = False
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Start: self._start, PeerAdd: self._peer_add, PeerDel: self._peer_del,
@@ -69,6 +71,9 @@ class BgpService:
             compat.apply_reflector_fixes()
         if config.restart_grace:
             compat.enable_restart_grace(config.restart_grace)
+        if os.environ.get("MEGALOS_WIRE_PATH", "1") != "0":  # "0": os-ken's own path (tests)
+            self._wire = self._osken.fastpath.enable_wire_path(self._emit,
+                                                               reflect=config.role == ROLE_REFLECTOR)
         if config.listen_port and not self._wait_listening():
             raise ProtocolError(f"cannot listen on {hosts[0]} port {config.listen_port} (see log)")
         log.info("started %s %s AS %d", config.role, config.router_id, config.asn)
@@ -196,9 +201,13 @@ class BgpService:
             if peer.ip_address not in self._peers:
                 continue  # deleted: os-ken keeps nothing we should report
             sent = sum(1 for r in peer.adj_rib_out.values() if not r.path.is_withdraw and not r.filtered)
+            received = len(peer.adj_rib_in)
+            if self._wire is not None:  # the routes taken on the wire path
+                sent += self._wire.sent_to(peer.ip_address)
+                received += self._wire.received.get(peer.ip_address, 0)
             result.append(peer_summary(
                 address=peer.ip_address, state=peer.state.bgp_state,
-                established_at=peer.state._established_time, received=len(peer.adj_rib_in),
+                established_at=peer.state._established_time, received=received,
                 sent=sent, updates_received=peer.state.get_count(counters.RECV_UPDATES),
                 updates_sent=peer.state.get_count(counters.SENT_UPDATES), now=now).json())
         return sorted(result, key=lambda p: p["address"])
@@ -214,6 +223,8 @@ class BgpService:
             route = route_event(path, False, self._config.router_id)
             if route is not None:
                 routes.append(event_json(route))
+        if self._wire is not None:
+            routes += [event_json(route) for route in self._wire.events()]
         return routes
 
     def _stop(self, command: Stop) -> None:

@@ -160,7 +160,7 @@ class _TableManager:
         self.remembered.append(sent_route.path.nlri.formatted_nlri_str)
 
 
-def _rr_client_peer(monkeypatch):
+def _rr_client_peer(monkeypatch, address=ROUTER):
     """A real os-ken Peer (a reflector client) with a recording protocol."""
     conf = common.CommonConf(**{common.LOCAL_AS: 65000,
                                 common.ROUTER_ID: '192.0.2.1',
@@ -169,7 +169,7 @@ def _rr_client_peer(monkeypatch):
     monkeypatch.setattr(_CoreManager, 'common_conf',
                         property(lambda self: conf))
     neighbor = neighbors.NeighborConf(**{
-        neighbors.IP_ADDRESS: ROUTER, neighbors.REMOTE_AS: 65000,
+        neighbors.IP_ADDRESS: address, neighbors.REMOTE_AS: 65000,
         neighbors.IS_ROUTE_REFLECTOR_CLIENT: True,
         rtconf_base.CAP_MBGP_EVPN: True})
     core = types.SimpleNamespace(table_manager=_TableManager())
