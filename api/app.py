@@ -8,7 +8,7 @@ import time
 
 from flask import Flask, g, request
 
-from api import errors, events, health, lans, macs, nodes, openapi, settings, vnis
+from api import auth, errors, events, health, lans, macs, maps, nodes, openapi, settings, vnis
 from api.metrics import RequestMetrics
 from api.state import make_client
 
@@ -24,10 +24,12 @@ def create_app(config: dict | None = None) -> Flask:
 
     app.extensions["megalos.reflector"] = make_client(app.config)
     app.extensions["megalos.waiters"] = threading.BoundedSemaphore(app.config["EVENTS_MAX_WAITERS"])
-    for blueprint in (vnis.bp, macs.bp, nodes.bp, lans.bp, events.bp, health.bp, openapi.bp):
+    for blueprint in (vnis.bp, macs.bp, nodes.bp, lans.bp, events.bp, maps.bp, health.bp,
+                      openapi.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     _measure_requests(app)
+    auth.protect_reads(app)  # after the clock starts: refused reads are measured too
     return app
 
 
