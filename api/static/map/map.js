@@ -406,7 +406,7 @@
   function fit() {
     const box = viewport.getBBox(), w = svg.clientWidth || 800, h = svg.clientHeight || 600;
     if (!box.width || !box.height) return;
-    const k = Math.min(w / (box.width + 40), h / (box.height + 40), 1.4);
+    const k = Math.min(w / (box.width + 40), h / (box.height + 40), 1.6);
     state.view = { k, x: (w - box.width * k) / 2 - box.x * k, y: (h - box.height * k) / 2 - box.y * k };
     transform();
   }
