@@ -27,6 +27,7 @@ from lab.cluster import Cluster, Node, sh
 from lab.multus import ApiServerEmulator, AttachedPod, KatharaLab, Multus, kathara_lab
 from lab.runtime import Runtime
 
+START_WAIT = 60.0  # seconds a process may take to start: the machine is shared, often loaded
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                    "ALL_PROXY")
 
@@ -77,7 +78,8 @@ class RunningLab:
         kubeconfig = self.kube.kubeconfig(self.cluster.run_dir / "kubeconfig")
         self.control.start_reflector(
             *[arg for n in self.nodes for arg in ("--peer", f"{n.name}={n.ip}")],
-            "--lans-from-k8s", "--kubeconfig", str(kubeconfig), "--hold-time", str(self.hold_time))
+            "--lans-from-k8s", "--kubeconfig", str(kubeconfig), "--hold-time", str(self.hold_time),
+            wait=START_WAIT)
         with ThreadPoolExecutor(len(self.nodes)) as pool:  # each takes a second or two to start
             list(pool.map(self.start_agent, [node.name for node in self.nodes]))
         self.api = ApiServer(self.control.socket, token=self.api_token, workers=self.api_workers,
@@ -136,7 +138,7 @@ class RunningLab:
     # -- agents ------------------------------------------------------------------------------------
     def start_agent(self, node_name: str) -> None:
         self.node(node_name).start_agent("--reflector", self.control.ip,
-                                         "--hold-time", str(self.hold_time))
+                                         "--hold-time", str(self.hold_time), wait=START_WAIT)
 
     def kill_agent(self, node_name: str) -> None:
         """The node's agent dies (SIGKILL, its BGP process with it): its session closes."""

@@ -207,17 +207,56 @@
       let x = 0;
       for (const g of row) {
         boxes.set(g.node.id, { x, y, w: g.w, h: g.h, group: g });
-        g.ordered.forEach((d, i) => {
-          const cx = x + NODE.pad + (i % g.cols) * CELL.w + CELL.w / 2;
-          const cy = y + NODE.head + Math.floor(i / g.cols) * CELL.h + CELL.h / 2;
-          devices.set(d.id, { x: cx, y: cy });
-        });
         x += g.w + NODE.gap;
       }
       y += Math.max(...row.map((g) => g.h)) + NODE.gap;
     }
+    for (let round = 0; round <= BARYCENTRE_ROUNDS; round++) {
+      if (round) reorder(groups, doc.lans, devices);
+      place(groups, boxes, devices);
+    }
     const hubs = placeHubs(doc.lans, devices);
     return { boxes, devices, hubs };
+  }
+
+  const BARYCENTRE_ROUNDS = 3;
+
+  function place(groups, boxes, devices) {
+    for (const g of groups) {
+      const box = boxes.get(g.node.id);
+      g.ordered.forEach((d, i) => {
+        devices.set(d.id, { x: box.x + NODE.pad + (i % g.cols) * CELL.w + CELL.w / 2,
+                            y: box.y + NODE.head + Math.floor(i / g.cols) * CELL.h + CELL.h / 2 });
+      });
+    }
+  }
+
+  // Fewer and shorter lines: each device moves towards the centre of its LANs (the mean of
+  // their members' places), rows by height, then places in a row by width; a few rounds.
+  function reorder(groups, lans, devices) {
+    const centre = new Map();
+    for (const lan of lans) {
+      const points = lan.members.map((m) => devices.get(m.device)).filter(Boolean);
+      if (!points.length) continue;
+      const c = { x: points.reduce((a, p) => a + p.x, 0) / points.length,
+                  y: points.reduce((a, p) => a + p.y, 0) / points.length };
+      for (const m of lan.members) (centre.get(m.device) || centre.set(m.device, []).get(m.device)).push(c);
+    }
+    const pull = (d) => {
+      const cs = centre.get(d.id), own = devices.get(d.id);
+      if (!cs) return own;
+      return { x: (own.x + cs.reduce((a, c) => a + c.x, 0)) / (cs.length + 1),
+               y: (own.y + cs.reduce((a, c) => a + c.y, 0)) / (cs.length + 1) };
+    };
+    for (const g of groups) {
+      const wanted = new Map(g.ordered.map((d) => [d.id, pull(d)]));
+      const byHeight = [...g.ordered].sort((a, b) => wanted.get(a.id).y - wanted.get(b.id).y);
+      const ordered = [];
+      for (let i = 0; i < byHeight.length; i += g.cols) {
+        ordered.push(...byHeight.slice(i, i + g.cols).sort((a, b) => wanted.get(a.id).x - wanted.get(b.id).x));
+      }
+      g.ordered = ordered;
+    }
   }
 
   function connectedOrder(list, neighbours) {
@@ -268,7 +307,7 @@
       for (let i = -1; i <= 1; i++) for (let j = -1; j <= 1; j++) out.push(...(grid.get(`${gx + i},${gy + j}`) || []));
       return out;
     };
-    const mx = DEVICE.w / 2 + HUB_R + 3, my = DEVICE.h / 2 + HUB_R + 3;
+    const mx = DEVICE.w / 2 + HUB_R + 8, my = DEVICE.h / 2 + HUB_R + 8;  // clear of the box and its port labels
     for (let round = 0; round < 6; round++) {
       for (const hub of list) {  // off the device boxes: out by the nearer side
         for (const b of near(hub.x, hub.y)) {
