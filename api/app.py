@@ -24,9 +24,9 @@ def create_app(config: dict | None = None) -> Flask:
 
     app.extensions["megalos.reflector"] = make_client(app.config)
     app.extensions["megalos.waiters"] = threading.BoundedSemaphore(app.config["EVENTS_MAX_WAITERS"])
-    for blueprint in (vnis.bp, macs.bp, nodes.bp, lans.bp, events.bp, maps.bp, health.bp,
-                      openapi.bp):
+    for blueprint in (vnis.bp, macs.bp, nodes.bp, lans.bp, events.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    maps.register(app)
     errors.register(app)
     _measure_requests(app)
     auth.protect_reads(app)  # after the clock starts: refused reads are measured too

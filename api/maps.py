@@ -21,7 +21,6 @@ from flask import Blueprint, current_app, jsonify, request, send_from_directory
 from api import mapview, params
 from api.errors import ApiError
 from api.mapwatch import MapWatcher
-from api.state import reflector
 
 STATIC = Path(__file__).resolve().with_name("static") / "map"
 _VERSION = re.compile(r"^[0-9a-f]{1,64}$")
@@ -37,11 +36,14 @@ PAGE_HEADERS = {
 bp = Blueprint("map", __name__)
 
 
+def register(app) -> None:
+    """The blueprint, and the app's watcher (it starts with the first map request)."""
+    app.register_blueprint(bp)
+    app.extensions["megalos.map"] = MapWatcher(app.extensions["megalos.reflector"])
+
+
 def watcher() -> MapWatcher:
-    extensions = current_app.extensions
-    if "megalos.map" not in extensions:
-        extensions["megalos.map"] = MapWatcher(reflector())
-    return extensions["megalos.map"]
+    return current_app.extensions["megalos.map"]
 
 
 @bp.get("/")

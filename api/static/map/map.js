@@ -73,6 +73,7 @@
       try {
         const doc = await api(`/api/v1/map?${query}`, controller.signal);
         live("live", "live");
+        if ($("banner").className === "error") banner("");
         if (doc.changed === false) {
           // The server answered at once (too many waiting pages): do not spin.
           if (performance.now() - started < 500) await sleep(1000);
