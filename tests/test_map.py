@@ -5,6 +5,7 @@ MAC and VTEP changes, on pods coming and going and on BGP sessions, and reads ca
 tests/test_map_browser.py drives the page itself in Chromium against the namespace cluster."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 from api import create_app
 from api.mapview import CONVERGED, CONVERGING, TROUBLE, Sources, build, device_label
 from api.mapwatch import MapWatcher
+from bgp.protocol import ADD, DEL, MacRoute, VtepRoute
 from lab.cluster import wait_until
 from tests.test_api import TOKEN, StandInBgp, reflector  # noqa: F401 - a fixture
 
@@ -237,12 +239,11 @@ def test_the_long_poll_answers_within_a_second_of_a_change(client, lab, change, 
         lab.state.lan_event("pods", "ADDED", pod("pc2", MAC2))
     version = client.get("/api/v1/map").json["version"]
     actions = {
-        "mac": lambda: lab.state.apply({"event": "mac", "action": "add", "vni": 100, "mac": MAC2,
-                                        "vtep": N1}),
+        "mac": lambda: lab.state.apply(MacRoute(ADD, 100, MAC2, N1)),
         "pod": lambda: lab.state.lan_event("pods", "DELETED", pod("pc1", MAC1)),
-        "peer": lambda: lab.bgp.peers[N1].update(state="Active", uptime=None),
-        "flood": lambda: lab.state.apply({"event": "flood", "action": "del", "vni": 100,
-                                          "vtep": N1}),
+        "peer": lambda: lab.bgp.peers.update(
+            {N1: dataclasses.replace(lab.bgp.peers[N1], state="Active", uptime=None)}),
+        "flood": lambda: lab.state.apply(VtepRoute(DEL, 100, N1)),
     }
     timer = later(0.3, actions[change])
     reply, took = timed_get(client, f"/api/v1/map?since={version}&timeout=10")

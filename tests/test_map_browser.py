@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from api.testing import ApiServer
+from lab.api_server import ApiServer
 from demo.lab import LAB, lab_conf, plan
 from lab.browser import MapPage, launch
 from lab.cluster import REPO
