@@ -1,5 +1,6 @@
 # Two entry points on a fresh machine (as root): `make demo` and `make test`.
 PYTHON ?= python3
+DEMO_ARGS ?=   # e.g. --exit: run through and exit instead of keeping the lab up for the map
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -16,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/install-deps.sh
 	touch $(STAMP)
 
 demo: deps
-	$(PY) -m demo
+	$(PY) -m demo $(DEMO_ARGS)
 
 test: deps
 	$(PY) -m pytest

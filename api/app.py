@@ -8,7 +8,7 @@ import time
 
 from flask import Flask, g, request
 
-from api import errors, events, health, lans, macs, nodes, openapi, settings, vnis
+from api import auth, errors, events, health, lans, macs, maps, nodes, openapi, settings, vnis
 from api.metrics import RequestMetrics
 from api.state import make_client
 
@@ -26,8 +26,10 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["megalos.waiters"] = threading.BoundedSemaphore(app.config["EVENTS_MAX_WAITERS"])
     for blueprint in (vnis.bp, macs.bp, nodes.bp, lans.bp, events.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    maps.register(app)
     errors.register(app)
     _measure_requests(app)
+    auth.protect_reads(app)  # after the clock starts: refused reads are measured too
     return app
 
 

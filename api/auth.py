@@ -1,14 +1,17 @@
-"""Bearer-token authorisation of the calls that change the cluster (POST/DELETE).
+"""Bearer-token authorisation of the calls that change the cluster (POST/DELETE), and of reads when
+the operator asks for it.
 
-Reads are open (the server binds to 127.0.0.1 unless told otherwise). With no token configured
-on the server, mutating calls are refused outright (403): there is no "open" mode to fall into by
-forgetting a Secret."""
+Reads are open by default (the server binds to 127.0.0.1 unless told otherwise); with
+READS_NEED_TOKEN (MEGALOS_API_READS_NEED_TOKEN=1) every /api/v1 read but the OpenAPI document
+needs the token too. The page at / and its files stay open: they hold no data, and the page sends
+the token it is given. With no token configured on the server, mutating calls are refused outright
+(403): there is no "open" mode to fall into by forgetting a Secret."""
 from __future__ import annotations
 
 import functools
 import hmac
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 
 from api.errors import ApiError
 
@@ -33,3 +36,15 @@ def token_required(view):
         check(request.headers.get("Authorization"), current_app.config["API_TOKEN"])
         return view(*args, **kwargs)
     return wrapped
+
+
+OPEN_READS = ("/api/v1/openapi.json",)
+
+
+def protect_reads(app: Flask) -> None:
+    """With READS_NEED_TOKEN, every read under /api/v1/ (but OPEN_READS) checks the token."""
+    @app.before_request
+    def check_read():
+        if (current_app.config["READS_NEED_TOKEN"] and request.path.startswith("/api/v1/")
+                and request.path not in OPEN_READS and request.method in ("GET", "HEAD")):
+            check(request.headers.get("Authorization"), current_app.config["API_TOKEN"])

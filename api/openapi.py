@@ -26,6 +26,7 @@ def _nullable(schema: dict) -> dict:
 
 
 _INT = {"type": "integer", "minimum": 0}
+_MAP_STATE = {"type": "string", "enum": ["converged", "converging", "trouble"]}
 _IP = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
        "description": "an IPv4 or IPv6 address", "example": "192.0.2.2"}
 _TIME = {"type": "number", "description": "Unix time, seconds"}
@@ -62,6 +63,9 @@ _PARAMETERS = {
                   "LANs (a Kathara lab's namespace is its hash, lower case)", "schema": _NAMESPACE},
     "since": {"name": "since", "in": "query", "description": "changes after this sequence "
               "number (default 0)", "schema": {**_INT, "maximum": 2 ** 53 - 1}},
+    "mapSince": {"name": "since", "in": "query", "description": "the `version` of the map the "
+                 "client has: wait (up to `timeout`) for another one",
+                 "schema": {"type": "string", "pattern": r"^[0-9a-f]{1,64}$"}},
     "timeout": {"name": "timeout", "in": "query", "description": "seconds to wait for a change "
                 "(default 0; the server shortens waits over its maximum, 30 s by default)",
                 "schema": {"type": "number", "minimum": 0}},
@@ -174,6 +178,44 @@ _SCHEMAS = {
                                "converged": {"type": "boolean", "description": "synced, and "
                                              "every LAN converged"},
                                "lans": {"type": "array", "items": _ref("Lan")}}},
+    "MapLan": {"type": "object",
+               "required": ["id", "namespace", "name", "link", "vni", "state", "missing",
+                            "problems", "nodes", "vteps", "members", "frozen_macs",
+                            "vni_shared_with"],
+               "properties": {"id": {"type": "string", "description": "namespace/name"},
+                              "namespace": {"type": "string"}, "name": {"type": "string"},
+                              "link": _nullable({"type": "string"}),
+                              "vni": {"type": "integer", "minimum": 1, "maximum": MAX_VNI},
+                              "state": _MAP_STATE,
+                              "missing": {**_INT, "description": "attachments and routes "
+                                          "(members' MACs, hosting nodes' VTEPs) still awaited"},
+                              "problems": {"type": "array", "items": {"type": "string"}},
+                              "nodes": {"type": "array", "items": {"type": "string"},
+                                        "description": "the nodes hosting a member"},
+                              "vteps": {"type": "array", "items": _IP,
+                                        "description": "the VNI's flood list at the reflector"},
+                              "members": {"type": "array", "items": {"type": "object"}},
+                              "frozen_macs": {"type": "array", "items": {"type": "string"},
+                                              "description": "MACs frozen by duplicate detection"},
+                              "vni_shared_with": {"type": "array", "items": {"type": "string"},
+                                                  "description": "LANs of other namespaces on "
+                                                  "the same VNI"}}},
+    "LanMap": {"type": "object",
+               "required": ["version", "namespace", "watching", "synced", "reflector",
+                            "namespaces", "summary", "nodes", "devices", "lans"],
+               "properties": {"version": {"type": "string", "description": "pass it back as "
+                                          "`since` to wait for a change"},
+                              "namespace": _nullable({"type": "string"}),
+                              "watching": {"type": "boolean"}, "synced": {"type": "boolean"},
+                              "reflector": {"type": "object"},
+                              "namespaces": {"type": "array", "items": {"type": "object"}},
+                              "summary": {"type": "object"},
+                              "nodes": {"type": "array", "items": {"type": "object"}},
+                              "devices": {"type": "array", "items": {"type": "object"}},
+                              "lans": {"type": "array", "items": _ref("MapLan")},
+                              "changed": {"type": "boolean", "description": "false (and "
+                                          "nothing else but `version`): no change within "
+                                          "`timeout`"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Ready": {"type": "object", "required": ["status", "reflector"],
               "properties": {"status": {"type": "string"},
@@ -251,6 +293,14 @@ DOCUMENT = {
         "/api/v1/lans": _get("The LANs (megalos NetworkAttachmentDefinitions) of a namespace, "
                              "with the pod interfaces on each and whether it has converged",
                              _json("the LANs", _ref("LanList")), _params("namespace")),
+        "/api/v1/map": _get("The LAN map of a namespace (or of all): devices, LANs with a state, "
+                            "nodes; with `since`, waits up to `timeout` s for another version",
+                            _json("the map, or {version, changed: false} after the wait",
+                                  {"oneOf": [_ref("LanMap"), {
+                                      "type": "object", "required": ["version", "changed"],
+                                      "properties": {"version": {"type": "string"},
+                                                     "changed": {"type": "boolean"}}}]}),
+                            _params("namespace", "mapSince", "timeout")),
         "/api/v1/events": _get("Changes after `since`, waiting up to `timeout` s for one",
                                _json("changes", _ref("Events")),
                                _params("since", "timeout", "limit", "vniFilter")),

@@ -3,6 +3,7 @@
     MEGALOS_REFLECTOR_SOCKET       the reflector's state socket (default /run/megalos/reflector.sock)
     MEGALOS_API_TOKEN              the bearer token for mutating calls, or
     MEGALOS_API_TOKEN_FILE         a file holding it (a mounted Secret); neither: mutations refused
+    MEGALOS_API_READS_NEED_TOKEN   1: reads under /api/v1 need the token too (default 0)
     MEGALOS_API_EVENTS_MAX_TIMEOUT the longest long poll, seconds (default 30)
     MEGALOS_API_PAGE_LIMIT         rows in a page when the client gives no limit (default 1000)
     MEGALOS_API_METRICS_DIR        where gunicorn workers keep their request metrics (set by
@@ -18,6 +19,7 @@ DEFAULTS = {
     "REFLECTOR_SOCKET": DEFAULT_SOCKET,
     "REFLECTOR_TIMEOUT": 5.0,        # seconds for one reply (a long poll adds its own wait)
     "API_TOKEN": None,               # None: POST/DELETE are refused with 403
+    "READS_NEED_TOKEN": False,       # True: GETs under /api/v1 need the token too (api.auth)
     "PAGE_LIMIT": 1000,              # rows in a page when the client gives no limit
     "MAX_PAGE_LIMIT": 10_000,
     "EVENTS_MAX_TIMEOUT": 30.0,      # a long poll never waits longer than this
@@ -49,6 +51,11 @@ def read_token(environ) -> str | None:
 def from_env(environ) -> dict:
     """The settings a deployment gives through the environment (only those it gives)."""
     settings: dict = {"API_TOKEN": read_token(environ)}
+    reads = environ.get("MEGALOS_API_READS_NEED_TOKEN", "").strip().lower()
+    if reads:
+        if reads not in ("0", "1", "true", "false", "yes", "no"):
+            raise SettingsError("MEGALOS_API_READS_NEED_TOKEN must be 1 or 0")
+        settings["READS_NEED_TOKEN"] = reads in ("1", "true", "yes")
     if environ.get("MEGALOS_REFLECTOR_SOCKET"):
         settings["REFLECTOR_SOCKET"] = environ["MEGALOS_REFLECTOR_SOCKET"]
     if environ.get("MEGALOS_API_METRICS_DIR"):

@@ -40,10 +40,12 @@ class ApiServer:
         self.process: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self, wait: float = 30.0) -> "ApiServer":
-        for _ in range(3):  # another program may take the free port before gunicorn binds it
-            port = free_port()
-            env = {**os.environ, "MEGALOS_API_BIND": f"127.0.0.1:{port}",
+    def start(self, wait: float = 30.0, port: int | None = None) -> "ApiServer":
+        """Serve on `port`, or on a free one (tried three times: another program may take a free
+        port before gunicorn binds it)."""
+        for _ in range(1 if port else 3):
+            bind = port or free_port()
+            env = {**os.environ, "MEGALOS_API_BIND": f"127.0.0.1:{bind}",
                    "MEGALOS_REFLECTOR_SOCKET": self.reflector_socket,
                    "MEGALOS_API_WORKERS": str(self.workers), "MEGALOS_API_THREADS": str(self.threads),
                    **self.extra_env}
@@ -54,7 +56,7 @@ class ApiServer:
                 self.process = subprocess.Popen(
                     [sys.executable, "-m", "gunicorn", "-c", str(CONFIG)], env=env, cwd=REPO,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            self.url = f"http://127.0.0.1:{port}"
+            self.url = f"http://127.0.0.1:{bind}"
             if self._wait_serving(wait):
                 return self
         raise RuntimeError(f"gunicorn did not serve: {self.log()[-3000:]}")

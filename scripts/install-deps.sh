@@ -9,6 +9,7 @@ packages=(
   golang-go golang-github-appc-cni-dev  # libcni, what Multus uses: the test driver is built from it
   nftables iptables              # partition tests
   tcpdump iperf3 wrk             # debugging and benchmarks
+  chromium chromium-driver fonts-dejavu-core  # the LAN map's browser tests (driven by Playwright)
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (network namespaces and apt need it)" >&2

@@ -34,6 +34,7 @@ from lab.api_server import ApiServer
 from cni import naming
 from lab.cluster import REPO, Cluster, Node
 from lab.cluster import wait_for as poll
+from lab.labrun import PROXY_VARIABLES
 from lab.multus import NETWORK_STATUS, ApiServerEmulator, Multus, kathara_lab
 from reflector.protocol import StateClient
 
@@ -56,8 +57,6 @@ PLACEMENT = {"pc1": "n1", "r1": "n2", "pc2": "n2"}
 ADDRESSES = {("pc1", "net0"): "10.0.1.1", ("r1", "net0"): "10.0.1.2",
              ("r1", "net1"): "10.0.2.2", ("pc2", "net0"): "10.0.2.3",
              ("pc1", "net1"): "10.0.3.1", ("pc2", "net1"): "10.0.3.3"}
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-                   "ALL_PROXY")
 
 
 wait_for = functools.partial(poll, timeout=30.0, interval=0.2)  # slower steps here
