@@ -46,7 +46,7 @@ log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 in_node() { nsenter --mount="$run/ns/mnt" --net="/run/netns/$NAME" -- "$@"; }
 kctl() { "$kbin/kubectl" --kubeconfig "$state/admin.kubeconfig" "$@"; }
-is_up() { [ -e "$run/ns/mnt" ] || ip netns list | grep -qw "^$NAME"; }
+is_up() { [ -e "$run/ns/mnt" ] || [ -e "/run/netns/$NAME" ]; }
 
 wait_until() {  # seconds what command...: polls until the command succeeds
   local deadline=$((SECONDS + $1)) what="$2"
@@ -257,7 +257,10 @@ healthzBindAddress: 127.0.0.1:10256
 conntrack: {maxPerCore: 0}
 EOF
   # Multus (thin) is the runtime's network: it calls the bridge list for every pod's eth0, then
-  # the NetworkAttachmentDefinitions the pod's annotation selects.
+  # the NetworkAttachmentDefinitions the pod's annotation selects. The cluster network is named,
+  # not given as a path: Multus 4.2.3 re-encodes a .conflist path's plugins through its own types
+  # (LoadDelegateNetConfFromConfList), which drops the bridge's and host-local's settings, and
+  # every DEL then fails with "no IP ranges specified". A name is read from conf_dir as written.
   cat >"$state/root/etc/cni/net.d/10-pods.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
@@ -281,7 +284,7 @@ EOF
   "binDir": "/opt/cni/bin",
   "logFile": "$state/logs/multus.log",
   "logLevel": "verbose",
-  "clusterNetwork": "/etc/cni/net.d/10-pods.conflist"
+  "clusterNetwork": "pods"
 }
 EOF
 }
@@ -321,6 +324,7 @@ up() {
   start kube-apiserver "$kbin/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 --advertise-address="$NODE_IP" --secure-port=6443 \
     --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
+    --kubelet-preferred-address-types=InternalIP \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --client-ca-file="$p/ca.crt" --tls-cert-file="$p/apiserver.crt" \
     --tls-private-key-file="$p/apiserver.key" \
@@ -368,8 +372,10 @@ save_sysctls() {
 down() {
   [ "$(id -u)" -eq 0 ] || die "needs root"
   local hierarchy dir
+  local t0=$SECONDS
   if [ -d "/sys/fs/cgroup/pids/$NAME" ]; then
     stop_all
+    log "processes stopped in $((SECONDS - t0)) s"
   fi
   [ -f "$state/sysctls" ] && sysctl -qw $(cat "$state/sysctls") || true
   for hierarchy in $(cgroups); do
@@ -380,7 +386,7 @@ down() {
     umount "$run/ns/mnt" 2>/dev/null || true
     umount "$run/ns"
   fi
-  ip netns list | grep -qw "^$NAME" && ip netns del "$NAME"
+  [ -e "/run/netns/$NAME" ] && ip netns del "$NAME"
   ip link show "$HOST_IF" >/dev/null 2>&1 && ip link del "$HOST_IF"
   if [ -f "$state/created-dirs" ]; then
     while read -r dir; do
@@ -389,7 +395,7 @@ down() {
   fi
   rm -rf "$state" "$run"
   rmdir /var/lib/megalos-k8s /run/megalos-k8s 2>/dev/null || true
-  log "down: $NAME removed"
+  log "down: $NAME removed in $((SECONDS - t0)) s"
 }
 
 status() {

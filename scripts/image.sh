@@ -97,13 +97,12 @@ megalos() {  # k8s/Dockerfile, unchanged, from the repository root (.dockerignor
   log "building $MEGALOS_IMAGE from k8s/Dockerfile (PYTHON_IMAGE=$base)"
   b bud -q --network host --layers --force-rm --build-arg "PYTHON_IMAGE=$base" \
         -f "$root/k8s/Dockerfile" -t "$MEGALOS_IMAGE" "$root" >/dev/null
-  log "$MEGALOS_IMAGE built in $((SECONDS - start)) s, $(size "$MEGALOS_IMAGE") MB"
+  log "$MEGALOS_IMAGE built in $((SECONDS - start)) s, $(size "$MEGALOS_IMAGE")"
   archive megalos "$MEGALOS_IMAGE"
 }
 
-size() {  # an image's size in MB, unpacked
-  b inspect --type image --format '{{.Size}}' "$1" 2>/dev/null | awk '{printf "%d", $1 / 1e6}' \
-    || echo "?"
+size() {  # an image's size, unpacked, as buildah reports it ("568 MB")
+  b images --json "$1" | sed -n 's/.*"size": "\(.*\)".*/\1/p' | head -1
 }
 
 device() {

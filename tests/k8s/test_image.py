@@ -20,10 +20,11 @@ CHECKS = {
                 " && python3 -c 'import api; api.create_app()'"
                 " && gunicorn --version >/dev/null",
     # The C shim the init container copies (k8s/agent-daemonset.yaml): present, executable, and
-    # answering VERSION by itself (it needs no agent for that).
+    # answering as a CNI plugin does when no agent runs here (code 11, naming the socket).
     "shim": "test -x /usr/local/libexec/megalos/megalos"
             " && echo '{\"cniVersion\":\"1.1.0\",\"name\":\"n\",\"type\":\"megalos\"}'"
-            " | CNI_COMMAND=VERSION /usr/local/libexec/megalos/megalos | grep -q supportedVersions",
+            " | CNI_COMMAND=VERSION /usr/local/libexec/megalos/megalos"
+            " | grep -q '\"code\": 11, \"msg\": \"megalos agent is not running'",
     # Non-root by default, as the reflector Deployment expects.
     "user": "test \"$(id -u)\" = 65532",
 }
