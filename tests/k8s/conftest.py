@@ -155,6 +155,12 @@ def megalos(kube):
     return kube
 
 
+@pytest.fixture(scope="session")
+def timings() -> dict[str, float]:
+    """Figures a test measured, printed at the end of the session (docs/benchmarks.md)."""
+    return TIMINGS
+
+
 def describe(kube: Kube) -> str:
     return kube.kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout[-6000:]
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from cni import naming
-from tests.k8s.conftest import ROOT, TIMINGS, wait_for
+from tests.k8s.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.k8s
 KATHARA_PYTHON = ROOT / ".venv-kathara" / "bin" / "python"  # kathara ships no script: python -m kathara
@@ -65,13 +67,25 @@ def kathara(megalos, tmp_path):
     lab = tmp_path / "lab"
     lab.mkdir()
     write_lab(lab)
+    # Kathara reads its settings from the passwd home's .config (root's /root/.config/kathara.conf,
+    # written with defaults when missing), not from $HOME: it runs in a private mount namespace
+    # where that directory is this test's, so it reads these settings and writes nothing there.
+    config = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".config"
+    made_config = not config.exists()
+    config.mkdir(exist_ok=True)
+    private_config = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      'mount --bind "$0" "$1" && shift && exec "$@"',
+                      str(home / ".config"), str(config)]
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(KATHARA_PYTHON), "-m", "kathara", *args], cwd=lab, env=env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run([*private_config, str(KATHARA_PYTHON), "-m", "kathara", *args],
+                              cwd=lab, env=env, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
 
     yield run
     run("lclean", "-d", str(lab))
+    if made_config:
+        config.rmdir()
 
 
 def reaches(kathara, device: str, address: str) -> bool:
@@ -79,7 +93,7 @@ def reaches(kathara, device: str, address: str) -> bool:
                    timeout=60).returncode == 0
 
 
-def test_kathara_lstart_lans_answer_and_lclean_leaves_nothing(kathara, megalos):
+def test_kathara_lstart_lans_answer_and_lclean_leaves_nothing(kathara, megalos, timings):
     t0 = time.monotonic()
     started = kathara("lstart", "--noterminals", timeout=600)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -94,7 +108,7 @@ def test_kathara_lstart_lans_answer_and_lclean_leaves_nothing(kathara, megalos):
     for device, address in REACHABLE:
         wait_for(f"{device} to reach {address}", lambda d=device, a=address: reaches(kathara, d, a),
                  timeout=120)
-    TIMINGS["kathara lstart -> every LAN answers (s)"] = time.monotonic() - t0
+    timings["kathara lstart -> every LAN answers (s)"] = time.monotonic() - t0
     for device, address in ISOLATED:
         assert not reaches(kathara, device, address), f"{device} reached {address} across LANs"
 
