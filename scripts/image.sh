@@ -82,12 +82,15 @@ from_containerfile() {  # image containerfile: FROM the local Debian image
 }
 
 python_base() {  # prints the base to pass as PYTHON_IMAGE
-  if have "$DEFAULT_PYTHON_IMAGE" || timeout 60 "$0" _pull "$DEFAULT_PYTHON_IMAGE" >/dev/null 2>&1; then
-    echo "$DEFAULT_PYTHON_IMAGE"
-    return
+  have "$DEFAULT_PYTHON_IMAGE" && { echo "$DEFAULT_PYTHON_IMAGE"; return; }
+  if ! have "$LOCAL_PYTHON_IMAGE"; then
+    if timeout 60 "$0" _pull "$DEFAULT_PYTHON_IMAGE" >/dev/null 2>&1; then
+      echo "$DEFAULT_PYTHON_IMAGE"
+      return
+    fi
+    log "$DEFAULT_PYTHON_IMAGE cannot be pulled: building $LOCAL_PYTHON_IMAGE from Debian's packages"
+    from_containerfile "$LOCAL_PYTHON_IMAGE" "$root/scripts/image/python.Containerfile"
   fi
-  log "$DEFAULT_PYTHON_IMAGE cannot be pulled: building $LOCAL_PYTHON_IMAGE from Debian's packages"
-  from_containerfile "$LOCAL_PYTHON_IMAGE" "$root/scripts/image/python.Containerfile"
   echo "$LOCAL_PYTHON_IMAGE"
 }
 
