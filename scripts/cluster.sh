@@ -300,7 +300,11 @@ install_cni_plugins() {
 # -- up / down --------------------------------------------------------------------------------
 up() {
   [ "$(id -u)" -eq 0 ] || die "needs root"
-  is_up && die "already up (scripts/cluster.sh down first)"
+  if is_up; then
+    kctl get --raw /readyz >/dev/null 2>&1 && die "already up (scripts/cluster.sh down first)"
+    log "removing what an earlier run of $NAME left (its API server does not answer)"
+    down
+  fi
   local t0=$SECONDS
   "$repo/scripts/cluster/build.sh" all
   [ -f "$cache/images/pause.tar" ] || "$repo/scripts/image.sh" pause
