@@ -5,7 +5,8 @@ the project's policy (pinned image, resources, probes, least privilege, read-onl
 The probes and commands are exercised for real where that is possible here: the agent's probe
 runs through the real CNI binary against a stub agent socket, the init container's installer
 runs into a temporary directory, and every command line is parsed by the program's own parser.
-There is no kube-apiserver and no Docker engine here: admission and the image build are not tested.
+Admission, the image build and the manifests running on a real cluster are tested by
+tests/k8s (`make test-k8s`: buildah, a one-node Kubernetes, Multus, Kathara).
 """
 from __future__ import annotations
 
@@ -594,3 +595,30 @@ def test_dockerfile(built):
     if missing == ["api/gunicorn.conf.py"]:
         pytest.xfail("api/gunicorn.conf.py does not exist yet (the API's gunicorn configuration)")
     assert not missing, f"the Dockerfile copies files that do not exist: {missing}"
+
+
+def test_dockerignore_keeps_the_packages_and_leaves_out_the_rest():
+    """k8s/Dockerfile copies the repository (`COPY . .`) through .dockerignore: every package
+    setup.cfg puts into the wheel is in the context, tests, the lab and the virtualenvs are not."""
+    import fnmatch
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert not [p for p in patterns if p.startswith("!")], "no re-includes: keep the list simple"
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return any(fnmatch.fnmatch(prefix, pattern.removeprefix("**/"))
+                   or fnmatch.fnmatch(prefix.rsplit("/", 1)[-1], pattern.removeprefix("**/"))
+                   for prefix in prefixes for pattern in patterns)
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    packages = [p for p in cfg["options.packages.find"]["include"].split() if "*" not in p]
+    assert packages
+    for kept in ["setup.cfg", "pyproject.toml", "README.md",
+                 *(f"{package}/__init__.py" for package in packages)]:
+        assert (ROOT / kept).exists() and not ignored(kept), kept
+    for left_out in (".git", ".venv", "tests/conftest.py", "lab/cluster.py", "docs/install.md",
+                     "cni/__pycache__/x.pyc"):
+        assert ignored(left_out), left_out

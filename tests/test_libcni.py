@@ -1,14 +1,15 @@
 """The plugin through libcni, the library Multus and containerd call plugins with.
 
-tests/libcni/driver.go is built once per session against Debian's golang-github-appc-cni-dev
-(GOPATH mode, offline). libcni finds `megalos` in the CNI bin dir, injects name, cniVersion,
-prevResult (from its own result cache) and runtimeConfig, execs the shim (which reaches the
-node's agent through MEGALOS_AGENT_SOCKET, inherited by the plugin), and parses the result: so
-these tests see the plugin exactly as a libcni-based runtime does.
+tests/libcni/driver.go is built once per session against the libcni its go.mod pins (1.3.0,
+from the Go module proxy; the module cache keeps it after the first build). libcni finds
+`megalos` in the CNI bin dir, injects name, cniVersion, prevResult (from its own result cache),
+runtimeConfig and GC's valid attachments, execs the shim (which reaches the node's agent through
+MEGALOS_AGENT_SOCKET, inherited by the plugin), and parses the result: so these tests see the
+plugin exactly as a libcni-based runtime does, STATUS and GC included.
 
-This libcni (1.1.2) knows spec versions up to 1.0.0, has no STATUS or GC and ignores
-`cniVersions`; the tests ask the driver what it supports and assert what a runtime built on it
-would see for the rest.
+The tests ask the driver what its libcni supports (versions, verbs, `cniVersions`) and assert what
+a runtime built on it would see, so they also hold for an older libcni (Debian's 1.1.2 knows
+spec versions up to 1.0.0 and has no STATUS or GC).
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ from tests.conftest import ALL_VERSIONS
 pytestmark = pytest.mark.root
 VNI = 4242
 DRIVER_DIR = Path(__file__).with_name("libcni")
-SYSTEM_GOPATH = Path("/usr/share/gocode")
-LIBCNI_SOURCE = SYSTEM_GOPATH / "src/github.com/containernetworking/cni/libcni"
+GO = Path("/usr/local/go/bin/go")  # libcni 1.3 needs Go 1.21; Debian 12's golang-go is 1.19
 MULTUS_ARGS = ("IgnoreUnknown=true;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={pod};"
                "K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID=0f2b6a4e")
 
@@ -48,14 +48,11 @@ class Driver:
 @pytest.fixture(scope="session")
 def cnidriver(tmp_path_factory) -> Driver:
     """tests/libcni/driver.go built once; skipped only when there is no Go toolchain at all."""
-    go = shutil.which("go")
+    go = str(GO) if GO.exists() else shutil.which("go")
     if go is None:
-        pytest.skip("no `go` toolchain (apt-get install golang-go golang-github-appc-cni-dev)")
-    if not LIBCNI_SOURCE.is_dir():
-        pytest.fail(f"libcni source missing at {LIBCNI_SOURCE}: apt-get install golang-github-appc-cni-dev")
+        pytest.skip(f"no Go toolchain (expected at {GO})")
     out = tmp_path_factory.mktemp("libcni")
-    env = {**os.environ, "GO111MODULE": "off", "GOFLAGS": "",
-           "GOPATH": f"{out / 'gopath'}:{SYSTEM_GOPATH}"}
+    env = {**os.environ, "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local"}
     if "HOME" not in env and "GOCACHE" not in env:
         env["GOCACHE"] = str(out / "gocache")
     binary = out / "cnidriver"
@@ -80,7 +77,8 @@ class Libcni:
         return self.work / "cache"
 
     def call(self, verb: str, conf: dict | str, container_id: str = "", netns: str = "",
-             ifname: str = "", args: str = "", caps: dict | None = None, socket: str = "") -> CniReply:
+             ifname: str = "", args: str = "", caps: dict | None = None, socket: str = "",
+             valid: list[dict] | None = None) -> CniReply:
         conf_file = self.work / "net.conf"
         conf_file.write_text(conf if isinstance(conf, str) else json.dumps(conf))
         argv = [str(self.driver.path), "-verb", verb, "-conf", str(conf_file), "-id", container_id,
@@ -88,6 +86,8 @@ class Libcni:
                 "-cache", str(self.cache)]
         if caps is not None:
             argv += ["-cap", json.dumps(caps)]
+        if valid is not None:
+            argv += ["-valid", json.dumps(valid)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         if socket:
             env["MEGALOS_AGENT_SOCKET"] = socket
@@ -286,10 +286,37 @@ def test_version_info_and_validation(libcni, node):
     assert unsupported.code == 1 and 'does not support config version "0.2.0"' in unsupported.json["msg"]
 
 
-@pytest.mark.parametrize("verb", ["STATUS", "GC"])
-def test_status_and_gc(libcni, verb):
+def _requires(libcni, verb: str):
     if verb not in libcni.driver.info["verbs"]:
-        pytest.skip(f"this libcni (spec <= {libcni.driver.versions[-1]}, Debian's 1.1.2) has no "
-                    f"{'GetStatusNetworkList' if verb == 'STATUS' else 'GCNetworkList'}: "
-                    "tested by raw exec in test_cni_verbs.py")
-    pytest.fail(f"this libcni has {verb}: extend tests/libcni/driver.go and this test")
+        pytest.fail(f"this libcni (spec <= {libcni.driver.versions[-1]}) has no {verb}: "
+                    "tests/libcni/go.mod pins one that has")
+
+
+def test_status_through_libcni(libcni, node, tmp_path):
+    """GetStatusNetworkList: 1.1.0 lists are asked (the agent answers: ready); older lists are
+    not asked at all (libcni returns success without calling the plugin); no agent: code 50."""
+    _requires(libcni, "STATUS")
+    assert libcni.call("STATUS", conflist("1.1.0"), socket=node.socket).code == 0
+    down = libcni.call("STATUS", conflist("1.1.0"), socket=str(tmp_path / "no-agent.sock"))
+    assert down.code == 1 and down.json["code"] == 50, down
+    assert libcni.call("STATUS", conflist("1.0.0"), socket=str(tmp_path / "no-agent.sock")).code == 0
+
+
+def test_gc_through_libcni(libcni, node):
+    """GCNetworkList injects cni.dev/valid-attachments: the attachments not listed go, the listed
+    ones stay; with none valid, the LAN's devices go too."""
+    _requires(libcni, "GC")
+    pods = [node.add_pod(f"p{i}") for i in range(3)]
+    conf = conflist("1.1.0")
+    for pod in pods:
+        reply = libcni.call("ADD", conf, container_id=f"c-{pod.name}", netns=pod.netns_path,
+                            ifname="net0", socket=node.socket)
+        assert reply.code == 0, reply
+    keep = [{"containerID": "c-p0", "ifname": "net0"}, {"containerID": "c-p2", "ifname": "net0"}]
+    reply = libcni.call("GC", conf, valid=keep, socket=node.socket)
+    assert reply.code == 0, reply
+    assert megalos_links(node) == {naming.vtep_name(VNI), naming.bridge_name(VNI),
+                                   naming.port_name("c-p0", "net0"), naming.port_name("c-p2", "net0")}
+    assert "net0" not in pods[1].run("ip", "-br", "link").stdout
+    assert libcni.call("GC", conf, valid=[], socket=node.socket).code == 0
+    assert megalos_links(node) == set()

@@ -1,17 +1,18 @@
 // cnidriver: call a CNI plugin through libcni, the library Multus and containerd use.
 //
-// Built by tests/libcni/conftest.py in GOPATH mode against Debian's golang-github-appc-cni-dev,
-// so the tests see the plugin exactly as a libcni-based runtime does: libcni finds the binary in
-// -path, injects name, cniVersion, prevResult and runtimeConfig, execs it, parses the result and
-// keeps its result cache in -cache.
+// Built by tests/test_libcni.py against the libcni this module pins (go.mod, from the Go module
+// proxy), so the tests see the plugin exactly as a libcni-based runtime does: libcni finds the
+// binary in -path, injects name, cniVersion, prevResult, runtimeConfig and, for GC, the valid
+// attachments, execs it, parses the result and keeps its result cache in -cache.
 //
-//	cnidriver -verb ADD|DEL|CHECK|VERSION|VALIDATE|INFO -conf FILE [-id CID] [-netns PATH]
-//	          [-ifname IF] [-args 'K=V;K2=V2'] [-cap '{"mac": "..."}'] -path DIR -cache DIR
+//	cnidriver -verb ADD|DEL|CHECK|STATUS|GC|VERSION|VALIDATE|INFO -conf FILE [-id CID]
+//	          [-netns PATH] [-ifname IF] [-args 'K=V;K2=V2'] [-cap '{"mac": "..."}']
+//	          [-valid '[{"containerID": "...", "ifname": "..."}]'] -path DIR -cache DIR
 //
 // -conf is a .conflist (has "plugins": the *NetworkList calls, as containerd makes them) or a
 // single plugin config (the *Network calls, as Multus makes them for a NAD's config).
 // Success: exit 0, the result JSON (ADD, VERSION, VALIDATE, INFO) or nothing (DEL, CHECK) on
-// stdout. Failure: exit 1, {"code", "msg", "details", "error"} on stdout; code is the plugin's
+// stdout. STATUS and GC take a single config as the list of that one plugin. Failure: exit 1, {"code", "msg", "details", "error"} on stdout; code is the plugin's
 // error code, 0 when libcni itself failed (msg then holds libcni's message).
 package main
 
@@ -30,7 +31,7 @@ import (
 )
 
 type options struct {
-	verb, conf, id, netns, ifname, args, caps, path, cache string
+	verb, conf, id, netns, ifname, args, caps, valid, path, cache string
 }
 
 // network is a config file loaded either way, so each verb is written once.
@@ -54,6 +55,14 @@ func load(file string) (*network, error) {
 	}
 	single, err := libcni.ConfFromBytes(raw)
 	return &network{single: single}, err
+}
+
+// asList: STATUS and GC exist only for lists; a single config is a list of one, as libcni makes it.
+func (n *network) asList() (*libcni.NetworkConfigList, error) {
+	if n.list != nil {
+		return n.list, nil
+	}
+	return libcni.ConfListFromConf(n.single)
 }
 
 func (n *network) pluginType() string {
@@ -88,7 +97,7 @@ func info() map[string]interface{} {
 	return map[string]interface{}{
 		"supportedVersions": version.All.SupportedVersions(),
 		"current":           version.Current(),
-		"verbs":             []string{"ADD", "DEL", "CHECK", "VERSION", "VALIDATE"},
+		"verbs":             []string{"ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "VALIDATE"},
 		"cniVersions":       readsCNIVersions(),
 	}
 }
@@ -129,6 +138,24 @@ func run(ctx context.Context, o options) (interface{}, error) {
 			return nil, cni.CheckNetworkList(ctx, net.list, rt)
 		}
 		return nil, cni.CheckNetwork(ctx, net.single, rt)
+	case "STATUS":
+		list, err := net.asList()
+		if err != nil {
+			return nil, err
+		}
+		return nil, cni.GetStatusNetworkList(ctx, list)
+	case "GC":
+		list, err := net.asList()
+		if err != nil {
+			return nil, err
+		}
+		args := &libcni.GCArgs{}
+		if o.valid != "" {
+			if err := json.Unmarshal([]byte(o.valid), &args.ValidAttachments); err != nil {
+				return nil, fmt.Errorf("-valid: %w", err)
+			}
+		}
+		return nil, cni.GCNetworkList(ctx, list, args)
 	case "VERSION":
 		vi, err := cni.GetVersionInfo(ctx, net.pluginType())
 		if err != nil {
@@ -144,7 +171,7 @@ func run(ctx context.Context, o options) (interface{}, error) {
 		}
 		return map[string]interface{}{"capabilities": caps}, err
 	}
-	return nil, fmt.Errorf("unknown verb %q (this libcni has no STATUS or GC)", o.verb)
+	return nil, fmt.Errorf("unknown verb %q", o.verb)
 }
 
 func failure(err error) map[string]interface{} {
@@ -158,13 +185,14 @@ func failure(err error) map[string]interface{} {
 
 func main() {
 	var o options
-	flag.StringVar(&o.verb, "verb", "", "ADD, DEL, CHECK, VERSION, VALIDATE or INFO")
+	flag.StringVar(&o.verb, "verb", "", "ADD, DEL, CHECK, STATUS, GC, VERSION, VALIDATE or INFO")
 	flag.StringVar(&o.conf, "conf", "", "network config list (.conflist) or single plugin config")
 	flag.StringVar(&o.id, "id", "", "container id")
 	flag.StringVar(&o.netns, "netns", "", "network namespace path")
 	flag.StringVar(&o.ifname, "ifname", "", "interface name inside the container")
 	flag.StringVar(&o.args, "args", "", "CNI_ARGS, K=V;K2=V2")
 	flag.StringVar(&o.caps, "cap", "", "capability args as JSON, e.g. {\"mac\": \"02:00:00:00:00:01\"}")
+	flag.StringVar(&o.valid, "valid", "", "GC: the valid attachments, [{\"containerID\": ..., \"ifname\": ...}]")
 	flag.StringVar(&o.path, "path", "", "CNI_PATH, directories separated by ':'")
 	flag.StringVar(&o.cache, "cache", "", "libcni cache dir")
 	flag.Parse()
