@@ -2,13 +2,16 @@
 
 `Plugin.handle` owns parsing and error formatting (like the reference plugins' skel); each verb
 handler only does its work and raises. A per-VNI lock serialises work on one LAN, so an ADD
-cannot race the last DEL that removes the LAN's bridge and VTEP.
+cannot race the last DEL that removes the LAN's bridge and VTEP; a verb does not wait for it
+past its deadline.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import time
 from contextlib import contextmanager
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -42,13 +45,21 @@ class VniLocks:
         self._locks: dict[int, list] = {}  # vni -> [lock, users]
 
     @contextmanager
-    def hold(self, vni: int):
+    def hold(self, vni: int, deadline: float = math.inf):
+        """The VNI's lock; code 11 if it is not free by `deadline` (time.monotonic())."""
         with self._guard:
             entry = self._locks.setdefault(vni, [threading.Lock(), 0])
             entry[1] += 1
         try:
-            with entry[0]:
+            wait = -1 if deadline == math.inf else max(deadline - time.monotonic(), 0)
+            if not entry[0].acquire(timeout=wait):
+                raise CniError(spec.ERR_TRY_AGAIN_LATER,
+                               f"VNI {vni} is busy: its lock was not free before this request's "
+                               "deadline; nothing was changed")
+            try:
                 yield
+            finally:
+                entry[0].release()
         finally:
             with self._guard:
                 entry[1] -= 1
@@ -79,7 +90,9 @@ class Plugin:
         self.locks = VniLocks()
 
     # -- the skel: parse, dispatch, format ---------------------------------------------------
-    def handle(self, env: dict, stdin: str) -> tuple[int, str]:
+    def handle(self, env: dict, stdin: str, deadline: float = math.inf) -> tuple[int, str]:
+        """(exit code, stdout) for one request; `deadline` (time.monotonic()): the verb gives up
+        waiting for its VNI's lock then."""
         version = spec.LATEST_VERSION
         try:
             inv = spec.parse_environment(env)
@@ -93,7 +106,7 @@ class Plugin:
             spec.verb_allowed(inv.command, version)
             handler = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check,
                        "STATUS": self.status, "GC": self.gc}[inv.command]
-            result = handler(inv, conf)
+            result = handler(inv, conf, deadline)
             return 0, json.dumps(result) if result is not None else ""
         except CniError as exc:
             return 1, json.dumps(exc.to_json(version))
@@ -126,7 +139,7 @@ class Plugin:
             raise CniError(spec.ERR_INVALID_CONFIG, f"master: {exc}") from None
 
     # -- verbs -------------------------------------------------------------------------------
-    def add(self, inv: spec.Invocation, conf: NetConf) -> dict:
+    def add(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> dict:
         mac = _requested_mac(inv, conf) or naming.random_mac()
         if conf.vxlan_port not in self.vxlan_ports:
             raise CniError(spec.ERR_INVALID_CONFIG,
@@ -139,7 +152,7 @@ class Plugin:
                            f"{underlay.name} mtu {underlay.mtu} minus the VXLAN overhead)")
         name = naming.port_name(inv.container_id, inv.ifname)
         # The pod's netns is checked and opened before the LAN is touched or its lock taken.
-        with netns.opened(inv.netns) as netns_fd, self.locks.hold(conf.vni):
+        with netns.opened(inv.netns) as netns_fd, self.locks.hold(conf.vni, deadline):
             lan, created = self.datapath.ensure_lan(conf.vni, conf.vxlan_port, underlay, conf.mtu)
             if created:
                 self.events.vtep_added(conf.vni)
@@ -166,12 +179,12 @@ class Plugin:
         if self.datapath.remove_lan_if_unused(vni):
             self.events.vtep_removed(vni)
 
-    def delete(self, inv: spec.Invocation, conf: NetConf) -> None:
-        with self.locks.hold(conf.vni):
+    def delete(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
+        with self.locks.hold(conf.vni, deadline):
             self._detach(naming.port_name(inv.container_id, inv.ifname), conf.vni)
             self._drop_lan_if_unused(conf.vni)
 
-    def check(self, inv: spec.Invocation, conf: NetConf) -> None:
+    def check(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
         name = naming.port_name(inv.container_id, inv.ifname)
         lan = self.datapath.lan(conf.vni)
         if lan is None:
@@ -212,12 +225,12 @@ class Plugin:
                                    f"prevResult has an invalid MAC for {inv.ifname}") from None
         return _requested_mac(inv, conf)
 
-    def status(self, inv: spec.Invocation, conf: NetConf) -> None:
+    def status(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
         reason = self.datapath.healthy() or self.not_ready()
         if reason:
             raise CniError(spec.ERR_NOT_AVAILABLE, "the megalos agent cannot serve ADD now", reason)
 
-    def gc(self, inv: spec.Invocation, conf: NetConf) -> None:
+    def gc(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
         """Remove this network's ports the runtime no longer lists; ports of other networks on
         the VNI, and ports an older agent made (unmarked), are not this GC's to judge. An
         unmarked port the runtime lists as this network's is marked as such."""
@@ -227,7 +240,7 @@ class Plugin:
                            "without it every attachment of the network would look stale")
         valid = {naming.port_name(cid, ifname) for cid, ifname in conf.valid_attachments}
         mark = naming.port_mark(conf.name)
-        with self.locks.hold(conf.vni):
+        with self.locks.hold(conf.vni, deadline):
             for port in self.datapath.ports(conf.vni):
                 if port.mark == mark and port.name not in valid:
                     log.info("GC: removing stale attachment %s on VNI %s", port.name, conf.vni)

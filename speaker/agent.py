@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ from base import logs
 from cni.config import DEFAULT_AGENT_SOCKET, STANDARD_VXLAN_PORTS
 from cni.datapath import Datapath, DatapathError
 from cni.plugin import Announcements, Plugin
-from cni.server import CniServer
+from cni.server import DEFAULT_DEADLINE, DEFAULT_READ_TIMEOUT, DEFAULT_WORKERS, CniServer
 
 log = logging.getLogger("megalos.agent")
 
@@ -31,6 +32,19 @@ def port_list(text: str) -> tuple[int, ...]:
     return ports
 
 
+def positive(kind):
+    """An argparse type: `kind` (int, float) above 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number above 0")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="megalos-agent", description=__doc__.splitlines()[0])
     p.add_argument("--vtep-ip", default="", help="this node's VTEP address (default: the underlay "
@@ -38,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--underlay-dev", default="", help="device VXLAN traffic leaves by")
     p.add_argument("--socket", default=DEFAULT_AGENT_SOCKET, help="CNI request socket "
                    "(default %(default)s)")
+    p.add_argument("--cni-workers", type=positive(int), default=DEFAULT_WORKERS, metavar="N",
+                   help="CNI requests served at once (default %(default)s); more wait, their "
+                   "shims with them, up to the shim's timeout")
+    p.add_argument("--cni-read-timeout", type=positive(float), default=DEFAULT_READ_TIMEOUT, metavar="S",
+                   help="seconds a client has to send its whole request (default %(default)s)")
+    p.add_argument("--cni-deadline", type=positive(float), default=DEFAULT_DEADLINE, metavar="S",
+                   help="seconds a CNI verb may take; then its shim gets code 11 (try again "
+                   "later) while the agent finishes or undoes it (default %(default)s)")
     p.add_argument("--vxlan-ports", type=port_list, default=STANDARD_VXLAN_PORTS, metavar="PORT,...",
                    help="the VXLAN UDP ports a network config may ask for with vxlanPort (it "
                    "opens a host port); default: the two standard ones, 4789,8472")
@@ -126,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plugin = Plugin(datapath, events, not_ready, args.vxlan_ports)
     try:
-        server = CniServer(args.socket, plugin.handle)
+        server = CniServer(args.socket, plugin.handle, args.cni_workers, args.cni_read_timeout,
+                           args.cni_deadline)
     except (RuntimeError, OSError) as exc:
         print(f"megalos-agent: {exc}", file=sys.stderr)
         if finder:

@@ -183,7 +183,7 @@ def server(sockdir):
     """The agent's real socket server, with a plugin that records what reaches it."""
     calls = []
 
-    def handle_cni(env, stdin):
+    def handle_cni(env, stdin, deadline):
         calls.append((env, stdin))
         return 0, '{"ok": true}'
 
