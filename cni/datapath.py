@@ -292,9 +292,10 @@ class Datapath:
     def _own_devices(self) -> list[Link]:
         """The bridges and VTEPs Megalos made on this node: the right kind, name and mark."""
         with self._lock:
-            return [link for link in self._nl.links() if naming.vni_of_device(link.name)
-                    and (_ours(link, "bridge", naming.BRIDGE_MARK) and link.name.startswith(naming.BRIDGE_PREFIX)
-                         or _ours(link, "vxlan", naming.VTEP_MARK) and link.name.startswith(naming.VTEP_PREFIX))]
+            links = list(self._nl.links())
+        return [link for link in links if naming.vni_of_device(link.name) and (
+            link.name.startswith(naming.BRIDGE_PREFIX) and _ours(link, "bridge", naming.BRIDGE_MARK)
+            or link.name.startswith(naming.VTEP_PREFIX) and _ours(link, "vxlan", naming.VTEP_MARK))]
 
     def mark_legacy_devices(self) -> list[str]:
         """Mark the bridges and VTEPs an agent made before devices were marked, those it can

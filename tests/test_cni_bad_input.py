@@ -291,7 +291,8 @@ REFUSED_BY_THE_SHIM = [
     (json.dumps(conf())[:-1].encode() + b', "runtimeConfig": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}",
      6, shim.TOO_DEEP),
     (json.dumps(conf(padding="x" * shim.MAX_STDIN)).encode(), 6, shim.TOO_LARGE),
-    (json.dumps(conf(agentSocket="/tmp/rogue.sock")).encode(), 7, shim.SOCKET_RULE + ", not '/tmp/rogue.sock'"),
+    (json.dumps(conf(agentSocket="/tmp/rogue.sock")).encode(), 7,
+     shim.SOCKET_RULE + ", not '/tmp/rogue.sock'"),
 ]
 
 

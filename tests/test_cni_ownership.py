@@ -121,7 +121,7 @@ def test_the_sweep_deletes_only_what_megalos_made(runtime, cluster):
     pod = node.add_pod("gone")
     add(runtime, node, pod, "lan_a")
     vanish(pod)
-    wait_until(lambda: naming.bridge_name(VNI) not in aliases(node), what="the empty LAN swept")
+    wait_until(lambda: naming.bridge_name(VNI) not in aliases(node), timeout=20, what="the empty LAN swept")
     assert set(aliases(node)) == theirs and set(aliases(node).values()) == {""}
 
     other = node.add_pod("p77")
@@ -149,7 +149,8 @@ def test_an_upgraded_agent_marks_what_the_older_one_made_and_nothing_else(runtim
     theirs = foreign_lan(node, 92)
 
     node.start_agent("--sweep-interval", "0.2")
-    wait_until(lambda: naming.bridge_name(91) not in aliases(node), what="the older empty LAN swept")
+    wait_until(lambda: naming.bridge_name(91) not in aliases(node), timeout=20,
+               what="the older empty LAN swept")
     assert aliases(node) == {naming.bridge_name(93): "megalos:bridge", naming.vtep_name(93): "megalos:vtep",
                              busy_port: "", **{name: "" for name in theirs}}
     reply = runtime.call("DEL", conf("lan_b", 93), container_id="c-busy", netns=busy.netns_path,

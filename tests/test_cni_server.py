@@ -88,29 +88,28 @@ def test_a_client_that_never_sends_is_cut_off(serve):
     """A connection that sends nothing (or trickles) gets code 5 after the read timeout and
     frees its worker: with one worker, a real request is served right after."""
     server = serve(lambda env, stdin, deadline: (0, ""), workers=1, read_timeout=0.3)
-    with connect(server.path) as silent:
-        start = time.monotonic()
+    with connect(server.path) as silent:  # without the cut-off, recv would time out (20 s)
         code, out = shim.decode_reply(b"".join(iter(lambda: silent.recv(65536), b"")))
-        waited = time.monotonic() - start
     body = json.loads(out)
     assert (code, body["code"], body["msg"]) == (1, 5, "the request did not arrive in time")
-    assert body["details"] == "not all of it within 0.3 s" and waited < 10
+    assert body["details"] == "not all of it within 0.3 s"
     assert request(server.path) == (0, None)
 
 
 def test_a_trickling_client_gets_no_more_time(serve):
+    """A byte every 0.1 s never lets a per-read timeout of 0.5 s expire: the limit is on the
+    whole request, so the server hangs up on it."""
     server = serve(lambda env, stdin, deadline: (0, ""), read_timeout=0.5)
+    cut_off = False
     with connect(server.path) as slow:
-        start = time.monotonic()
         try:
-            for byte in shim.MAGIC * 10:
+            for byte in shim.MAGIC * 40:  # 20 s of trickling
                 slow.sendall(bytes([byte]))
                 time.sleep(0.1)
-        except BrokenPipeError:  # cut off: what this test wants
-            pass
+        except BrokenPipeError:
+            cut_off = True
         answer = b"".join(iter(lambda: slow.recv(65536), b""))
-    assert json.loads(shim.decode_reply(answer)[1])["code"] == 5
-    assert time.monotonic() - start < 10
+    assert cut_off and json.loads(shim.decode_reply(answer)[1])["code"] == 5
 
 
 def test_requests_beyond_the_worker_bound_wait_their_turn(serve):
@@ -155,19 +154,18 @@ def test_a_shim_waits_for_a_busy_agent_then_gets_code_11(serve, sockdir, kind):
 
 @pytest.mark.parametrize("kind", shim_kinds())
 def test_a_verb_past_its_deadline_is_answered_code_11_and_finishes(serve, sockdir, kind):
-    """The shim hears at the deadline, not when the verb ends (nor at its own timeout); the
+    """The shim hears at the deadline, while the verb still runs (nor at its own timeout); the
     verb goes on to its end in the agent."""
-    gate = Gate(hold=3)
+    gate = Gate()
     server = serve(gate, deadline=0.4)
     binary = install_shim.install(sockdir, name=f"megalos-{kind}", kind=kind)
-    start = time.monotonic()
     proc = subprocess.run([str(binary)], input=CONF.encode(), capture_output=True, timeout=30,
                           env={**ENV, shim.SOCKET_ENV: server.path})
-    waited = time.monotonic() - start
+    assert (gate.inside, gate.done) == (1, 0)  # answered while the verb is still running
+    gate.open()
     body = json.loads(proc.stdout)
     assert (proc.returncode, body["code"], body["cniVersion"]) == (1, 11, "1.1.0")
     assert body["msg"] == "DEL c1/net0 did not finish within its deadline"
-    assert waited < 2.5, waited
     deadline = time.monotonic() + 10
     while gate.done < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -182,7 +180,7 @@ def test_a_verb_does_not_wait_for_its_vnis_lock_past_the_deadline():
         start = time.monotonic()
         code, out = plugin.handle(ENV, CONF, deadline=time.monotonic() + 0.3)
     body = json.loads(out)
-    assert (code, body["code"]) == (1, 11) and 0.25 < time.monotonic() - start < 5
+    assert (code, body["code"]) == (1, 11) and 0.25 < time.monotonic() - start < 20
     assert body["msg"] == ("VNI 100 is busy: its lock was not free before this request's deadline; "
                            "nothing was changed")
     with plugin.locks.hold(100, deadline=time.monotonic()):  # free again: taken at once
@@ -190,7 +188,7 @@ def test_a_verb_does_not_wait_for_its_vnis_lock_past_the_deadline():
 
 
 def test_stopping_a_saturated_server_does_not_hang(sockdir):
-    gate = Gate(hold=2)
+    gate = Gate()
     server = CniServer(os.path.join(sockdir, "stop.sock"), gate, workers=1)
     server.start()
 
@@ -206,8 +204,8 @@ def test_stopping_a_saturated_server_does_not_hang(sockdir):
     while gate.inside < 1:
         time.sleep(0.01)
     start = time.monotonic()
-    server.stop()  # the accept loop waits for a free worker: it must still see the stop
-    assert time.monotonic() - start < 5
+    server.stop()  # the accept loop waits for a free worker (30 s here): it must see the stop
+    assert time.monotonic() - start < 15
     gate.open()
     for client in clients:
         client.join(20)

@@ -545,7 +545,8 @@ def test_answers_the_shim_makes_are_byte_for_byte_the_same(binaries, sockdir, ca
     if case == "malformed-config":
         assert body["cniVersion"] == "0.4.0"
     if case == "config-path":
-        assert body["msg"] == "megalos agent is not running: cannot connect to /run/megalos/mgshim-absent.sock"
+        assert body["msg"] == ("megalos agent is not running: cannot connect to "
+                               "/run/megalos/mgshim-absent.sock")
     if case == "odd-path":
         shown = ODD_PATH.decode("utf-8", "surrogateescape")
         assert body["msg"] == f"megalos agent is not running: cannot connect to {shown}"
