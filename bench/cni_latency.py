@@ -167,10 +167,10 @@ SHIMS = ("c", "python")
 IFNAMES = {"c": "net0", "python": "net1"}
 LABELS = {
     "floor": "python3 -IS -c pass (floor)",
-    "megalos_c_version": "megalos C VERSION (exec -> agent)",
+    "megalos_c_version": "megalos C VERSION (exec; the shim answers)",
     "megalos_c_add": "megalos C ADD",
     "megalos_c_del": "megalos C DEL",
-    "megalos_python_version": "megalos Python VERSION (exec -> agent)",
+    "megalos_python_version": "megalos Python VERSION (exec; the shim answers)",
     "megalos_python_add": "megalos Python ADD",
     "megalos_python_del": "megalos Python DEL",
     "agent_add": "  agent side of ADD (socket, no exec)",

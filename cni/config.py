@@ -9,14 +9,18 @@ import re
 from dataclasses import dataclass
 
 from base.primitives import MAX_VNI, host_mac
+from cni import naming, shim
 from cni.spec import ERR_INVALID_CONFIG, CniError, negotiate_version
 
 DEFAULT_VXLAN_PORT = 4789
-DEFAULT_AGENT_SOCKET = "/run/megalos/agent.sock"
+STANDARD_VXLAN_PORTS = (4789, 8472)  # IANA's, and the Linux default (the original Megalos's)
+DEFAULT_AGENT_SOCKET = shim.DEFAULT_SOCKET
 MIN_MTU = 68
+# GC's list of attachments still valid: the spec's name, and the one it used until 2024
+# (libcni sends both: containernetworking/cni#1101).
+ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_DEVICE_NAME = re.compile(r"^[^/:\s]{1,15}$")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class NetConf:
     agent_socket: str = DEFAULT_AGENT_SOCKET
     runtime_mac: str = ""       # runtimeConfig.mac (the `mac` capability)
     prev_result: dict | None = None
-    valid_attachments: tuple = ()  # GC: ((container id, ifname), ...)
+    valid_attachments: tuple | None = None  # GC: ((container id, ifname), ...); None: no list
 
 
 def _invalid(msg: str) -> CniError:
@@ -56,17 +60,30 @@ def _string(conf: dict, key: str) -> str:
     return value
 
 
-def _valid_attachments(conf: dict) -> tuple:
-    raw = conf.get("cni.dev/valid-attachments", [])
-    if not isinstance(raw, list):
-        raise _invalid("cni.dev/valid-attachments must be a list")
-    pairs = []
-    for item in raw:
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
-                or not isinstance(item.get("ifname"), str):
-            raise _invalid(f"cni.dev/valid-attachments entry {item!r} needs containerID and ifname")
-        pairs.append((item["containerID"], item["ifname"]))
+def _valid_attachments(conf: dict) -> tuple | None:
+    """The attachments GC must keep, from either key (both: all they name); None if neither."""
+    if not any(key in conf for key in ATTACHMENT_KEYS):
+        return None
+    pairs: dict = {}
+    for key in ATTACHMENT_KEYS:
+        raw = conf.get(key, [])
+        if not isinstance(raw, list):
+            raise _invalid(f"{key} must be a list")
+        for item in raw:
+            if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
+                    or not isinstance(item.get("ifname"), str):
+                raise _invalid(f"{key} entry {item!r} needs containerID and ifname")
+            pairs[item["containerID"], item["ifname"]] = None
     return tuple(pairs)
+
+
+def _agent_socket(conf: dict) -> str:
+    path = _string(conf, "agentSocket")
+    if not path:
+        return DEFAULT_AGENT_SOCKET
+    if not shim.socket_allowed(path.encode("utf-8", "surrogatepass")):
+        raise _invalid(f"{shim.SOCKET_RULE}, not {path!r}")
+    return path
 
 
 def parse_netconf(conf: dict) -> NetConf:
@@ -80,13 +97,11 @@ def parse_netconf(conf: dict) -> NetConf:
         raise _invalid(f"type {conf.get('type')!r} is not megalos")
     vni = _integer(conf, "vxlanId", 1, MAX_VNI)
     master = _string(conf, "master")
-    if master and not _DEVICE_NAME.fullmatch(master):
-        raise _invalid(f"master {master!r} is not a valid interface name")
+    if master and (problem := naming.ifname_problem(master)):
+        raise _invalid(f"master {master!r} is not a valid interface name: {problem}")
     mtu = _integer(conf, "mtu", MIN_MTU, 65535, default=0) if conf.get("mtu") else 0
     port = _integer(conf, "vxlanPort", 1, 65535, default=DEFAULT_VXLAN_PORT)
-    socket_path = _string(conf, "agentSocket") or DEFAULT_AGENT_SOCKET
-    if not socket_path.startswith("/"):
-        raise _invalid(f"agentSocket {socket_path!r} must be an absolute path")
+    socket_path = _agent_socket(conf)
     runtime = conf.get("runtimeConfig") or {}
     if not isinstance(runtime, dict):
         raise _invalid("runtimeConfig must be an object")

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import threading
 from dataclasses import dataclass
 
 from cni import naming, netns
 from cni.netlink import (IFLA_ADDRESS, IFLA_BR_NF_CALL_ARPTABLES, IFLA_BR_NF_CALL_IP6TABLES,
-                         IFLA_BR_NF_CALL_IPTABLES, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD,
+                         IFLA_BR_NF_CALL_IPTABLES, IFLA_IFALIAS, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD,
                          IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL,
                          IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP, NUD_PERMANENT,
                          VETH_INFO_PEER, Link, Netlink, NetlinkError, attr, be16, ip, link_body,
@@ -70,12 +69,24 @@ class Lan:
 
 @dataclass(frozen=True)
 class Port:
-    """A pod attachment as seen from the host: the veth's host end and the pod MACs behind it."""
+    """A pod attachment as seen from the host: the veth's host end, the pod MACs behind it, and
+    its mark (naming.port_mark of its network; '' on a port an older agent made)."""
 
     name: str
     index: int
     vni: int
     macs: tuple
+    mark: str = ""
+
+
+def _ours(link: Link | None, kind: str, mark: str) -> bool:
+    """Whether `link` is a device Megalos made: of `kind`, carrying `mark` as its alias."""
+    return link is not None and link.kind == kind and link.alias == mark
+
+
+def _foreign(link: Link, mark: str) -> ConflictError:
+    return ConflictError(f"{link.name} exists but Megalos did not make it (its alias is "
+                         f"{link.alias or 'empty'}, not {mark}): remove or rename it")
 
 
 def _pod_macs(entries, index: int) -> tuple:
@@ -140,11 +151,11 @@ class Datapath:
 
     # -- per-VNI devices -------------------------------------------------------------------
     def lan(self, vni: int) -> Lan | None:
-        """The VNI's devices if both exist."""
+        """The VNI's devices if both exist, made by Megalos."""
         with self._lock:
             vtep = self._nl.link(name=naming.vtep_name(vni))
             bridge = self._nl.link(name=naming.bridge_name(vni))
-            if vtep is None or bridge is None:
+            if not (_ours(vtep, "vxlan", naming.VTEP_MARK) and _ours(bridge, "bridge", naming.BRIDGE_MARK)):
                 return None
             return Lan(vni, vtep.index, bridge.index, vtep.mtu)
 
@@ -174,6 +185,8 @@ class Datapath:
                 if link.kind != "bridge":
                     raise ConflictError(f"{name} exists and is a {link.kind or 'plain'} device, "
                                         "not a bridge")
+                if link.alias != naming.BRIDGE_MARK:
+                    raise _foreign(link, naming.BRIDGE_MARK)
                 if not link.up:
                     self._nl.set_link(link_body(index=link.index, up=True))
                 return link.index, False
@@ -184,7 +197,7 @@ class Datapath:
                 linkinfo("bridge", [attr(IFLA_BR_NF_CALL_IPTABLES, u8(0)),
                                     attr(IFLA_BR_NF_CALL_IP6TABLES, u8(0)),
                                     attr(IFLA_BR_NF_CALL_ARPTABLES, u8(0))])])
-            return self._nl.create_link(name, body), True
+            return self._create_marked(name, body, naming.BRIDGE_MARK), True
 
     def ensure_vtep(self, vni: int, port: int, underlay: Underlay, mtu: int,
                     bridge_index: int) -> tuple[int, bool]:
@@ -196,6 +209,8 @@ class Datapath:
             link = self._nl.link(name=name)
             if link is not None:
                 self._check_vtep(link, vni, port, underlay, mtu)
+                if link.alias != naming.VTEP_MARK:
+                    raise _foreign(link, naming.VTEP_MARK)
                 if link.master != bridge_index or not link.up:
                     self._nl.set_link(link_body(index=link.index, up=True,
                                                 attrs=[attr(IFLA_MASTER, bridge_index)]))
@@ -209,13 +224,29 @@ class Datapath:
                                    attr(IFLA_VXLAN_LINK, underlay.ifindex),
                                    attr(local, ip(underlay.ip)), attr(IFLA_VXLAN_LEARNING, u8(0)),
                                    attr(IFLA_VXLAN_PORT, be16(port))])])
-            index = self._nl.create_link(name, body)
+            index = self._create_marked(name, body, naming.VTEP_MARK)
             try:
                 self._nl.set_bridge_port_learning(index, False)
             except Exception:
                 self._delete(name)
                 raise
             return index, True
+
+    def _create_marked(self, name: str, body: bytes, mark: str) -> int:
+        """Create a link and give it its mark (the kernel ignores IFLA_IFALIAS in the request
+        that creates a link: a second request); nothing is left if the mark fails."""
+        with self._lock:
+            index = self._nl.create_link(name, body)
+            try:
+                self._set_alias(index, mark)
+            except Exception:
+                self._delete(name)
+                raise
+            return index
+
+    def _set_alias(self, index: int, alias: str) -> None:
+        with self._lock:
+            self._nl.set_link(link_body(index=index, attrs=[attr(IFLA_IFALIAS, alias)]))
 
     @staticmethod
     def _check_vtep(link: Link, vni: int, port: int, underlay: Underlay, mtu: int) -> None:
@@ -233,12 +264,15 @@ class Datapath:
 
     def remove_lan_if_unused(self, vni: int) -> bool:
         """Delete the VNI's VTEP and bridge when no pod port is left on the bridge (the caller
-        holds the VNI's lock: no ADD can put a port there meanwhile)."""
+        holds the VNI's lock: no ADD can put a port there meanwhile); only devices Megalos
+        made, whoever else named a device mgbr<VNI> or mgvx<VNI>."""
         bridge = self._link(name=naming.bridge_name(vni))
         if bridge is not None and self._has_ports(bridge.index):
             return False
-        removed = self._delete(naming.vtep_name(vni))
-        return self._delete(naming.bridge_name(vni)) or removed
+        vtep = self._link(name=naming.vtep_name(vni))
+        removed = _ours(vtep, "vxlan", naming.VTEP_MARK) and self._delete(index=vtep.index)
+        return (_ours(bridge, "bridge", naming.BRIDGE_MARK) and self._delete(index=bridge.index)
+                or removed)
 
     def _has_ports(self, bridge_index: int) -> bool:
         """Whether any pod port is on the bridge. The kernel filters the link dump to the
@@ -248,29 +282,59 @@ class Datapath:
             return any(naming.is_port_name(link.name) for link in nl.links(master=bridge_index))
 
     @staticmethod
-    def _delete(name: str) -> bool:
+    def _delete(name: str = "", index: int = 0) -> bool:
         """Delete a link on a socket of its own, without the lock: the request returns only
         after the kernel's RCU barrier for the device (~20 ms here), and other verbs need not
         wait for that."""
         with Netlink() as nl:
-            return nl.delete_link(name=name)
+            return nl.delete_link(name=name, index=index)
+
+    def _own_devices(self) -> list[Link]:
+        """The bridges and VTEPs Megalos made on this node: the right kind, name and mark."""
+        with self._lock:
+            links = list(self._nl.links())
+        return [link for link in links if naming.vni_of_device(link.name) and (
+            link.name.startswith(naming.BRIDGE_PREFIX) and _ours(link, "bridge", naming.BRIDGE_MARK)
+            or link.name.startswith(naming.VTEP_PREFIX) and _ours(link, "vxlan", naming.VTEP_MARK))]
+
+    def mark_legacy_devices(self) -> list[str]:
+        """Mark the bridges and VTEPs an agent made before devices were marked, those it can
+        prove are Megalos's: its name, no alias, and the MAC address Megalos derives for that
+        VNI and VTEP address (naming.derived_mac), which nobody else sets; the names marked.
+        Called at start; any other mgbr<N>/mgvx<N> is left alone (and never deleted)."""
+        with self._lock:
+            links = {link.name: link for link in self._nl.links()}
+            proven = []
+            for link in links.values():
+                vni = naming.vni_of_device(link.name)
+                if not vni or link.alias:
+                    continue
+                if link.name == naming.vtep_name(vni) and link.kind == "vxlan":
+                    have_vni, _, local = link.vxlan()
+                    if have_vni == vni and link.address == naming.derived_mac("vtep", vni, local):
+                        proven.append((link, naming.VTEP_MARK))
+                elif link.name == naming.bridge_name(vni) and link.kind == "bridge":
+                    vtep = links.get(naming.vtep_name(vni))
+                    addresses = {self.default_underlay.ip} | (
+                        {vtep.vxlan()[2]} if vtep is not None and vtep.kind == "vxlan" else set())
+                    if link.address in {naming.derived_mac("bridge", vni, a) for a in addresses}:
+                        proven.append((link, naming.BRIDGE_MARK))
+            for link, mark in proven:
+                self._set_alias(link.index, mark)
+        return sorted(link.name for link, _ in proven)
 
     def stop_vtep_learning(self) -> list[str]:
         """Turn bridge learning off on every Megalos VTEP on a bridge (those an earlier agent
         made learn: see ensure_vtep); the names of the VTEPs. Called at start."""
         with self._lock:
-            vteps = [link for link in self._nl.links() if link.kind == "vxlan" and link.master
-                     and link.name.startswith(naming.VTEP_PREFIX)
-                     and naming.vni_of_device(link.name) is not None]
+            vteps = [link for link in self._own_devices() if link.kind == "vxlan" and link.master]
             for link in vteps:
                 self._nl.set_bridge_port_learning(link.index, False)
         return [link.name for link in vteps]
 
     def lans(self) -> list[int]:
         """VNIs with a Megalos bridge or VTEP on this node."""
-        with self._lock:
-            found = {naming.vni_of_device(link.name) for link in self._nl.links()}
-        return sorted(v for v in found if v is not None)
+        return sorted({naming.vni_of_device(link.name) for link in self._own_devices()})
 
     # -- pod ports -------------------------------------------------------------------------
     def ports(self, vni: int, bridge_index: int | None = None) -> list[Port]:
@@ -283,7 +347,7 @@ class Datapath:
                 bridge_index = bridge.index
             links = [link for link in self._nl.links(master=bridge_index)
                      if naming.is_port_name(link.name)]
-            return [Port(link.name, link.index, vni, self._static_macs(link.index))
+            return [Port(link.name, link.index, vni, self._static_macs(link.index), link.alias)
                     for link in links]
 
     def _static_macs(self, index: int) -> tuple:
@@ -297,42 +361,46 @@ class Datapath:
                 return None
             master = self._nl.link(index=link.master) if link.master else None
             vni = naming.vni_of_device(master.name) if master else None
-            return Port(name, link.index, vni or 0, self._static_macs(link.index))
+            return Port(name, link.index, vni or 0, self._static_macs(link.index), link.alias)
 
-    def add_port(self, lan: Lan, name: str, netns_path: str, ifname: str, pod_mac: str) -> str:
-        """Create the pod's veth in one request and bring both ends up; returns the host MAC."""
+    def mark_port(self, port: Port, network: str) -> None:
+        """Mark a port an older agent made (no mark) as `network`'s: GC proved it is."""
+        self._set_alias(port.index, naming.port_mark(network))
+
+    def add_port(self, lan: Lan, name: str, netns_fd: int, ifname: str, pod_mac: str,
+                 network: str) -> str:
+        """Create the pod's veth in one request (the pod end inside the netns of `netns_fd`,
+        from netns.open_fd), mark the host end as `network`'s and bring both ends up; returns
+        the host MAC."""
         host_mac = naming.derived_mac("port", name)
-        fd = netns.open_fd(netns_path)
-        try:
-            body = link_body(name=name, up=True, attrs=[
-                attr(IFLA_ADDRESS, mac(host_mac)), attr(IFLA_MTU, lan.mtu),
-                attr(IFLA_MASTER, lan.bridge_index),
-                linkinfo("veth", [attr(VETH_INFO_PEER, link_body(name=ifname, attrs=[
-                    attr(IFLA_NET_NS_FD, fd), attr(IFLA_ADDRESS, mac(pod_mac)),
-                    attr(IFLA_MTU, lan.mtu)]))])])
-            with self._lock:
-                try:
-                    index = self._nl.create_link(name, body)
-                except NetlinkError as exc:
-                    if exc.code != errno.EEXIST:
-                        raise
-                    if self._nl.link(name=name) is not None:
-                        what = f"the attachment already exists (host port {name})"
-                    else:
-                        what = f"interface {ifname} already exists in {netns_path}"
-                    raise ExistsError(what) from None
+        body = link_body(name=name, up=True, attrs=[
+            attr(IFLA_ADDRESS, mac(host_mac)), attr(IFLA_MTU, lan.mtu),
+            attr(IFLA_MASTER, lan.bridge_index),
+            linkinfo("veth", [attr(VETH_INFO_PEER, link_body(name=ifname, attrs=[
+                attr(IFLA_NET_NS_FD, netns_fd), attr(IFLA_ADDRESS, mac(pod_mac)),
+                attr(IFLA_MTU, lan.mtu)]))])])
+        with self._lock:
             try:
-                # The pod end cannot be created up (veth_open needs its peer): set it from inside.
-                with netns.open_netlink(fd) as pod:
-                    pod.set_link(link_body(name=ifname, up=True))
-                with self._lock:
-                    # replace: the pod may have sent a frame already, and the bridge learned it
-                    self._nl.fdb_replace(index, pod_mac, state=NUD_NOARP, flags=NTF_MASTER)
-            except Exception:
-                self.delete_port(name)
-                raise
-        finally:
-            os.close(fd)
+                index = self._nl.create_link(name, body)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+                if self._nl.link(name=name) is not None:
+                    what = f"the attachment already exists (host port {name})"
+                else:
+                    what = f"interface {ifname} already exists in the pod"
+                raise ExistsError(what) from None
+        try:
+            self._set_alias(index, naming.port_mark(network))
+            # The pod end cannot be created up (veth_open needs its peer): set it from inside.
+            with netns.open_netlink(netns_fd) as pod:
+                pod.set_link(link_body(name=ifname, up=True))
+            with self._lock:
+                # replace: the pod may have sent a frame already, and the bridge learned it
+                self._nl.fdb_replace(index, pod_mac, state=NUD_NOARP, flags=NTF_MASTER)
+        except Exception:
+            self.delete_port(name)
+            raise
         return host_mac
 
     def delete_port(self, name: str) -> bool:

@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cni import shim
+
 SHIM_SOURCE = Path(__file__).with_name("shim.py")
 SHIM_C_SOURCE = Path(__file__).with_name("shim.c")
 DEFAULT_INTERPRETER = "/usr/bin/python3"
@@ -50,14 +52,16 @@ def compile_c(output: str, cc: str = "") -> None:
 
 
 def _check(path: str) -> None:
-    """Run the new shim once with no agent behind its socket: it must answer code 11."""
+    """Run the new shim once, VERSION with no agent behind its socket: it answers it itself."""
     env = {"CNI_COMMAND": "VERSION", "MEGALOS_AGENT_SOCKET": f"{path}.no-agent.sock"}
     try:
-        proc = subprocess.run([path], input=b"{}", env=env, capture_output=True, timeout=30)
-        code = json.loads(proc.stdout)["code"]
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as exc:
+        proc = subprocess.run([path], input=b'{"cniVersion": "1.0.0"}', env=env,
+                              capture_output=True, timeout=30)
+        answer = json.loads(proc.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         raise InstallError(f"the new shim does not run on this host: {exc}") from None
-    if proc.returncode != 1 or code != 11:
+    if proc.returncode != 0 or answer != {"cniVersion": "1.0.0",
+                                          "supportedVersions": list(shim.SUPPORTED_VERSIONS)}:
         raise InstallError(f"the new shim answered exit {proc.returncode}, {proc.stdout!r}")
 
 

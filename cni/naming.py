@@ -15,6 +15,34 @@ IFNAMSIZ = 15
 VTEP_PREFIX = "mgvx"
 BRIDGE_PREFIX = "mgbr"
 PORT_PREFIX = "mgp"
+# Devices Megalos made carry one of these aliases ('ip link' shows them): the sweep and the
+# last DEL delete only marked devices, GC only the ports marked with its network.
+BRIDGE_MARK = "megalos:bridge"
+VTEP_MARK = "megalos:vtep"
+PORT_MARK = "megalos:port:"
+MAX_ALIAS = 254  # bytes: the kernel's IFALIASZ (256) holds the text and the NUL we send
+
+# The kernel's dev_valid_name refuses '/', ':' and isspace() bytes (its ctype counts 0xA0, a
+# UTF-8 continuation byte, as a space); '%' makes a name a template the kernel fills in.
+_IFNAME_BAD_BYTES = frozenset(b"/:% \t\n\v\f\r\xa0")
+
+
+def ifname_problem(name: str) -> str:
+    """Why `name` cannot be an interface name, checked in bytes as the kernel checks it; ''
+    if it can be one."""
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not UTF-8 text"
+    if not raw:
+        return "empty"
+    if len(raw) > IFNAMSIZ:
+        return f"{len(raw)} bytes long: the kernel allows {IFNAMSIZ}"
+    if raw in (b".", b".."):
+        return "'.' and '..' are not device names"
+    if _IFNAME_BAD_BYTES.intersection(raw):
+        return "'/', ':', '%' and whitespace are not allowed in a device name"
+    return ""
 
 
 def vtep_name(vni: int) -> str:
@@ -45,6 +73,15 @@ def port_name(container_id: str, ifname: str) -> str:
 
 def is_port_name(name: str) -> bool:
     return name.startswith(PORT_PREFIX) and len(name) == IFNAMSIZ
+
+
+def port_mark(network: str) -> str:
+    """A pod port's alias: 'megalos:port:' and its network's name; for a name too long for an
+    alias, '#' (no network name has one) and the name's sha256."""
+    mark = PORT_MARK + network
+    if len(mark.encode()) <= MAX_ALIAS:
+        return mark
+    return f"{PORT_MARK}#{hashlib.sha256(network.encode()).hexdigest()}"
 
 
 def _local_mac(raw: bytes) -> str:

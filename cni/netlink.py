@@ -52,7 +52,7 @@ NTF_SELF, NTF_MASTER = 0x02, 0x04
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
+IFLA_PROTINFO, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 12, 18, 20, 28
 IFLA_BRPORT_LEARNING = 8
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
@@ -168,6 +168,7 @@ class Link:
     peer: int        # IFLA_LINK: a veth's peer ifindex (in the peer's netns); 0 if none
     address: str
     kind: str        # IFLA_INFO_KIND: 'bridge', 'vxlan', 'veth'; '' for none
+    alias: str = ""  # IFLA_IFALIAS ('ip link set DEV alias TEXT'); '' for none
     info: dict = field(default_factory=dict, compare=False)  # IFLA_INFO_DATA, raw by type
 
     @classmethod
@@ -178,7 +179,7 @@ class Link:
         return cls(index=index, flags=flags, name=_text(attrs.get(IFLA_IFNAME)),
                    mtu=_u32(attrs, IFLA_MTU), master=_u32(attrs, IFLA_MASTER),
                    peer=_u32(attrs, IFLA_LINK), address=_mac_text(attrs.get(IFLA_ADDRESS)),
-                   kind=_text(nested.get(IFLA_INFO_KIND)),
+                   kind=_text(nested.get(IFLA_INFO_KIND)), alias=_text(attrs.get(IFLA_IFALIAS)),
                    info=attributes(nested.get(IFLA_INFO_DATA, b"")))
 
     @property

@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import os
 import socket
+import stat
 from contextlib import contextmanager
 
 from cni.netlink import Netlink
@@ -21,7 +22,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class NetnsGone(Exception):
-    """The pod's network namespace does not exist (any more)."""
+    """The pod's network namespace does not exist (any more), or the path is no namespace."""
+
+
+class HostNetns(Exception):
+    """The path is the agent's own network namespace: no pod's."""
 
 
 def _setns(fd: int) -> None:
@@ -31,18 +36,32 @@ def _setns(fd: int) -> None:
 
 
 def open_fd(netns_path: str) -> int:
-    """A file descriptor of the netns (for IFLA_NET_NS_FD, or to enter it); the caller closes it."""
+    """A file descriptor of a pod's netns (for IFLA_NET_NS_FD, or to enter it); the caller
+    closes it. A namespace file is a regular one (nsfs): anything else (a FIFO that would block
+    the agent, a device that an open could disturb) is refused before it is opened, and the
+    open is non-blocking in case it was swapped meanwhile. NetnsGone if there is no network
+    namespace at the path, HostNetns if it is the agent's own."""
     try:
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.stat(netns_path).st_mode):
+            raise NetnsGone(f"{netns_path} is not a network namespace")
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise NetnsGone(f"network namespace {netns_path} does not exist") from None
+    except OSError as exc:
+        raise NetnsGone(f"{netns_path} is not a network namespace ({exc.strerror})") from None
     try:
-        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        kind = None
-    if kind != CLONE_NEWNET:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError:
+            kind = None
+        if kind != CLONE_NEWNET:
+            raise NetnsGone(f"{netns_path} is not a network namespace")
+        found, own = os.fstat(fd), os.stat("/proc/self/ns/net")
+        if (found.st_dev, found.st_ino) == (own.st_dev, own.st_ino):
+            raise HostNetns(f"{netns_path} is the node's own network namespace, not a pod's")
+    except BaseException:
         os.close(fd)
-        raise NetnsGone(f"{netns_path} is not a network namespace")
+        raise
     return fd
 
 
@@ -67,9 +86,16 @@ def open_netlink(netns_fd: int) -> Netlink:
 def socket_in(netns_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket living in the netns at `netns_path` (an event or packet socket there, say);
     NetnsGone if there is none. The caller closes it."""
+    with opened(netns_path) as fd:
+        return _made_in(fd, lambda: socket.socket(family, kind, proto))
+
+
+@contextmanager
+def opened(netns_path: str):
+    """open_fd as a context: the descriptor, closed on the way out."""
     fd = open_fd(netns_path)
     try:
-        return _made_in(fd, lambda: socket.socket(family, kind, proto))
+        yield fd
     finally:
         os.close(fd)
 
@@ -77,11 +103,8 @@ def socket_in(netns_path: str, family: int, kind: int, proto: int = 0) -> socket
 @contextmanager
 def netlink_in(netns_path: str):
     """A netlink socket in the netns at `netns_path`; NetnsGone if there is none."""
-    fd = open_fd(netns_path)
-    try:
+    with opened(netns_path) as fd:
         nl = open_netlink(fd)
-    finally:
-        os.close(fd)
     try:
         yield nl
     finally:

@@ -2,22 +2,25 @@
 
 `Plugin.handle` owns parsing and error formatting (like the reference plugins' skel); each verb
 handler only does its work and raises. A per-VNI lock serialises work on one LAN, so an ADD
-cannot race the last DEL that removes the LAN's bridge and VTEP.
+cannot race the last DEL that removes the LAN's bridge and VTEP; a verb does not wait for it
+past its deadline.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import time
 from contextlib import contextmanager
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from base.primitives import host_mac
-from cni import naming, spec
-from cni.config import NetConf, parse_netconf
+from cni import naming, netns, spec
+from cni.config import STANDARD_VXLAN_PORTS, NetConf, parse_netconf
 from cni.datapath import ConflictError, Datapath, DatapathError, ExistsError
-from cni.netns import NetnsGone
+from cni.netns import HostNetns, NetnsGone
 from cni.spec import CniError, Interface
 
 log = logging.getLogger(__name__)
@@ -42,13 +45,21 @@ class VniLocks:
         self._locks: dict[int, list] = {}  # vni -> [lock, users]
 
     @contextmanager
-    def hold(self, vni: int):
+    def hold(self, vni: int, deadline: float = math.inf):
+        """The VNI's lock; code 11 if it is not free by `deadline` (time.monotonic())."""
         with self._guard:
             entry = self._locks.setdefault(vni, [threading.Lock(), 0])
             entry[1] += 1
         try:
-            with entry[0]:
+            wait = -1 if deadline == math.inf else max(deadline - time.monotonic(), 0)
+            if not entry[0].acquire(timeout=wait):
+                raise CniError(spec.ERR_TRY_AGAIN_LATER,
+                               f"VNI {vni} is busy: its lock was not free before this request's "
+                               "deadline; nothing was changed")
+            try:
                 yield
+            finally:
+                entry[0].release()
         finally:
             with self._guard:
                 entry[1] -= 1
@@ -56,8 +67,9 @@ class VniLocks:
                     del self._locks[vni]
 
 
-def _pod_mac(inv: spec.Invocation, conf: NetConf) -> str:
-    """runtimeConfig.mac (the `mac` capability), else CNI_ARGS MAC=, else a random one."""
+def _requested_mac(inv: spec.Invocation, conf: NetConf) -> str:
+    """The pod MAC the runtime asks for: runtimeConfig.mac (the `mac` capability), else
+    CNI_ARGS MAC= (normalised, code 4 if it is no unicast MAC); '' if neither."""
     if conf.runtime_mac:
         return conf.runtime_mac
     if inv.args.get("MAC"):
@@ -65,18 +77,22 @@ def _pod_mac(inv: spec.Invocation, conf: NetConf) -> str:
             return host_mac(inv.args["MAC"])
         except ValueError as exc:
             raise CniError(spec.ERR_INVALID_ENV, f"CNI_ARGS MAC: {exc}") from None
-    return naming.random_mac()
+    return ""
 
 
 class Plugin:
-    def __init__(self, datapath: Datapath, events: Announcements | None = None, not_ready=lambda: ""):
+    def __init__(self, datapath: Datapath, events: Announcements | None = None, not_ready=lambda: "",
+                 vxlan_ports: tuple = STANDARD_VXLAN_PORTS):
         self.datapath = datapath
         self.events = events or Announcements()
         self.not_ready = not_ready  # '' when the control plane is fine, else why not
+        self.vxlan_ports = tuple(vxlan_ports)  # the UDP ports a network may open (vxlanPort)
         self.locks = VniLocks()
 
     # -- the skel: parse, dispatch, format ---------------------------------------------------
-    def handle(self, env: dict, stdin: str) -> tuple[int, str]:
+    def handle(self, env: dict, stdin: str, deadline: float = math.inf) -> tuple[int, str]:
+        """(exit code, stdout) for one request; `deadline` (time.monotonic()): the verb gives up
+        waiting for its VNI's lock then."""
         version = spec.LATEST_VERSION
         try:
             inv = spec.parse_environment(env)
@@ -90,7 +106,7 @@ class Plugin:
             spec.verb_allowed(inv.command, version)
             handler = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check,
                        "STATUS": self.status, "GC": self.gc}[inv.command]
-            result = handler(inv, conf)
+            result = handler(inv, conf, deadline)
             return 0, json.dumps(result) if result is not None else ""
         except CniError as exc:
             return 1, json.dumps(exc.to_json(version))
@@ -104,6 +120,8 @@ class Plugin:
     def _translate(exc: Exception) -> CniError:
         if isinstance(exc, NetnsGone):
             return CniError(spec.ERR_UNKNOWN_CONTAINER, str(exc))
+        if isinstance(exc, HostNetns):
+            return CniError(spec.ERR_INVALID_ENV, f"CNI_NETNS: {exc}")
         if isinstance(exc, ExistsError):
             return CniError(spec.ERR_INTERFACE_EXISTS, str(exc))
         if isinstance(exc, ConflictError):
@@ -121,27 +139,31 @@ class Plugin:
             raise CniError(spec.ERR_INVALID_CONFIG, f"master: {exc}") from None
 
     # -- verbs -------------------------------------------------------------------------------
-    def add(self, inv: spec.Invocation, conf: NetConf) -> dict:
-        mac = _pod_mac(inv, conf)
+    def add(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> dict:
+        mac = _requested_mac(inv, conf) or naming.random_mac()
+        if conf.vxlan_port not in self.vxlan_ports:
+            raise CniError(spec.ERR_INVALID_CONFIG,
+                           f"vxlanPort {conf.vxlan_port} is not allowed on this node (allowed: "
+                           f"{', '.join(map(str, self.vxlan_ports))}: megalos-agent --vxlan-ports)")
         underlay = self._underlay(conf)
         if conf.mtu > underlay.overlay_mtu:
             raise CniError(spec.ERR_INVALID_CONFIG,
                            f"mtu {conf.mtu} is above what the underlay allows ({underlay.overlay_mtu}: "
                            f"{underlay.name} mtu {underlay.mtu} minus the VXLAN overhead)")
         name = naming.port_name(inv.container_id, inv.ifname)
-        with self.locks.hold(conf.vni):
+        # The pod's netns is checked and opened before the LAN is touched or its lock taken.
+        with netns.opened(inv.netns) as netns_fd, self.locks.hold(conf.vni, deadline):
             lan, created = self.datapath.ensure_lan(conf.vni, conf.vxlan_port, underlay, conf.mtu)
             if created:
                 self.events.vtep_added(conf.vni)
             try:
-                host_mac = self.datapath.add_port(lan, name, inv.netns, inv.ifname, mac)
+                host_end_mac = self.datapath.add_port(lan, name, netns_fd, inv.ifname, mac, conf.name)
             except Exception:
-                if self.datapath.remove_lan_if_unused(conf.vni):
-                    self.events.vtep_removed(conf.vni)
+                self._drop_lan_if_unused(conf.vni)
                 raise
             self.events.mac_added(conf.vni, mac)
         return spec.shape_result(conf.cni_version, [
-            Interface(name=name, mac=host_mac),
+            Interface(name=name, mac=host_end_mac),
             Interface(name=inv.ifname, mac=mac, sandbox=inv.netns, mtu=lan.mtu)])
 
     def _detach(self, name: str, vni: int) -> None:
@@ -157,12 +179,12 @@ class Plugin:
         if self.datapath.remove_lan_if_unused(vni):
             self.events.vtep_removed(vni)
 
-    def delete(self, inv: spec.Invocation, conf: NetConf) -> None:
-        with self.locks.hold(conf.vni):
+    def delete(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
+        with self.locks.hold(conf.vni, deadline):
             self._detach(naming.port_name(inv.container_id, inv.ifname), conf.vni)
             self._drop_lan_if_unused(conf.vni)
 
-    def check(self, inv: spec.Invocation, conf: NetConf) -> None:
+    def check(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
         name = naming.port_name(inv.container_id, inv.ifname)
         lan = self.datapath.lan(conf.vni)
         if lan is None:
@@ -201,20 +223,30 @@ class Plugin:
                 except ValueError:
                     raise CniError(spec.ERR_INVALID_CONFIG,
                                    f"prevResult has an invalid MAC for {inv.ifname}") from None
-        return conf.runtime_mac or inv.args.get("MAC", "").lower()
+        return _requested_mac(inv, conf)
 
-    def status(self, inv: spec.Invocation, conf: NetConf) -> None:
+    def status(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
         reason = self.datapath.healthy() or self.not_ready()
         if reason:
             raise CniError(spec.ERR_NOT_AVAILABLE, "the megalos agent cannot serve ADD now", reason)
 
-    def gc(self, inv: spec.Invocation, conf: NetConf) -> None:
+    def gc(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> None:
+        """Remove this network's ports the runtime no longer lists; ports of other networks on
+        the VNI, and ports an older agent made (unmarked), are not this GC's to judge. An
+        unmarked port the runtime lists as this network's is marked as such."""
+        if conf.valid_attachments is None:
+            raise CniError(spec.ERR_INVALID_CONFIG,
+                           "GC needs the list of valid attachments (cni.dev/valid-attachments): "
+                           "without it every attachment of the network would look stale")
         valid = {naming.port_name(cid, ifname) for cid, ifname in conf.valid_attachments}
-        with self.locks.hold(conf.vni):
+        mark = naming.port_mark(conf.name)
+        with self.locks.hold(conf.vni, deadline):
             for port in self.datapath.ports(conf.vni):
-                if port.name not in valid:
+                if port.mark == mark and port.name not in valid:
                     log.info("GC: removing stale attachment %s on VNI %s", port.name, conf.vni)
                     self._detach(port.name, conf.vni)
+                elif not port.mark and port.name in valid:
+                    self.datapath.mark_port(port, conf.name)
             self._drop_lan_if_unused(conf.vni)
 
     def sweep(self) -> list[int]:

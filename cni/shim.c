@@ -7,9 +7,12 @@
  * allocated: every buffer is static and bounded. Build (megalos-install-shim --kind c does):
  *     cc -O2 -static -o megalos shim.c
  *
- * The agent's socket: the config's "agentSocket", else $MEGALOS_AGENT_SOCKET, else the
- * default. The config is scanned, not parsed (see scan_member), for "agentSocket" and for the
- * "cniVersion" that error answers carry.
+ * Before it forwards anything the shim refuses, itself, a config larger than 1 MiB or nesting
+ * arrays and objects more than 64 deep (code 6) and an "agentSocket" that is not a socket in
+ * /run/megalos/ (code 7); it answers VERSION itself (static). The agent's socket: the config's
+ * "agentSocket", else $MEGALOS_AGENT_SOCKET, else the default. The config is scanned, not
+ * parsed (see scan_member), for "agentSocket" and for the "cniVersion" that the shim's own
+ * answers carry; cni/shim.py scans it the same way, so both find the same values in any bytes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,13 +30,20 @@
 
 #define MAGIC "CNI1\n"
 #define DEFAULT_SOCKET "/run/megalos/agent.sock"
+#define SOCKET_DIR "/run/megalos/"
+#define SOCKET_RULE "agentSocket must be a socket in " SOCKET_DIR " (" SOCKET_DIR "NAME, NAME of " \
+	"letters, digits, '.', '_', '-'): the plugin talks only to the megalos agent"
 #define DEFAULT_VERSION "1.1.0"
+#define SUPPORTED_VERSIONS "[\"0.3.0\", \"0.3.1\", \"0.4.0\", \"1.0.0\", \"1.1.0\"]"
 #define DEFAULT_TIMEOUT 120.0
 #define MAX_STDIN (1 << 20)
 #define MAX_ENV (1 << 16)
 #define MAX_REPLY (1 << 20)
+#define MAX_DEPTH 64 /* nested arrays and objects in a config; a real one has fewer than 10 */
 #define MAX_VALUE 4096 /* the longest cniVersion or agentSocket value read from the config */
 #define ERR_IO 5
+#define ERR_DECODE 6
+#define ERR_INVALID_CONFIG 7
 #define ERR_TRY_AGAIN_LATER 11
 #define ERR_NOT_AVAILABLE 50
 
@@ -273,6 +283,57 @@ static long scan_member(const char *s, size_t n, const char *key, char *out, siz
 	return found;
 }
 
+/* Whether arrays and objects nest more than MAX_DEPTH deep anywhere in the config (brackets in
+ * strings do not count; well-formed or not). */
+static int too_deep(const char *s, size_t n)
+{
+	long depth = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		switch (s[i]) {
+		case '"':
+			i = string_end(s, n, i) - 1;
+			break;
+		case '{': case '[':
+			if (++depth > MAX_DEPTH)
+				return 1;
+			break;
+		case '}': case ']':
+			depth--;
+			break;
+		}
+	}
+	return 0;
+}
+
+/* Whether path (n bytes, no NUL) is a socket in SOCKET_DIR: the only sockets a config may name. */
+static int socket_allowed(const char *path, size_t n)
+{
+	size_t dir = sizeof SOCKET_DIR - 1;
+
+	if (n <= dir || memcmp(path, SOCKET_DIR, dir) != 0)
+		return 0;
+	if (strcmp(path + dir, ".") == 0 || strcmp(path + dir, "..") == 0)
+		return 0;
+	for (size_t i = dir; i < n; i++) {
+		char c = path[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+		      || c == '.' || c == '_' || c == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+/* VERSION's answer: static but for the cniVersion, the config's. */
+static int answer_version(void)
+{
+	fputs("{\"cniVersion\": ", stdout);
+	put_json_string(version, version_len, 1);
+	fputs(", \"supportedVersions\": " SUPPORTED_VERSIONS "}\n", stdout);
+	return 0;
+}
+
 /* -- the request ---------------------------------------------------------------------------- */
 
 /* Read stdin (at most MAX_STDIN + 1 bytes, to see that it is too long); -1 on error. */
@@ -431,27 +492,35 @@ lost:
 	return fail(ERR_IO, strerror(errno), "lost the connection to the megalos agent at %s", path);
 }
 
-int main(void)
+/* The exit status; the answer is on stdout (buffered). */
+static int answer(void)
 {
 	const char *command = getenv("CNI_COMMAND"), *path = NULL;
 	int unavailable = command && strcmp(command, "STATUS") == 0 ? ERR_NOT_AVAILABLE
 								    : ERR_TRY_AGAIN_LATER;
 	size_t head_len;
 	long n;
-	int code;
 
 	if (read_stdin() < 0)
 		return fail(ERR_IO, strerror(errno), "cannot read the network configuration from stdin");
 	if (config_len > MAX_STDIN)
-		return fail(ERR_IO, NULL, "the network configuration is larger than %d bytes", MAX_STDIN);
+		return fail(ERR_DECODE, NULL, "the network configuration is larger than %d bytes", MAX_STDIN);
 	n = scan_member(config, config_len, "cniVersion", version, sizeof version);
 	if (n >= 0)
 		version_len = n;
 	else
 		memcpy(version, DEFAULT_VERSION, version_len = sizeof DEFAULT_VERSION - 1);
+	if (too_deep(config, config_len))
+		return fail(ERR_DECODE, NULL,
+			    "the network configuration nests arrays and objects more than %d deep", MAX_DEPTH);
 	n = scan_member(config, config_len, "agentSocket", config_socket, sizeof config_socket);
-	if (n > 0 && !memchr(config_socket, '\0', n))
+	if (n > 0 && !memchr(config_socket, '\0', n)) {
+		if (!socket_allowed(config_socket, n))
+			return fail(ERR_INVALID_CONFIG, NULL, "%s", SOCKET_RULE);
 		path = config_socket;
+	}
+	if (command && strcmp(command, "VERSION") == 0)
+		return answer_version();
 	if (!path)
 		path = getenv("MEGALOS_AGENT_SOCKET");
 	if (!path || !*path)
@@ -459,7 +528,13 @@ int main(void)
 	head_len = build_request_head();
 	if (head_len == 0)
 		return fail(ERR_IO, NULL, "the CNI_* variables are larger than %d bytes", MAX_ENV);
-	code = forward(path, head_len, parse_timeout(getenv("MEGALOS_TIMEOUT")), unavailable);
+	return forward(path, head_len, parse_timeout(getenv("MEGALOS_TIMEOUT")), unavailable);
+}
+
+int main(void)
+{
+	int code = answer();
+
 	if (fflush(stdout) == EOF || ferror(stdout)) { /* a result the runtime never sees is a failure */
 		fprintf(stderr, "megalos: cannot write the answer to stdout: %s\n", strerror(errno));
 		return code ? code : 1;

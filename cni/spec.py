@@ -9,7 +9,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+from cni import naming, shim
+
+SUPPORTED_VERSIONS = shim.SUPPORTED_VERSIONS  # the shim answers VERSION itself
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
 VERBS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 
@@ -29,7 +31,6 @@ ERR_INTERFACE_EXISTS = 102  # CNI_IFNAME already exists in the pod, or the attac
 ERR_VNI_CONFLICT = 103      # the VNI is already set up with different VXLAN parameters
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
 
 
 class CniError(Exception):
@@ -109,12 +110,8 @@ class Invocation:
 def validate_ifname(ifname: str) -> str:
     if not ifname:
         raise CniError(ERR_INVALID_ENV, "CNI_IFNAME is required")
-    if len(ifname) > 15:
-        raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {ifname!r} is longer than 15 characters")
-    if ifname in (".", "..") or _IFNAME_FORBIDDEN.search(ifname):
-        raise CniError(ERR_INVALID_ENV,
-                       f"CNI_IFNAME {ifname!r} is not a valid interface name "
-                       "(no '/', ':', spaces, '.' or '..')")
+    if problem := naming.ifname_problem(ifname):
+        raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {ifname!r} is not a valid interface name: {problem}")
     return ifname
 
 
@@ -146,7 +143,15 @@ def parse_environment(env: dict) -> Invocation:
 
 
 def decode_config(stdin: str) -> dict:
-    """The network config from stdin: a JSON object, or error code 6."""
+    """The network config from stdin: a JSON object, or error code 6. The limits are the
+    shim's (cni/shim.py): json.loads never recurses deeper than they allow."""
+    if not isinstance(stdin, str):
+        raise CniError(ERR_DECODE, "network config on stdin is not valid JSON", "no text")
+    data = stdin.encode("utf-8", "surrogatepass")
+    if len(data) > shim.MAX_STDIN:
+        raise CniError(ERR_DECODE, shim.TOO_LARGE)
+    if shim.too_deep(data):
+        raise CniError(ERR_DECODE, shim.TOO_DEEP)
     try:
         conf = json.loads(stdin)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:

@@ -7,17 +7,42 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
 
 from base import logs
-from cni.config import DEFAULT_AGENT_SOCKET
+from cni.config import DEFAULT_AGENT_SOCKET, STANDARD_VXLAN_PORTS
 from cni.datapath import Datapath, DatapathError
 from cni.plugin import Announcements, Plugin
-from cni.server import CniServer
+from cni.server import DEFAULT_DEADLINE, DEFAULT_READ_TIMEOUT, DEFAULT_WORKERS, CniServer
 
 log = logging.getLogger("megalos.agent")
+
+
+def port_list(text: str) -> tuple[int, ...]:
+    """'4789,8472' -> (4789, 8472): UDP ports, 1..65535."""
+    try:
+        ports = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ports") from None
+    if not all(1 <= port <= 65535 for port in ports):
+        raise argparse.ArgumentTypeError(f"{text!r}: ports go from 1 to 65535")
+    return ports
+
+
+def positive(kind):
+    """An argparse type: `kind` (int, float) above 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number above 0")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--underlay-dev", default="", help="device VXLAN traffic leaves by")
     p.add_argument("--socket", default=DEFAULT_AGENT_SOCKET, help="CNI request socket "
                    "(default %(default)s)")
+    p.add_argument("--cni-workers", type=positive(int), default=DEFAULT_WORKERS, metavar="N",
+                   help="CNI requests served at once (default %(default)s); more wait, their "
+                   "shims with them, up to the shim's timeout")
+    p.add_argument("--cni-read-timeout", type=positive(float), default=DEFAULT_READ_TIMEOUT, metavar="S",
+                   help="seconds a client has to send its whole request (default %(default)s)")
+    p.add_argument("--cni-deadline", type=positive(float), default=DEFAULT_DEADLINE, metavar="S",
+                   help="seconds a CNI verb may take; then its shim gets code 11 (try again "
+                   "later) while the agent finishes or undoes it (default %(default)s)")
+    p.add_argument("--vxlan-ports", type=port_list, default=STANDARD_VXLAN_PORTS, metavar="PORT,...",
+                   help="the VXLAN UDP ports a network config may ask for with vxlanPort (it "
+                   "opens a host port); default: the two standard ones, 4789,8472")
     p.add_argument("--reflector", action="append", default=[], metavar="IP",
                    help="route reflector address (repeat for several); none (and no "
                    "--reflector-service): no control plane")
@@ -86,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megalos-agent: {exc}", file=sys.stderr)
         return 1
     underlay = datapath.default_underlay
+    if marked := datapath.mark_legacy_devices():
+        log.info("marked as Megalos's (made by an older agent): %s", ", ".join(marked))
     if vteps := datapath.stop_vtep_learning():
         log.info("bridge learning off on %s", ", ".join(vteps))
     log.info("underlay %s, VTEP %s, overlay MTU %d", underlay.name, underlay.ip, underlay.overlay_mtu)
@@ -108,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             speaker.stop()
             return 2
 
-    plugin = Plugin(datapath, events, not_ready)
+    plugin = Plugin(datapath, events, not_ready, args.vxlan_ports)
     try:
-        server = CniServer(args.socket, plugin.handle)
+        server = CniServer(args.socket, plugin.handle, args.cni_workers, args.cni_read_timeout,
+                           args.cni_deadline)
     except (RuntimeError, OSError) as exc:
         print(f"megalos-agent: {exc}", file=sys.stderr)
         if finder:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 
 import pytest
 
-from cni import naming
+from cni import naming, shim
 from lab.runtime import CniReply, kathara_conf
 
 pytestmark = pytest.mark.root
@@ -52,6 +53,11 @@ def plain_file(runtime, node, pod):
     (node.cluster.run_dir / "not-a-netns").write_text("")
 
 
+def fifo(runtime, node, pod):
+    """A FIFO where the netns should be: opening it for reading blocks until a writer comes."""
+    os.mkfifo(node.cluster.run_dir / "fifo")
+
+
 def same_attachment(runtime, node, pod):
     """This very container/ifname was already added."""
     reply = runtime.call("ADD", conf(), container_id="c-bad", netns=pod.netns_path, ifname="net0",
@@ -71,6 +77,11 @@ CASES = [
     pytest.param({"CNI_IFNAME": "n" * 16}, conf(), 4, None, id="env-ifname-too-long"),
     pytest.param({"CNI_IFNAME": "net/0"}, conf(), 4, None, id="env-ifname-slash"),
     pytest.param({"CNI_IFNAME": ".."}, conf(), 4, None, id="env-ifname-dotdot"),
+    pytest.param({"CNI_IFNAME": "é" * 8}, conf(), 4, None, id="env-ifname-16-bytes"),
+    pytest.param({"CNI_IFNAME": "net%d"}, conf(), 4, None, id="env-ifname-template"),
+    pytest.param({"CNI_IFNAME": "netà"}, conf(), 4, None, id="env-ifname-byte-0xa0"),
+    pytest.param({"CNI_NETNS": "{nodens}"}, conf(), 4, None, id="netns-of-the-node"),
+    pytest.param({"CNI_NETNS": "/proc/{agent}/ns/net"}, conf(), 4, None, id="netns-of-the-agent"),
     pytest.param({"CNI_NETNS": DROP}, conf(), 4, None, id="env-no-netns"),
     pytest.param({"CNI_NETNS": "var/run/netns/x"}, conf(), 4, None, id="env-relative-netns"),
     pytest.param({"CNI_COMMAND": "CHECK", "CNI_NETNS": DROP}, conf(), 4, None, id="env-check-no-netns"),
@@ -81,6 +92,10 @@ CASES = [
     pytest.param({}, "", 6, None, id="decode-empty"),
     pytest.param({}, json.dumps([conf()]), 6, None, id="decode-json-array"),
     pytest.param({}, "null", 6, None, id="decode-json-null"),
+    pytest.param({}, "[" * 100_000 + "]" * 100_000, 6, None, id="decode-deep-array"),
+    pytest.param({}, json.dumps(conf())[:-1] + ', "args": ' + '{"a": ' * 65 + "1" + "}" * 65 + "}", 6, None,
+                 id="decode-deep-args"),
+    pytest.param({}, json.dumps(conf(padding="x" * (1 << 20))), 6, None, id="decode-oversized"),
     # 7: the network config
     pytest.param({}, conf(vxlanId=DROP), 7, None, id="conf-no-vxlanid"),
     pytest.param({}, conf(vxlanId=0), 7, None, id="conf-zero-vxlanid"),
@@ -99,6 +114,11 @@ CASES = [
     pytest.param({}, conf(vxlanPort=0), 7, None, id="conf-zero-port"),
     pytest.param({}, conf(vxlanPort=70000), 7, None, id="conf-too-large-port"),
     pytest.param({}, conf(vxlanPort="4789"), 7, None, id="conf-string-port"),
+    pytest.param({}, conf(vxlanPort=5555), 7, None, id="conf-port-not-allowed"),
+    pytest.param({}, conf(vxlanPort=22), 7, None, id="conf-port-ssh"),
+    pytest.param({}, conf(agentSocket="/tmp/rogue.sock"), 7, None, id="conf-agent-socket-elsewhere"),
+    pytest.param({}, conf(agentSocket="/run/megalos/../../tmp/rogue.sock"), 7, None,
+                 id="conf-agent-socket-climbing-out"),
     pytest.param({}, conf(master="eth/0"), 7, None, id="conf-bad-master"),
     pytest.param({}, conf(master="m" * 16), 7, None, id="conf-master-too-long"),
     pytest.param({}, conf(master="nosuchdev0"), 7, None, id="conf-master-missing"),
@@ -118,6 +138,9 @@ CASES = [
     # 3: the container is gone
     pytest.param({"CNI_NETNS": "/var/run/netns/{prefix}-gone"}, conf(), 3, None, id="netns-missing"),
     pytest.param({"CNI_NETNS": "{rundir}/not-a-netns"}, conf(), 3, plain_file, id="netns-not-a-netns"),
+    pytest.param({"CNI_NETNS": "{rundir}/fifo"}, conf(), 3, fifo, id="netns-fifo"),
+    pytest.param({"CNI_NETNS": "{rundir}"}, conf(), 3, None, id="netns-directory"),
+    pytest.param({"CNI_NETNS": "/dev/null"}, conf(), 3, None, id="netns-device"),
     # 102, 103: the kernel already has something else
     pytest.param({}, conf(), 102, veth_in_pod, id="ifname-already-in-pod"),
     pytest.param({}, conf(), 102, same_attachment, id="attachment-exists"),
@@ -126,6 +149,10 @@ CASES = [
     # a CHECK whose prevResult is malformed is a config error, not an internal one
     pytest.param({"CNI_COMMAND": "CHECK"}, conf(prevResult={"cniVersion": "1.1.0", "interfaces": 5}),
                  7, same_attachment, id="check-prev-result-interfaces-not-a-list"),
+    pytest.param({"CNI_COMMAND": "CHECK", "CNI_ARGS": "MAC=ff:ff:ff:ff:ff:ff"}, conf(), 4, same_attachment,
+                 id="check-args-broadcast-mac"),
+    # GC without the list of attachments to keep would remove them all: refused, nothing removed
+    pytest.param({"CNI_COMMAND": "GC"}, conf(), 7, same_attachment, id="gc-without-attachment-list"),
 ]
 
 
@@ -155,7 +182,8 @@ def test_bad_input_is_refused_cleanly(runtime, node, cluster, variables, stdin, 
            "CNI_IFNAME": "net0", "CNI_PATH": str(runtime.bin_dir),
            "CNI_ARGS": "IgnoreUnknown=true;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=p1",
            "MEGALOS_AGENT_SOCKET": node.socket}
-    env.update({k: v.format(prefix=cluster.prefix, rundir=cluster.run_dir) if isinstance(v, str) else v
+    env.update({k: v.format(prefix=cluster.prefix, rundir=cluster.run_dir, agent=node.agent.pid,
+                            nodens=f"/var/run/netns/{node.netns}") if isinstance(v, str) else v
                 for k, v in variables.items()})
     env = {k: v for k, v in env.items() if v is not DROP}
 
@@ -218,3 +246,86 @@ def test_add_with_a_vni_conflict_keeps_the_existing_lan_working(runtime, node):
     assert runtime.call("DEL", conf(), container_id="c-a", netns=a.netns_path, ifname="net0",
                         socket=node.socket).code == 0
     assert not {n for n in node.link_names() if n.startswith("mg")}
+
+
+def test_messages_of_what_a_tenant_cannot_do(runtime, node):
+    pod = node.add_pod("p1")
+    base = dict(container_id="c1", netns=pod.netns_path, ifname="net0", socket=node.socket)
+    reply = runtime.call("ADD", conf(vxlanPort=5555), **base)
+    assert reply.json["msg"] == ("vxlanPort 5555 is not allowed on this node (allowed: 4789, 8472: "
+                                 "megalos-agent --vxlan-ports)")
+    reply = runtime.call("ADD", conf(), **{**base, "netns": f"/var/run/netns/{node.netns}"})
+    assert reply.json["msg"] == (f"CNI_NETNS: /var/run/netns/{node.netns} is the node's own network "
+                                 "namespace, not a pod's")
+    reply = runtime.call("GC", conf(), socket=node.socket)
+    assert reply.json["msg"] == ("GC needs the list of valid attachments (cni.dev/valid-attachments): "
+                                 "without it every attachment of the network would look stale")
+
+
+def test_a_fifo_for_a_netns_does_not_hold_up_the_lan(runtime, node, cluster):
+    """The agent opens CNI_NETNS holding no lock and without blocking: a FIFO there (which an
+    open for reading waits on until a writer comes) is refused at once, and the next ADD on the
+    same LAN goes through."""
+    os.mkfifo(cluster.run_dir / "fifo")
+    reply = runtime.call("ADD", conf(), container_id="c-fifo", netns=str(cluster.run_dir / "fifo"),
+                         ifname="net0", socket=node.socket, timeout=20)
+    assert reply.json["code"] == 3 and "is not a network namespace" in reply.json["msg"], reply
+    pod = node.add_pod("p1")
+    reply = runtime.call("ADD", conf(), container_id="c1", netns=pod.netns_path, ifname="net0",
+                         socket=node.socket, timeout=20)
+    assert reply.code == 0, reply
+
+
+def raw_request(socket_path: str, env: dict, stdin: bytes) -> tuple[int, dict]:
+    """One request on the agent's socket as any client could send it, with no shim to filter it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(socket_path)
+        sock.sendall(shim.encode_request({k.encode(): v.encode() for k, v in env.items()}, stdin))
+        sock.shutdown(socket.SHUT_WR)
+        code, out = shim.decode_reply(b"".join(iter(lambda: sock.recv(65536), b"")))
+    return code, json.loads(out)
+
+
+REFUSED_BY_THE_SHIM = [
+    (b"[" * 100_000 + b"]" * 100_000, 6, shim.TOO_DEEP),
+    (json.dumps(conf())[:-1].encode() + b', "runtimeConfig": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}",
+     6, shim.TOO_DEEP),
+    (json.dumps(conf(padding="x" * shim.MAX_STDIN)).encode(), 6, shim.TOO_LARGE),
+    (json.dumps(conf(agentSocket="/tmp/rogue.sock")).encode(), 7,
+     shim.SOCKET_RULE + ", not '/tmp/rogue.sock'"),
+]
+
+
+def test_the_agent_refuses_what_the_shim_refuses(node):
+    """Without a shim in front (an older one, any client of the socket): code 6 or 7 from the
+    agent itself, never a RecursionError as an internal error, and nothing made."""
+    pod = node.add_pod("p1")
+    before = node.link_names()
+    for stdin, code, msg in REFUSED_BY_THE_SHIM:
+        for command in ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION"):
+            env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": pod.netns_path,
+                   "CNI_IFNAME": "net0"}
+            exit_code, body = raw_request(node.socket, env, stdin)
+            if command == "VERSION" and code == 7:
+                assert exit_code == 0, body  # VERSION judges no more than that the config decodes
+                continue
+            assert (exit_code, body["code"], body["msg"]) == (1, code, msg), (command, body)
+    assert node.link_names() == before
+    assert "Traceback" not in node.log_path.read_text()
+
+
+def test_vxlan_ports_come_from_the_agent_option(runtime, cluster):
+    strict, wide = cluster.add_node("n1"), cluster.add_node("n2")
+    strict.start_agent("--vxlan-ports", "4789")
+    wide.start_agent("--vxlan-ports", "4789,5555")
+    for node, port, allowed in [(strict, 8472, False), (strict, 4789, True), (wide, 5555, True),
+                                (wide, 8472, False)]:
+        pod = node.add_pod(f"p{port}")
+        reply = runtime.call("ADD", conf(vxlanPort=port, vxlanId=port), container_id=f"c{port}",
+                             netns=pod.netns_path, ifname="net0", socket=node.socket)
+        if allowed:
+            assert reply.code == 0, reply
+            continue
+        ports = "4789" if node is strict else "4789, 5555"
+        assert reply.json["code"] == 7 and f"(allowed: {ports}:" in reply.json["msg"], reply
+        assert not {n for n in node.link_names() if n.endswith(str(port))}

@@ -164,11 +164,11 @@ def test_burst_of_connections_is_served(node):
     """100 requests arriving together, as shim.forward() makes them (no process start to stagger)."""
     start = threading.Barrier(100)
 
-    def version():
+    def status():  # STATUS: a verb the agent answers (the shim answers VERSION itself)
         start.wait()
-        return shim.forward({"CNI_COMMAND": "VERSION", shim.SOCKET_ENV: node.socket},
-                            json.dumps({"cniVersion": "1.0.0"}))
+        return shim.forward({"CNI_COMMAND": "STATUS", shim.SOCKET_ENV: node.socket},
+                            json.dumps(kathara_conf(f"lan{VNI}", VNI, "1.1.0")))
 
-    results = run_all([version] * 100)
+    results = run_all([status] * 100)
     refused = [out for code, out in results if code != 0]
     assert not refused, f"{len(refused)} of 100 refused: {refused[0]}"

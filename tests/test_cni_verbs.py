@@ -89,6 +89,18 @@ def test_check_compares_mac_with_prev_result(runtime, node):
     assert reply.json["code"] == 101 and "02:bb:00:00:00:09" in reply.json["msg"]
 
 
+@pytest.mark.parametrize("check_mac", ["02:AA:00:00:00:05", "02-aa-00-00-00-05", "02:aA:00:00:00:05"])
+def test_check_reads_the_mac_argument_as_add_does(runtime, node, check_mac):
+    """The runtime passes the same MAC= to ADD and CHECK; any spelling ADD accepts, CHECK
+    compares as the same address."""
+    pod = node.add_pod("p1")
+    assert add(runtime, node, pod, args="MAC=02-AA-00-00-00-05").code == 0
+    assert pod.link("net0")["address"] == "02:aa:00:00:00:05"
+    check = runtime.call("CHECK", kathara_conf("lan_a", VNI, "1.1.0"), container_id="c-p1",
+                         netns=pod.netns_path, ifname="net0", args=f"MAC={check_mac}", socket=node.socket)
+    assert check.code == 0, check
+
+
 def test_check_of_missing_attachment_fails(runtime, node):
     pod = node.add_pod("p1")
     assert add(runtime, node, pod, "1.0.0").code == 0

@@ -47,7 +47,7 @@ def test_defaults():
     conf = parse_netconf(kathara_conf("lan_a", 100))
     assert (conf.mtu, conf.vxlan_port, conf.agent_socket, conf.master, conf.runtime_mac,
             conf.prev_result, conf.valid_attachments) == (0, 4789, "/run/megalos/agent.sock", "",
-                                                          "", None, ())
+                                                          "", None, None)
     assert (DEFAULT_VXLAN_PORT, DEFAULT_AGENT_SOCKET) == (4789, "/run/megalos/agent.sock")
 
 
@@ -142,10 +142,16 @@ def test_good_masters(master):
 
 
 @pytest.mark.parametrize("master, msg", [
-    ("x" * 16, f"master {'x' * 16!r} is not a valid interface name"),
-    ("eth/0", "master 'eth/0' is not a valid interface name"),
-    ("eth:0", "master 'eth:0' is not a valid interface name"),
-    ("eth 0", "master 'eth 0' is not a valid interface name"),
+    ("x" * 16, f"master {'x' * 16!r} is not a valid interface name: 16 bytes long: the kernel allows 15"),
+    ("é" * 8, f"master {'é' * 8!r} is not a valid interface name: 16 bytes long: the kernel allows 15"),
+    ("eth/0", "master 'eth/0' is not a valid interface name: '/', ':', '%' and whitespace are not "
+              "allowed in a device name"),
+    ("eth:0", "master 'eth:0' is not a valid interface name: '/', ':', '%' and whitespace are not "
+              "allowed in a device name"),
+    ("eth 0", "master 'eth 0' is not a valid interface name: '/', ':', '%' and whitespace are not "
+              "allowed in a device name"),
+    ("eth%d", "master 'eth%d' is not a valid interface name: '/', ':', '%' and whitespace are not "
+              "allowed in a device name"),
     (7, "master must be a string, not 7"),
     (["eth0"], "master must be a string, not ['eth0']"),
 ])
@@ -189,17 +195,30 @@ def test_bad_ports(port, msg):
     assert invalid(kathara_conf("lan", 1, vxlanPort=port)).msg == msg
 
 
-def test_agent_socket():
-    assert parse_netconf(kathara_conf("lan", 1, agentSocket="/run/x.sock")).agent_socket == "/run/x.sock"
+@pytest.mark.parametrize("path", ["/run/megalos/agent.sock", "/run/megalos/other-agent_2.sock",
+                                  "/run/megalos/..x", "/run/megalos/" + "y" * 90])
+def test_agent_socket(path):
+    assert parse_netconf(kathara_conf("lan", 1, agentSocket=path)).agent_socket == path
     assert parse_netconf(kathara_conf("lan", 1, agentSocket="")).agent_socket == DEFAULT_AGENT_SOCKET
 
 
-@pytest.mark.parametrize("path, msg", [
-    ("run/x.sock", "agentSocket 'run/x.sock' must be an absolute path"),
-    (5, "agentSocket must be a string, not 5"),
+@pytest.mark.parametrize("path", [
+    "/tmp/evil.sock",                      # any socket a NAD's author could listen on
+    "/run/x.sock", "run/megalos/x.sock", "/run/megalos", "/run/megalos/", "/run/megalos/.",
+    "/run/megalos/..", "/run/megalos/../../tmp/evil.sock", "/run/megalos//agent.sock",
+    "/run/megalos/sub/agent.sock", "/run/megalos/a b", "/run/megalos/agent.sock\u0000",
+    "/run/megalos/ag\u00e9nt", "/run/megalos/\ud800", "//run/megalos/agent.sock",
+    "/run/megalos/agent.sock/", "/var/run/megalos/agent.sock",
 ])
-def test_bad_agent_socket(path, msg):
-    assert invalid(kathara_conf("lan", 1, agentSocket=path)).msg == msg
+def test_agent_socket_outside_run_megalos_is_refused(path):
+    msg = invalid(kathara_conf("lan", 1, agentSocket=path)).msg
+    assert msg == ("agentSocket must be a socket in /run/megalos/ (/run/megalos/NAME, NAME of letters, "
+                   "digits, '.', '_', '-'): the plugin talks only to the megalos agent, "
+                   f"not {path!r}")
+
+
+def test_agent_socket_must_be_a_string():
+    assert invalid(kathara_conf("lan", 1, agentSocket=5)).msg == "agentSocket must be a string, not 5"
 
 
 def test_suffix_must_be_a_string():
@@ -251,14 +270,29 @@ def test_prev_result_must_be_an_object(prev):
     assert invalid(kathara_conf("lan", 1, prevResult=prev)).msg == "prevResult must be an object"
 
 
-def test_valid_attachments():
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_valid_attachments(key):
+    """Either key: the spec's, and the one it named until 2024 (libcni sends both)."""
     keep = [{"containerID": "c1", "ifname": "net0"}, {"containerID": "c2", "ifname": "net1", "x": 1}]
-    conf = parse_netconf(kathara_conf("lan", 1, "1.1.0", **{"cni.dev/valid-attachments": keep}))
+    conf = parse_netconf(kathara_conf("lan", 1, "1.1.0", **{key: keep}))
     assert conf.valid_attachments == (("c1", "net0"), ("c2", "net1"))
-    assert parse_netconf(kathara_conf("lan", 1, "1.1.0", **{"cni.dev/valid-attachments": []})
-                         ).valid_attachments == ()
+    assert parse_netconf(kathara_conf("lan", 1, "1.1.0", **{key: []})).valid_attachments == ()
 
 
+def test_valid_attachments_under_both_keys_are_all_kept():
+    conf = parse_netconf(kathara_conf("lan", 1, "1.1.0", **{
+        "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "net0"}],
+        "cni.dev/attachments": [{"containerID": "c1", "ifname": "net0"},
+                                {"containerID": "c2", "ifname": "net0"}]}))
+    assert conf.valid_attachments == (("c1", "net0"), ("c2", "net0"))
+
+
+def test_no_attachment_list_is_none_not_empty():
+    """GC tells 'keep nothing' ([]) from 'no list' (refused: it would remove everything)."""
+    assert parse_netconf(kathara_conf("lan", 1, "1.1.0")).valid_attachments is None
+
+
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
 @pytest.mark.parametrize("attachments, fragment", [
     ({"containerID": "c1", "ifname": "net0"}, "must be a list"),
     ("c1/net0", "must be a list"),
@@ -268,9 +302,9 @@ def test_valid_attachments():
     ([["c1", "net0"]], "needs containerID and ifname"),
     ([None], "needs containerID and ifname"),
 ])
-def test_bad_valid_attachments(attachments, fragment):
-    msg = invalid(kathara_conf("lan", 1, "1.1.0", **{"cni.dev/valid-attachments": attachments})).msg
-    assert msg.startswith("cni.dev/valid-attachments") and fragment in msg
+def test_bad_valid_attachments(key, attachments, fragment):
+    msg = invalid(kathara_conf("lan", 1, "1.1.0", **{key: attachments})).msg
+    assert msg.startswith(key) and fragment in msg
 
 
 # -- what the spec asks plugins to ignore -----------------------------------------------------

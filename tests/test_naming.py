@@ -127,3 +127,31 @@ def test_derived_macs_differ_by_parts():
     macs |= {naming.derived_mac("vtep", vni, "192.0.2.1") for vni in range(1, 500)}
     macs |= {naming.derived_mac("bridge", 1, "192.0.2.2")}
     assert len(macs) == 999
+
+
+@pytest.mark.parametrize("network", ["lan_a", "0", "x" * (naming.MAX_ALIAS - len(naming.PORT_MARK))])
+def test_port_mark_names_the_network(network):
+    assert naming.port_mark(network) == "megalos:port:" + network
+
+
+@given(st.text(min_size=1, max_size=400))
+def test_port_marks_fit_an_alias_and_differ_by_network(network):
+    mark = naming.port_mark(network)
+    assert len(mark.encode()) <= naming.MAX_ALIAS and mark.startswith(naming.PORT_MARK)
+    assert mark != naming.port_mark(network + "x")
+
+
+def test_a_long_network_name_is_marked_by_a_digest_no_name_can_spell():
+    network = "x" * (naming.MAX_ALIAS - len(naming.PORT_MARK) + 1)
+    assert naming.port_mark(network) == "megalos:port:#" + hashlib.sha256(network.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["eth0", "net15", "x" * 15, "é" * 7, "a.b-c_d", "ü"])
+def test_good_interface_names(name):
+    assert naming.ifname_problem(name) == ""
+
+
+@pytest.mark.parametrize("name", ["", "x" * 16, "é" * 8, ".", "..", "a/b", "a:b", "a b", "a\tb", "a\nb",
+                                  "a\vb", "a\fb", "a\rb", "à", "eth%d", "%", "\udcff"])
+def test_bad_interface_names(name):
+    assert naming.ifname_problem(name)

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cni import install_shim, shim
-from lab.runtime import shim_kinds
+from cni import install_shim, shim, spec
 from cni import server as cni_server
+from cni.plugin import Plugin
+from lab.runtime import shim_kinds
 from tests.conftest import ANSWER_OK, FakeAgent
 
 SHIM = Path(shim.__file__)
@@ -44,6 +45,24 @@ def agent(sockdir):
     fake = FakeAgent(os.path.join(sockdir, "agent.sock"))
     yield fake
     fake.close()
+
+
+@pytest.fixture
+def run_agent():
+    """A fake agent on a socket of its own in /run/megalos/, where a config's agentSocket may point."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (/run/megalos)")
+    made = not os.path.isdir(shim.SOCKET_DIR)
+    os.makedirs(shim.SOCKET_DIR, mode=0o755, exist_ok=True)
+    fake = FakeAgent(tempfile.mktemp(prefix="mgshim-", suffix=".sock", dir=shim.SOCKET_DIR))
+    yield fake
+    fake.close()
+    os.unlink(fake.path)
+    if made:
+        try:
+            os.rmdir(shim.SOCKET_DIR)
+        except OSError:  # another run's socket is there now
+            pass
 
 
 def test_a_closed_fake_agent_no_longer_accepts(sockdir):
@@ -164,7 +183,7 @@ def server(sockdir):
     """The agent's real socket server, with a plugin that records what reaches it."""
     calls = []
 
-    def handle_cni(env, stdin):
+    def handle_cni(env, stdin, deadline):
         calls.append((env, stdin))
         return 0, '{"ok": true}'
 
@@ -247,10 +266,36 @@ def test_prints_nothing_for_an_empty_answer(sockdir, megalos):
         fake.close()
 
 
-def test_config_agent_socket_wins_over_the_environment(sockdir, agent, megalos):
-    conf = json.dumps({**json.loads(CONF), "agentSocket": agent.path})
+def test_config_agent_socket_wins_over_the_environment(sockdir, run_agent, megalos):
+    conf = json.dumps({**json.loads(CONF), "agentSocket": run_agent.path})
     assert megalos(cni_env(os.path.join(sockdir, "elsewhere.sock")), conf)[0] == 0
-    assert len(agent.requests) == 1
+    assert len(run_agent.requests) == 1
+
+
+@pytest.mark.parametrize("make_path", [
+    lambda p: p,                                                  # the NAD author's own socket
+    lambda p: "/run/megalos/../.." + p,                           # climbing out of /run/megalos
+    lambda p: "/run/megalos/./../.." + p,
+    lambda p: "/run/megalos//../.." + p,
+    lambda p: "/run/megalos/" + os.path.relpath(p, "/run/megalos"),
+])
+def test_config_agent_socket_elsewhere_is_refused_and_never_reached(sockdir, megalos, make_path):
+    """A NetworkAttachmentDefinition pointing the root-run plugin at a socket its author
+    listens on: the shim refuses it (code 7) before any connection, so the author's socket
+    never sees the pod's netns path and arguments, and never answers for the plugin."""
+    rogue = FakeAgent(os.path.join(sockdir, "rogue.sock"),
+                      lambda request: b'0\n{"cniVersion": "1.1.0", "interfaces": []}')
+    elsewhere = FakeAgent(os.path.join(sockdir, "env.sock"))
+    try:
+        conf = json.dumps({**json.loads(CONF), "agentSocket": make_path(rogue.path)})
+        code, out, err = megalos(cni_env(elsewhere.path), conf)
+    finally:
+        rogue.close()
+        elsewhere.close()
+    body = error_body(out)
+    assert (code, err, body["code"], body["cniVersion"]) == (1, b"", 7, "0.3.0")
+    assert body["msg"] == shim.SOCKET_RULE
+    assert rogue.requests == elsewhere.requests == []
 
 
 @pytest.mark.parametrize("make_conf, found", [
@@ -262,15 +307,16 @@ def test_config_agent_socket_wins_over_the_environment(sockdir, agent, megalos):
     (lambda p: '{"x": ["agentSocket", "%s"]}' % p, False),
     (lambda p: '{"x": "\\"agentSocket\\": \\"%s\\""}' % p, False),              # inside a string
     (lambda p: '{"agentSocket": ""}', False),
-    (lambda p: '{"agentSocket": "%s\\u0000"}' % p, False),
+    (lambda p: '{"agentSocket": "%s\\u0000"}' % p, False),                     # NUL: no path
+    (lambda p: '{"agentSocket": "/tmp/x\\u0000"}', False),                       # NUL: no path
 ])
-def test_which_agent_socket_the_config_names(sockdir, agent, megalos, make_conf, found):
+def test_which_agent_socket_the_config_names(sockdir, run_agent, megalos, make_conf, found):
     elsewhere = FakeAgent(os.path.join(sockdir, "env.sock"))
     try:
-        assert megalos(cni_env(elsewhere.path), make_conf(agent.path))[0] == 0
+        assert megalos(cni_env(elsewhere.path), make_conf(run_agent.path))[0] == 0
     finally:
         elsewhere.close()
-    assert (len(agent.requests), len(elsewhere.requests)) == ((1, 0) if found else (0, 1))
+    assert (len(run_agent.requests), len(elsewhere.requests)) == ((1, 0) if found else (0, 1))
 
 
 @pytest.mark.parametrize("stdin", ["", "not json", "[1, 2]", '{"agentSocket": 5, "cniVersion": 1}'])
@@ -292,7 +338,7 @@ def test_stdin_limit(agent, megalos):
     assert agent.last[1] == limit
     code, out, _ = megalos(cni_env(agent.path), limit + b"x")
     body = error_body(out)
-    assert code == 1 and body["code"] == 5 and body["cniVersion"] == "1.1.0"
+    assert code == 1 and body["code"] == 6 and body["cniVersion"] == "1.1.0"
     assert body["msg"] == "the network configuration is larger than 1048576 bytes"
     assert len(agent.requests) == 1
 
@@ -312,7 +358,7 @@ def test_environment_limit(agent, megalos):
 
 
 # -- when the agent is not there ----------------------------------------------------------------
-@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC", "VERSION"])
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC"])
 def test_no_agent_is_code_11_naming_the_socket(sockdir, megalos, command):
     path = os.path.join(sockdir, "missing.sock")
     code, out, err = megalos(cni_env(path, command))
@@ -443,9 +489,11 @@ ODD_PATH = b'/tmp/mgshim-"q"\\b\n\t\x01\x7f-\xc3\xa9-\xf0\x9f\x98\x80-\xff-\xed\
 
 
 @pytest.mark.parametrize("case", ["no-agent", "status", "odd-path", "odd-version", "config-path",
-                                  "stray-bytes", "too-long-path", "108-byte-path", "huge-stdin",
-                                  "huge-env"])
-def test_error_answers_are_byte_for_byte_the_same(binaries, sockdir, case):
+                                  "config-path-elsewhere", "stray-bytes", "too-long-path",
+                                  "108-byte-path", "huge-stdin", "huge-env", "too-deep",
+                                  "raw-surrogate-version", "malformed-config", "version",
+                                  "version-odd", "version-malformed", "version-not-json"])
+def test_answers_the_shim_makes_are_byte_for_byte_the_same(binaries, sockdir, case):
     if len(binaries) < 2:
         pytest.skip("no C compiler here")
     missing = os.path.join(sockdir, "missing.sock")
@@ -457,10 +505,24 @@ def test_error_answers_are_byte_for_byte_the_same(binaries, sockdir, case):
         env[shim.SOCKET_ENV.encode()] = ODD_PATH
     elif case == "odd-version":
         stdin = b'{"cniVersion": "0.3.0 \\"\\\\ \\u00e9 \\ud83d\\ude00 \\ud800 \xc3\xa9 \\n\\/"}'
-    elif case == "config-path":
+    elif case == "config-path":  # escapes; nobody listens there
+        stdin = b'{"agentSocket": "\\/run\\/megalos\\/mgshim-\\u0061bsent.sock"}'
+    elif case == "config-path-elsewhere":
         stdin = b'{"agentSocket": "\\/tmp\\/mgshim-\\u00e9\\ud83d\\ude00\\ud800.sock"}'
     elif case == "stray-bytes":  # not UTF-8, inside strings: both shims keep the bytes
         stdin = b'{"cniVersion": "0.4.0\xff", "x": "\xc3", "agentSocket": "/tmp/mgshim-\xfe"}'
+    elif case == "too-deep":
+        stdin = b'{"cniVersion": "0.4.0", "args": ' + b"[" * 65 + b"]" * 65 + b"}"
+    elif case == "raw-surrogate-version":  # an encoded surrogate written raw: not UTF-8
+        stdin = b'{"cniVersion": "\xed\xa0\x80 \\ud800"}'
+    elif case == "malformed-config":  # json.loads gives up; the scan finds the version
+        stdin = b'{"cniVersion": "0.4.0", "vxlanId": '
+    elif case.startswith("version"):
+        env["CNI_COMMAND"] = "VERSION"
+        stdin = {"version": b'{"cniVersion": "1.0.0"}',
+                 "version-odd": b'{"cniVersion": "0.3.0 \\"\\\\ \\u00e9 \\ud800 \xff"}',
+                 "version-malformed": b'{"cniVersion": "0.4.0",',
+                 "version-not-json": b"\xff\xfe not json"}[case]
     elif case == "too-long-path":
         env[shim.SOCKET_ENV] = "/tmp/" + "y" * 300
     elif case == "108-byte-path":
@@ -471,8 +533,20 @@ def test_error_answers_are_byte_for_byte_the_same(binaries, sockdir, case):
         env["CNI_ARGS"] = "a" * shim.MAX_ENV
     c, python = both(binaries, env, stdin)
     assert (c.returncode, c.stdout, c.stderr) == (python.returncode, python.stdout, python.stderr)
+    if case.startswith("version"):
+        assert c.returncode == 0 and list(json.loads(c.stdout)) == ["cniVersion", "supportedVersions"]
+        return
     body = error_body(c.stdout)
-    assert c.returncode == 1 and body["code"] in (5, 11, 50)
+    assert c.returncode == 1 and body["code"] == {
+        "config-path-elsewhere": 7, "stray-bytes": 7, "huge-stdin": 6, "too-deep": 6,
+        "huge-env": 5, "status": 50}.get(case, 11), body
+    if case == "raw-surrogate-version":
+        assert body["cniVersion"] == "\ud800 \ud800"
+    if case == "malformed-config":
+        assert body["cniVersion"] == "0.4.0"
+    if case == "config-path":
+        assert body["msg"] == ("megalos agent is not running: cannot connect to "
+                               "/run/megalos/mgshim-absent.sock")
     if case == "odd-path":
         shown = ODD_PATH.decode("utf-8", "surrogateescape")
         assert body["msg"] == f"megalos agent is not running: cannot connect to {shown}"
@@ -506,6 +580,88 @@ def test_random_configs_get_the_same_answer_from_both_shims(binaries, members, a
         c, python = (subprocess.run([str(path)], input=stdin, env=env, capture_output=True,
                                     timeout=30, cwd=empty) for path in binaries.values())
     assert (c.returncode, c.stdout, c.stderr) == (python.returncode, python.stdout, python.stderr)
+
+
+# JSON's pieces, broken ones too, and stray bytes: what a scan can trip on.
+fragments = st.sampled_from([b"{", b"}", b"[", b"]", b",", b":", b'"', b"\\", b'\\"', b"\\\\", b"\\u",
+                             b"d83d", b"\\ude00", b"\\ud800", b"\xed\xa0\x80", b"\xff", b"\xc3", b" ",
+                             b"\n", b"1", b"null", b'"cniVersion"', b'"agentSocket"', b'"0.4.0"',
+                             b'"/run/megalos/x.sock"', b'"/tmp/x.sock"', b"\0", b"[" * 70])
+
+
+@settings(max_examples=150, deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(pieces=st.lists(fragments | st.binary(max_size=4), max_size=14),
+       command=st.sampled_from(["ADD", "VERSION"]))
+def test_any_bytes_get_the_same_answer_from_both_shims(binaries, pieces, command):
+    """Malformed configs, stray bytes, deep nesting, with no agent listening: both shims scan
+    alike (cni/shim.py's `member` is cni/shim.c's scan_member) and print the same bytes."""
+    if len(binaries) < 2:
+        pytest.skip("no C compiler here")
+    stdin = b'{"cniVersion": ' * (len(pieces) % 2) + b"".join(pieces)
+    with tempfile.TemporaryDirectory(prefix="mgshim", dir="/tmp") as empty:
+        env = {**cni_env(os.path.join(empty, "none.sock"), command), "MEGALOS_TIMEOUT": "2"}
+        c, python = (subprocess.run([str(path)], input=stdin, env=env, capture_output=True,
+                                    timeout=30, cwd=empty) for path in binaries.values())
+    assert (c.returncode, c.stdout, c.stderr) == (python.returncode, python.stdout, python.stderr)
+
+
+@pytest.mark.parametrize("conf", [
+    "", "{}", "not json", "[1]", '{"cniVersion": 5}', '{"cniVersion": "9.9.9"}',
+    '{"cniVersion": "0.4.0 \\u00e9 \\ud83d\\ude00 \\n"}',
+    *[json.dumps({"cniVersion": v, "name": "x", "vxlanId": 1}) for v in spec.SUPPORTED_VERSIONS]])
+def test_version_is_answered_without_the_agent_as_the_agent_answered(sockdir, megalos, conf):
+    """VERSION is static: the shim answers it with no agent behind its socket (nothing is
+    forwarded), with the reply the agent gives (Plugin.handle) wherever the agent gives one."""
+    agent_code, agent_out = Plugin(datapath=None).handle({"CNI_COMMAND": "VERSION"}, conf)
+    fake = FakeAgent(os.path.join(sockdir, "v.sock"), lambda request: b"1\n{}")
+    try:
+        code, out, err = megalos(cni_env(fake.path, "VERSION"), conf)
+    finally:
+        fake.close()
+    assert fake.requests == [] and (code, err) == (0, b"")
+    if agent_code == 0:
+        assert out == agent_out.encode() + b"\n"
+    else:  # the agent refused a config that is no JSON object; VERSION needs none
+        assert json.loads(out) == spec.version_result()
+
+
+def test_deep_config_is_refused_by_the_shim_before_the_agent(agent, megalos):
+    conf = '{"cniVersion": "1.0.0", "prevResult": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    code, out, err = megalos(cni_env(agent.path), conf)
+    body = error_body(out)
+    assert (code, err, body["code"], body["cniVersion"]) == (1, b"", 6, "1.0.0")
+    assert body["msg"] == "the network configuration nests arrays and objects more than 64 deep"
+    assert agent.requests == []
+    assert megalos(cni_env(agent.path), '{"a": ' + "[" * 63 + "]" * 63 + "}")[0] == 0
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"", False), (b"[" * 64, False), (b"[" * 65, True), (b"{" * 65, True),
+    (b'"' + b"[" * 100 + b'"', False),                         # in a string
+    (b'"\\"' + b"[" * 65, False),                             # an escaped quote: still a string
+    (b'"\\\\"' + b"[" * 65, True),                           # an escaped backslash, then the end
+    (b"][" * 100 + b"[" * 64, False), (b"[]" * 100, False),
+    (b"[" * 64 + b'"' + b"]" * 10 + b"[" * 10, False),          # an unterminated string to the end
+])
+def test_too_deep(data, expected):
+    assert shim.too_deep(data) == expected
+
+
+@pytest.mark.parametrize("data, key, expected", [
+    (b'{"cniVersion": "1.0.0"}', b"cniVersion", b"1.0.0"),
+    (b'{"a": {"cniVersion": "x"}, "cniVersion": "y"}', b"cniVersion", b"y"),
+    (b'{"cniVersion": "x", "cniVersion": 1}', b"cniVersion", None),
+    (b'{"cniVersion": "\\u00e9\\ud83d\\ude00\\ud800"}', b"cniVersion",
+     "\u00e9\U0001f600".encode() + b"\xed\xa0\x80"),
+    (b'{"cniVersion": "' + b"x" * (shim.MAX_VALUE - 4) + b'"}', b"cniVersion", b"x" * (shim.MAX_VALUE - 4)),
+    (b'{"cniVersion": "' + b"x" * (shim.MAX_VALUE - 3) + b'"}', b"cniVersion", None),  # C's buffer
+    (b'{"cniVersion": "\\x"}', b"cniVersion", None),
+    (b'{"cniVersion": "1.0.0",', b"cniVersion", b"1.0.0"),    # malformed: what the C scan finds
+    (b' [{"cniVersion": "1.0.0"}]', b"cniVersion", None),
+])
+def test_member(data, key, expected):
+    assert shim.member(data, key) == expected
 
 
 def test_c_error_json_escaping(binaries, sockdir):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cni import spec
+from cni import shim, spec
 from cni.spec import CniError, Interface
 from tests.conftest import ALL_VERSIONS
 
@@ -62,7 +62,7 @@ def test_del_does_not_need_a_netns():
     ({"CNI_NETNS": None}, "CNI_NETNS is required for ADD"),
     ({"CNI_NETNS": "var/run/netns/x"}, "must be an absolute path"),
     ({"CNI_IFNAME": None}, "CNI_IFNAME is required"),
-    ({"CNI_IFNAME": "x" * 16}, "longer than 15 characters"),
+    ({"CNI_IFNAME": "x" * 16}, "16 bytes long: the kernel allows 15"),
     ({"CNI_IFNAME": "net/0"}, "not a valid interface name"),
     ({"CNI_IFNAME": "net:0"}, "not a valid interface name"),
     ({"CNI_IFNAME": "net 0"}, "not a valid interface name"),
@@ -97,6 +97,26 @@ def test_unknown_command_lists_the_verbs():
 
 def test_ifname_of_exactly_15_characters_is_fine():
     assert spec.parse_environment(env(CNI_IFNAME="x" * 15)).ifname == "x" * 15
+
+
+@pytest.mark.parametrize("ifname, fragment", [
+    ("é" * 8, "16 bytes long: the kernel allows 15"),      # 8 characters, 16 bytes
+    ("net0" + "€" * 4, "16 bytes long"),
+    ("net%d", "'%'"),                                      # a template: the kernel picks the name
+    ("%", "'%'"),
+    ("netà", "whitespace"),                                # UTF-8 C3 A0: the kernel's isspace(0xA0)
+    ("net\x0b0", "whitespace"),
+    ("net\r", "whitespace"),
+    ("net\udcff", "not UTF-8 text"),                       # a stray byte from the environment
+])
+def test_ifname_is_checked_in_bytes_as_the_kernel_does(ifname, fragment):
+    error = error_of(spec.parse_environment, env(CNI_IFNAME=ifname))
+    assert error.code == 4 and fragment in error.msg, error.msg
+
+
+@pytest.mark.parametrize("ifname", ["é" * 7 + "x", "eth0", "net-1.2_x", "ünï"])
+def test_ifname_of_up_to_15_bytes_is_fine(ifname):
+    assert spec.parse_environment(env(CNI_IFNAME=ifname)).ifname == ifname
 
 
 def test_other_variables_are_ignored():
@@ -273,6 +293,43 @@ def test_config_that_is_not_an_object_is_code_6(stdin):
 def test_decode_config():
     conf = spec.decode_config('{"cniVersion": "1.0.0", "vxlanId": 5}')
     assert conf == {"cniVersion": "1.0.0", "vxlanId": 5}
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+@pytest.mark.parametrize("stdin", [
+    nested(100_000),                                                     # json.loads: RecursionError
+    '{"a": ' + nested(shim.MAX_DEPTH) + "}",                             # one level too many
+    '{"cniVersion": "1.0.0", "prevResult": {"interfaces": ' + nested(70) + "}}",
+    '{"cniVersion": "1.0.0", "runtimeConfig": ' + '{"a": ' * 70 + "1" + "}" * 70 + "}",
+    '{"cniVersion": "1.0.0", "args": {"cni": ' + nested(70) + "}}",
+    '{"a": ' + nested(70),                                               # deep and malformed
+])
+def test_deeply_nested_config_is_code_6(stdin):
+    error = error_of(spec.decode_config, stdin)
+    assert (error.code, error.msg) == (6, "the network configuration nests arrays and objects more than 64 deep")
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_are_fine():
+    assert spec.decode_config('{"a": ' + nested(shim.MAX_DEPTH - 1) + "}")["a"]
+    text = "[{" * 1000 + '\\"' + "\\\\"
+    assert spec.decode_config(json.dumps({"a": text}))["a"] == text
+
+
+@pytest.mark.parametrize("size", [shim.MAX_STDIN + 1, 4 * shim.MAX_STDIN])
+def test_config_larger_than_the_shims_limit_is_code_6(size):
+    stdin = '{"padding": "' + "x" * (size - 15) + '"}'
+    assert len(stdin) >= size
+    error = error_of(spec.decode_config, stdin)
+    assert (error.code, error.msg) == (6, "the network configuration is larger than 1048576 bytes")
+
+
+def test_config_of_exactly_the_limit_is_decoded():
+    stdin = '{"padding": "' + "é" * ((shim.MAX_STDIN - 15) // 2) + '"}'
+    assert len(stdin.encode()) <= shim.MAX_STDIN
+    assert spec.decode_config(stdin)["padding"]
 
 
 # -- CniError ---------------------------------------------------------------------------------
