@@ -246,11 +246,18 @@ def _error(stdin: bytes, code: int, msg: str, details: str = "") -> tuple:
     return 1, json.dumps(body).encode()
 
 
+_SUPPORTED_JSON = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+
+
 def version_reply(stdin: bytes) -> bytes:
-    """VERSION's answer: static but for the cniVersion, the config's (what the agent answered)."""
+    """VERSION's answer: static but for the cniVersion, the config's (what the agent answered),
+    written as json.dumps writes it. Without json (~13 ms to import) unless the version needs
+    escaping."""
+    version = _version(stdin)
+    if version.isascii() and version.isprintable() and '"' not in version and "\\" not in version:
+        return f'{{"cniVersion": "{version}", "supportedVersions": [{_SUPPORTED_JSON}]}}'.encode()
     import json
-    return json.dumps({"cniVersion": _version(stdin),
-                       "supportedVersions": list(SUPPORTED_VERSIONS)}).encode()
+    return json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}).encode()
 
 
 def _text(raw: bytes) -> str:
