@@ -8,9 +8,14 @@ from inside their nodes while pods come and go through the CNI plugin and BGP se
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
+import time
 import types
 import urllib.request
 from collections import Counter
@@ -21,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from base import metrics as endpoint
 from bgp.client import BgpError
 from bgp.protocol import ADD, MacRoute, Peers, PeerSummary, VtepRoute
+from cni.server import CniServer
 from lab.cluster import Cluster, wait_until
 from lab.runtime import kathara_conf
 from lab.scrape import series
@@ -29,8 +35,11 @@ from reflector.protocol import ReflectorError, StateClient
 from reflector.state import ReflectorState
 from speaker import metrics as node_metrics
 from speaker.evpn_state import RemoteRoutes
+from tests.test_cni_server import ENV as CNI_ENV
+from tests.test_cni_server import request as cni_request
 
 ME, OTHER, THIRD = "192.0.2.2", "192.0.2.3", "192.0.2.4"
+CNI = "megalos_cni_request_duration_seconds_count"
 MAC, MAC2, MAC3 = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
 
 
@@ -152,6 +161,36 @@ def test_cni_requests_land_in_the_histogram_by_verb_and_code():
     assert not [key for key in values if key.startswith("megalos_node_")]  # no control plane
 
 
+def test_the_cni_socket_reports_every_answer_and_a_late_one_as_the_shim_saw_it():
+    """The real socket server (cni/server.py) with the agent's hook: each verb's own code, and a
+    verb still running at its deadline counted as the code 11 the shim was answered."""
+    def handle(env, stdin, deadline):
+        if env["CNI_COMMAND"] == "CHECK":
+            time.sleep(0.8)  # beyond the deadline
+            return 0, ""
+        if env["CNI_COMMAND"] == "ADD":
+            return 1, json.dumps({"cniVersion": "1.1.0", "code": 7, "msg": "vxlanId is required"})
+        return 0, ""
+    metrics = node_metrics.AgentMetrics()
+    path = tempfile.mkdtemp(prefix="mgmet", dir="/tmp")  # short: AF_UNIX paths stop at 108 bytes
+    server = CniServer(os.path.join(path, "agent.sock"), handle, deadline=0.3,
+                       observe=metrics.observe_cni)
+    server.start()
+    try:
+        assert cni_request(server.path)[0] == 0
+        assert cni_request(server.path, {**CNI_ENV, "CNI_COMMAND": "ADD"})[1]["code"] == 7
+        code, body = cni_request(server.path, {**CNI_ENV, "CNI_COMMAND": "CHECK"})
+        assert code == 1 and body["code"] == 11
+        wait_until(lambda: scraped(metrics.registry).get(f'{CNI}{{code="11",verb="CHECK"}}'), 5,
+                   "the late CHECK counted")
+    finally:
+        server.stop()
+        shutil.rmtree(path, ignore_errors=True)
+    values = scraped(metrics.registry)
+    assert values[f'{CNI}{{code="0",verb="DEL"}}'] == 1 and values[f'{CNI}{{code="7",verb="ADD"}}'] == 1
+    assert values['megalos_cni_request_duration_seconds_sum{code="11",verb="CHECK"}'] >= 0.8
+
+
 def test_node_levels_become_families():
     levels = node_metrics.NodeLevels(lans=2, local_macs=3, remote_macs=5, remote_vteps=1, backlog=4,
                                      withdrawals_pending=6, bgp_up=True,
@@ -242,7 +281,6 @@ def test_state_requests_are_counted_by_op_and_status():
 root = pytest.mark.root
 VNI = 70400
 AGENT, REFLECTOR = node_metrics.DEFAULT_PORT, reflector_metrics.DEFAULT_PORT
-CNI = "megalos_cni_request_duration_seconds_count"
 
 
 @pytest.fixture(scope="module")
