@@ -6,6 +6,8 @@
     MEGALOS_API_ACCESS_LOG  "-" for stdout, a path, or unset for none
     MEGALOS_API_CONTROL_SOCKET  gunicorn's control socket (gunicornc); unset: none (its default
                           path is one per user, which two servers on a host would fight over)
+    PROMETHEUS_MULTIPROC_DIR  the workers' request metrics (default: a temporary directory,
+                          removed at exit; a given one is emptied at start)
 
 and the app's own (api.settings): MEGALOS_REFLECTOR_SOCKET, MEGALOS_API_TOKEN[_FILE], ...
 gthread workers: a request blocked on the reflector (a long poll) holds a thread, not a process.
