@@ -40,7 +40,7 @@ def endpoint_label(rule: str) -> str:
 
 def _measure_requests(app: Flask) -> None:
     labels = {rule.rule: endpoint_label(rule.rule) for rule in app.url_map.iter_rules()}
-    metrics = RequestMetrics([*sorted(set(labels.values())), UNMATCHED], app.config["METRICS_DIR"])
+    metrics = RequestMetrics([*labels.values(), UNMATCHED])
     app.extensions["megalos.metrics"] = metrics
 
     @app.before_request

@@ -1,147 +1,111 @@
-"""Request metrics shared by gunicorn's workers, and the Prometheus text format. No Flask here.
+"""The API's Prometheus metrics: request metrics per endpoint, and the reflector's figures read
+through its state socket. No Flask here.
 
-Each worker process counts its own requests into a small file of doubles (an mmap, one per
-process id) in a directory that api/gunicorn.conf.py creates before the workers start; a scrape,
-whichever worker answers it, adds up every file. That is what prometheus_client's multiprocess
-mode does, in ~100 lines and without the dependency. The files of workers that exited stay, so
-counters never go backwards while the server runs. Without a directory (the Flask test client, a
-single process) the counts live in memory.
+Under gunicorn, several worker processes answer requests and any one of them answers a scrape:
+prometheus_client's multiprocess mode adds them up. api/gunicorn.conf.py names a directory in
+PROMETHEUS_MULTIPROC_DIR before any worker starts; each worker's metrics then live in files
+there, and a scrape reads them all (those of exited workers too, so counters never go back while
+the server runs). Without that variable (the Flask test client, one process) they live in
+memory. prometheus_client decides which when it is first imported, hence the variable, not a
+setting.
 
-Per endpoint: a latency histogram (non-cumulative buckets, then +Inf, sum, count) and response
-counts per status class.
+Per endpoint: a latency histogram, and responses by status class.
 """
 from __future__ import annotations
 
-import bisect
-import mmap
 import os
-import struct
-import threading
-import zlib
-from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from reflector.protocol import ReflectorError, ReflectorUnavailable
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-_SUM, _COUNT, _CLASS = len(BUCKETS) + 1, len(BUCKETS) + 2, len(BUCKETS) + 3
-SLOTS = _CLASS + len(CLASSES)
-_MAGIC = b"MGAPIM01"
-_HEADER = struct.Struct("<8sQ")  # magic, layout checksum: files of another layout are skipped
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def status_class(status: int) -> str:
+    """200 -> "2xx"; anything out of range is counted with its nearest class."""
+    return f"{min(max(status // 100, 1), 5)}xx"
 
 
 class RequestMetrics:
+    """Request metrics for the endpoints named up front (each is shown from the start, at 0).
+    `directory`: the multiprocess directory (default: $PROMETHEUS_MULTIPROC_DIR, if any)."""
+
     def __init__(self, endpoints: list[str], directory: str | None = None):
-        self.endpoints = list(endpoints)
-        self._index = {name: i for i, name in enumerate(self.endpoints)}
-        self.directory = directory
-        layout = repr((self.endpoints, BUCKETS, CLASSES)).encode()
-        self._header = _HEADER.pack(_MAGIC, zlib.crc32(layout))
-        self._size = len(self.endpoints) * SLOTS
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._values = None
-
-    # -- writing: one process, many threads ---------------------------------------------------------
-    def _mine(self):
-        """This process's counters, opened on first use after a fork (each worker its own)."""
-        pid = os.getpid()
-        if self._pid != pid:
-            self._values, self._pid = self._open(pid), pid
-        return self._values
-
-    def _open(self, pid: int):
-        nbytes = _HEADER.size + self._size * 8
-        if not self.directory:
-            buffer = bytearray(nbytes)
-        else:
-            path = Path(self.directory) / f"worker-{pid}.metrics"
-            # A file left by an exited worker whose pid we now have: carry on counting in it.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                os.ftruncate(fd, nbytes)
-                buffer = mmap.mmap(fd, nbytes)
-            finally:
-                os.close(fd)
-        if buffer[:_HEADER.size] != self._header:
-            buffer[:] = bytes(nbytes)
-            buffer[:_HEADER.size] = self._header
-        return memoryview(buffer)[_HEADER.size:].cast("d")
+        self.endpoints = frozenset(endpoints)
+        self.directory = directory if directory is not None else os.environ.get(MULTIPROCESS_ENV)
+        # registry=None: not in prometheus_client's global registry; each scrape gathers them.
+        self.duration = Histogram("megalos_api_request_duration_seconds",
+                                  "Time to answer an API request, by endpoint.", ["endpoint"],
+                                  buckets=BUCKETS, registry=None)
+        self.responses = Counter("megalos_api_requests",
+                                 "API responses, by endpoint and status class.",
+                                 ["endpoint", "code"], registry=None)
+        for endpoint in sorted(self.endpoints):
+            self.duration.labels(endpoint)
 
     def observe(self, endpoint: str, seconds: float, status: int) -> None:
-        base = self._index.get(endpoint)
-        if base is None:
+        if endpoint not in self.endpoints:
             return
-        base *= SLOTS
-        cls = min(max(status // 100, 1), 5) - 1
-        with self._lock:
-            values = self._mine()
-            values[base + bisect.bisect_left(BUCKETS, seconds)] += 1
-            values[base + _SUM] += seconds
-            values[base + _COUNT] += 1
-            values[base + _CLASS + cls] += 1
+        self.duration.labels(endpoint).observe(seconds)
+        self.responses.labels(endpoint, status_class(status)).inc()
 
-    # -- reading: every process's files ------------------------------------------------------------
-    def totals(self) -> list[float]:
-        if not self.directory:
-            with self._lock:
-                return list(self._mine())
-        self._mine()  # so that this worker shows up even before its first request
-        totals = [0.0] * self._size
-        for path in Path(self.directory).glob("worker-*.metrics"):
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            if data[:_HEADER.size] != self._header or len(data) != _HEADER.size + self._size * 8:
-                continue
-            for i, value in enumerate(memoryview(data)[_HEADER.size:].cast("d")):
-                totals[i] += value
-        return totals
-
-    def exposition(self) -> list[str]:
-        """The histogram and counters in Prometheus text format (lines)."""
-        totals = self.totals()
-        lines = ["# HELP megalos_api_request_duration_seconds Time to answer an API request, "
-                 "by endpoint.",
-                 "# TYPE megalos_api_request_duration_seconds histogram"]
-        for i, endpoint in enumerate(self.endpoints):
-            row, label = totals[i * SLOTS:(i + 1) * SLOTS], _label(endpoint)
-            cumulative = 0.0
-            for bound, count in zip((*BUCKETS, "+Inf"), row[:_SUM]):
-                cumulative += count
-                lines.append(f'megalos_api_request_duration_seconds_bucket{{endpoint="{label}",'
-                             f'le="{bound}"}} {cumulative:.0f}')
-            lines.append(f'megalos_api_request_duration_seconds_sum{{endpoint="{label}"}} {row[_SUM]:.6f}')
-            lines.append(f'megalos_api_request_duration_seconds_count{{endpoint="{label}"}} {row[_COUNT]:.0f}')
-        lines += ["# HELP megalos_api_requests_total API responses, by endpoint and status class.",
-                  "# TYPE megalos_api_requests_total counter"]
-        for i, endpoint in enumerate(self.endpoints):
-            row, label = totals[i * SLOTS:(i + 1) * SLOTS], _label(endpoint)
-            for j, cls in enumerate(CLASSES):
-                if row[_CLASS + j]:
-                    lines.append(f'megalos_api_requests_total{{endpoint="{label}",code="{cls}"}} '
-                                 f'{row[_CLASS + j]:.0f}')
-        return lines
+    def collectors(self) -> list:
+        """What a scrape reads: every worker's files, or this process's metrics."""
+        if self.directory:
+            return [MultiProcessCollector(None, path=self.directory)]
+        return [self.duration, self.responses]
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class ReflectorCollector:
+    """The reflector's figures, asked for on its state socket at each scrape. A reflector that
+    does not answer is `megalos_reflector_up 0`, not a failed scrape."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def collect(self):
+        try:
+            totals, peers = self.client.call("totals"), self.client.call("peers")
+        except (ReflectorUnavailable, ReflectorError):
+            yield GaugeMetricFamily("megalos_reflector_up",
+                                    "Whether the reflector answers on its state socket.", value=0)
+            return
+        yield GaugeMetricFamily("megalos_reflector_up",
+                                "Whether the reflector answers on its state socket.", value=1)
+        established = [p for p in peers if p.get("state") == "Established"]
+        yield GaugeMetricFamily("megalos_bgp_peers", "BGP peers (nodes) configured on the "
+                                "reflector.", value=len(peers))
+        yield GaugeMetricFamily("megalos_bgp_peers_established", "BGP peers in state "
+                                "Established.", value=len(established))
+        yield GaugeMetricFamily("megalos_bgp_routes", "EVPN routes the reflector holds from its "
+                                "peers.", value=sum(p.get("received") or 0 for p in peers))
+        for name, key, documentation in (
+                ("megalos_bgp_routes_received", "received", "EVPN routes held from each peer."),
+                ("megalos_bgp_routes_sent", "sent", "EVPN routes advertised to each peer.")):
+            family = GaugeMetricFamily(name, documentation, labels=["peer"])
+            for peer in peers:
+                family.add_metric([peer["address"]], peer.get(key) or 0)
+            yield family
+        yield GaugeMetricFamily("megalos_vnis", "VNIs (LANs) known to the reflector.",
+                                value=totals["vnis"])
+        yield GaugeMetricFamily("megalos_vteps", "Distinct VTEPs hosting at least one VNI.",
+                                value=totals["vteps"])
+        yield GaugeMetricFamily("megalos_macs", "MAC addresses announced, counted once per VNI.",
+                                value=totals["macs"])
+        yield CounterMetricFamily("megalos_state_changes", "Changes in the reflector's change "
+                                  "log.", value=totals["seq"])
 
 
-def _number(value: float) -> str:
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def gauge(name: str, help_text: str, samples: list[tuple[dict, float]]) -> list[str]:
-    """One gauge family: [(labels, value)]."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-    for labels, value in samples:
-        tags = ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items())
-        lines.append(f"{name}{{{tags}}} {_number(value)}" if tags else f"{name} {_number(value)}")
-    return lines
-
-
-def clear(directory: str) -> None:
-    """Remove the files of an earlier server (counters start again with the server)."""
-    for path in Path(directory).glob("worker-*.metrics"):
-        path.unlink(missing_ok=True)
+def exposition(collectors: list, accept: str) -> tuple[bytes, str]:
+    """(body, content type) of one scrape: the text format, or OpenMetrics when the scraper
+    asks for it (prometheus_client's content negotiation)."""
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)
+    encode, content_type = choose_encoder(accept)
+    return encode(registry), content_type

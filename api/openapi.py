@@ -309,9 +309,11 @@ DOCUMENT = {
         "/readyz": {"get": {"summary": "The reflector answers",
                             "responses": {"200": _json("ready", _ref("Ready")),
                                           **_UPSTREAM}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4)",
+        "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4; OpenMetrics "
+                                        "when the Accept header asks for it)",
                              "responses": {"200": {"description": "metrics", "content": {
-                                 "text/plain": {"schema": {"type": "string"}}}}}}},
+                                 "text/plain": {"schema": {"type": "string"}},
+                                 "application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
         "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": _json("the OpenAPI document", {"type": "object"})}}},
     },

@@ -6,8 +6,6 @@
     MEGALOS_API_READS_NEED_TOKEN   1: reads under /api/v1 need the token too (default 0)
     MEGALOS_API_EVENTS_MAX_TIMEOUT the longest long poll, seconds (default 30)
     MEGALOS_API_PAGE_LIMIT         rows in a page when the client gives no limit (default 1000)
-    MEGALOS_API_METRICS_DIR        where gunicorn workers keep their request metrics (set by
-                                   api/gunicorn.conf.py)
 
 Gunicorn's own settings (bind, workers, threads) are read in api/gunicorn.conf.py.
 """
@@ -24,7 +22,6 @@ DEFAULTS = {
     "MAX_PAGE_LIMIT": 10_000,
     "EVENTS_MAX_TIMEOUT": 30.0,      # a long poll never waits longer than this
     "EVENTS_MAX_WAITERS": 8,         # concurrent long polls per worker; more are answered at once
-    "METRICS_DIR": None,             # None: request metrics of this process only
     "STATE_CLIENT": None,            # a StateClient-compatible object (tests); None: StateClient
 }
 
@@ -58,8 +55,6 @@ def from_env(environ) -> dict:
         settings["READS_NEED_TOKEN"] = reads in ("1", "true", "yes")
     if environ.get("MEGALOS_REFLECTOR_SOCKET"):
         settings["REFLECTOR_SOCKET"] = environ["MEGALOS_REFLECTOR_SOCKET"]
-    if environ.get("MEGALOS_API_METRICS_DIR"):
-        settings["METRICS_DIR"] = environ["MEGALOS_API_METRICS_DIR"]
     if environ.get("MEGALOS_API_PAGE_LIMIT"):
         try:
             settings["PAGE_LIMIT"] = int(environ["MEGALOS_API_PAGE_LIMIT"])

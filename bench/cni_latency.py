@@ -1,7 +1,7 @@
 """CNI ADD/DEL latency: the `megalos` shims (C and Python, through the agent) against the
 reference `bridge` plugin.
 
-    .venv/bin/python -m bench.cni_latency [--pods 50] [--runs 3]
+    .venv/bin/python -m bench.cni_latency [--pods 50] [--runs 3] [--agent-arg=--metrics-port=0]
 
 Every plugin is exec'd exactly as a runtime does (CNI_* environment, config on stdin, the whole
 exec timed) from inside one emulated node's network namespace, on fresh pod namespaces: per pod,
@@ -102,7 +102,7 @@ def timed_forward(series: Series, env: dict, stdin: str) -> None:
         series.errors.append(f"exit {code}: {out}")
 
 
-def run(pods: int, bin_dir: Path) -> dict:
+def run(pods: int, bin_dir: Path, agent_args: tuple[str, ...] = ()) -> dict:
     started = machine()
     shims = {kind: Runtime(bin_dir / kind, shim=kind) for kind in SHIMS}  # as the DaemonSet does
     conf = json.dumps(kathara_conf("bench", VNI, "1.0.0"))
@@ -111,7 +111,7 @@ def run(pods: int, bin_dir: Path) -> dict:
     series = {name: Series(name) for name in LABELS}
     with Cluster() as cluster:
         node = cluster.add_node("n1")
-        node.start_agent()
+        node.start_agent(*agent_args)
         sandboxes = [node.add_pod(f"p{i}").netns_path for i in range(pods)]
         node_ns = str(Path("/var/run/netns") / node.netns)
         socket = {"MEGALOS_AGENT_SOCKET": node.socket}
@@ -151,7 +151,8 @@ def run(pods: int, bin_dir: Path) -> dict:
                 forward("DEL", i)
                 exec_plugin("bridge", "DEL", i)
     started["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    return {"pods": pods, "machine": started, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    return {"pods": pods, "agent_args": list(agent_args), "machine": started,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "series": {name: s.summary() for name, s in series.items()}}
 
 
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cni_latency", description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                        help="an option for megalos-agent (repeat), e.g. --agent-arg=--metrics-port=0")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.cni_latency: needs root (network namespaces)", file=sys.stderr)
@@ -226,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for number in range(1, args.runs + 1):
         with tempfile.TemporaryDirectory(prefix="megalos-bench-bin-") as bin_dir:
-            reports.append(run(args.pods, Path(bin_dir)))
+            reports.append(run(args.pods, Path(bin_dir), tuple(args.agent_arg)))
         c_add = reports[-1]["series"]["megalos_c_add"]["p50_ms"]
         print(f"run {number}/{args.runs}: C ADD p50 {c_add} ms, bridge ADD p50 "
               f"{reports[-1]['series']['bridge_add']['p50_ms']} ms, load "
               f"{' '.join(reports[-1]['machine']['loadavg_at_start'])}", flush=True)
-    report = {"pods": args.pods, "runs": reports, "combined": combine(reports)}
+    report = {"pods": args.pods, "agent_args": args.agent_arg, "runs": reports,
+              "combined": combine(reports)}
     print(table(report))
     for number, one in enumerate(reports, 1):
         for name, s in one["series"].items():

@@ -146,6 +146,7 @@ class _Handler(socketserver.BaseRequestHandler):
     server: "CniServer"
 
     def handle(self):
+        started = time.perf_counter()
         deadline = time.monotonic() + self.server.deadline
         answer = _Answer(self.request)
         env: dict = {}
@@ -173,15 +174,21 @@ class _Handler(socketserver.BaseRequestHandler):
         else:
             log.warning("CNI %s -> exit %d, after its deadline (the shim was told to try again)",
                         _verb(env), code)
+            code, out = _error(spec.ERR_TRY_AGAIN_LATER, "deadline")  # what the shim was told
+        if self.server.observe is not None:
+            self.server.observe(env.get("CNI_COMMAND", ""), code, out, time.perf_counter() - started)
 
 
 class CniServer(UnixServer):
     """The agent's CNI socket, root-only: `handle_cni(env, stdin text, deadline)` -> (exit code,
-    stdout), `deadline` a time.monotonic() value."""
+    stdout), `deadline` a time.monotonic() value; `observe(CNI_COMMAND, exit code, stdout,
+    seconds)`, if given, hears of every answer (the agent's metrics)."""
 
     def __init__(self, path: str, handle_cni, workers: int = DEFAULT_WORKERS,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT, deadline: float = DEFAULT_DEADLINE):
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, deadline: float = DEFAULT_DEADLINE,
+                 observe=None):
         self.handle_cni = handle_cni
+        self.observe = observe
         self.read_timeout = read_timeout
         self.deadline = deadline
         self.deadlines = _Deadlines()

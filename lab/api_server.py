@@ -20,6 +20,7 @@ from base.processes import stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "api" / "gunicorn.conf.py"
+INHERITED_NOT = {"MEGALOS_API_METRICS_DIR", "PROMETHEUS_MULTIPROC_DIR", "MEGALOS_API_TOKEN_FILE"}
 
 
 def free_port() -> int:
@@ -45,12 +46,13 @@ class ApiServer:
         port before gunicorn binds it)."""
         for _ in range(1 if port else 3):
             bind = port or free_port()
-            env = {**os.environ, "MEGALOS_API_BIND": f"127.0.0.1:{bind}",
-                   "MEGALOS_REFLECTOR_SOCKET": self.reflector_socket,
-                   "MEGALOS_API_WORKERS": str(self.workers), "MEGALOS_API_THREADS": str(self.threads),
-                   **self.extra_env}
-            env.pop("MEGALOS_API_METRICS_DIR", None)
-            env.pop("MEGALOS_API_TOKEN_FILE", None)
+            # Nothing of this machine's own settings: a metrics directory or token file of its
+            # own is given through `env`.
+            env = {k: v for k, v in os.environ.items() if k not in INHERITED_NOT}
+            env.update({"MEGALOS_API_BIND": f"127.0.0.1:{bind}",
+                        "MEGALOS_REFLECTOR_SOCKET": self.reflector_socket,
+                        "MEGALOS_API_WORKERS": str(self.workers),
+                        "MEGALOS_API_THREADS": str(self.threads), **self.extra_env})
             env["MEGALOS_API_TOKEN"] = self.token or ""
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(

@@ -67,6 +67,10 @@ def sweep(prefix: str) -> None:
             sh("ip", "netns", "del", name, check=False)
 
 
+_FETCH = ("import sys, urllib.request; "
+          "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+
+
 @dataclass
 class Pod:
     name: str
@@ -149,6 +153,11 @@ class Node:
             return
         stop_process_group(self.agent, sig, timeout)
         self.agent = None
+
+    def scrape(self, port: int, path: str = "/metrics") -> str:
+        """What Prometheus would read from a daemon of this node listening on 127.0.0.1:`port`
+        (fetched from inside the node's namespace)."""
+        return self.run(sys.executable, "-c", _FETCH, f"http://127.0.0.1:{port}{path}").stdout
 
     def links(self) -> list[dict]:
         return json.loads(self.run("ip", "-j", "-d", "link", "show").stdout)

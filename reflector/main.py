@@ -17,7 +17,10 @@ import sys
 import threading
 
 from base import logs
+from base import metrics as metrics_endpoint
 from bgp.client import BgpError
+from reflector.metrics import DEFAULT_PORT as METRICS_PORT
+from reflector.metrics import ReflectorMetrics
 from reflector.protocol import DEFAULT_SOCKET
 from reflector.route_reflector import Reflector, ReflectorConfig
 from reflector.state_server import StateServer, StateService
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a kubeconfig file (default: the pod's ServiceAccount, else $KUBECONFIG or "
                    "~/.kube/config)")
     p.add_argument("--state-socket", default=DEFAULT_SOCKET)
+    metrics_endpoint.add_arguments(p, METRICS_PORT)
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -173,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megalos-reflector: the Kubernetes API: {exc}", file=sys.stderr)
         reflector.close()
         return 2
+    metrics = ReflectorMetrics(reflector) if args.metrics_port else None  # 0: nothing measured
     try:
-        server = StateServer(args.state_socket, StateService(reflector))
+        server = StateServer(args.state_socket, StateService(reflector),
+                             metrics.observe_request if metrics else None)
     except (RuntimeError, OSError) as exc:
         print(f"megalos-reflector: {exc}", file=sys.stderr)
         for watcher in watchers:
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         reflector.close()
         return 1
     server.start()
+    endpoint = metrics_endpoint.serve(args, metrics.registry, "megalos-reflector") if metrics else None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -194,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             break
     for watcher in watchers:
         watcher.stop()
+    if endpoint:
+        endpoint.stop()
     server.stop()
     reflector.close()
     return 0 if stop.is_set() else 1

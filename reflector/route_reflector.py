@@ -72,6 +72,7 @@ class Reflector:
             self.state.apply(event)
         elif isinstance(event, PeerState):
             log.info("peer %s %s", event.address, "up" if event.up else "down")
+            self.counters["session_up" if event.up else "session_down"] += 1
 
     def add_peer(self, address: str, passive: bool = False) -> bool:
         """Peer with a node (dialling it, unless `passive`); True if it was not a peer yet."""

@@ -132,36 +132,47 @@ def _peer_address(request: dict) -> str:
 class _StateHandler(socketserver.StreamRequestHandler):
     def handle(self):
         for line in self.rfile:
-            reply = self.reply(line)
+            op, status, reply = self.reply(line)
+            if self.server.observe is not None:
+                self.server.observe(op, status)
             try:
                 self.wfile.write(reply if isinstance(reply, bytes) else encode(reply))
             except OSError:
                 return  # the client went away
 
-    def reply(self, line: bytes) -> bytes | dict:
+    def reply(self, line: bytes) -> tuple[object, int, bytes | dict]:
+        """(the request's op, or None; the status; the reply)."""
+        op = None
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
+            op = request.get("op")
             if request.get("v") != VERSION:
                 raise ValueError(f"protocol version {request.get('v')!r} is not {VERSION}")
-            return encode_ok(self.server.service.answer(request))
+            return op, 200, encode_ok(self.server.service.answer(request))
         except KeyError as exc:  # before LookupError, of which it is one
-            return {"v": VERSION, "ok": False, "error": f"bad request: missing {exc}", "status": 400}
+            return op, 400, _failed(f"bad request: missing {exc}", 400)
         except LookupError as exc:
-            return {"v": VERSION, "ok": False, "error": str(exc).strip("'\""), "status": 404}
+            return op, 404, _failed(str(exc).strip("'\""), 404)
         except (ValueError, TypeError) as exc:
-            return {"v": VERSION, "ok": False, "error": f"bad request: {exc}", "status": 400}
+            return op, 400, _failed(f"bad request: {exc}", 400)
         except BgpError as exc:
-            return {"v": VERSION, "ok": False, "error": str(exc), "status": 503}
+            return op, 503, _failed(str(exc), 503)
         except Exception as exc:  # a bug: answer it rather than drop the connection
             log.exception("state socket request %r", line[:200])
-            return {"v": VERSION, "ok": False, "error": f"reflector error: {exc}", "status": 500}
+            return op, 500, _failed(f"reflector error: {exc}", 500)
+
+
+def _failed(error: str, status: int) -> dict:
+    return {"v": VERSION, "ok": False, "error": error, "status": status}
 
 
 class StateServer(UnixServer):
-    """The state socket: readable and writable by the reflector's user and group (the API)."""
+    """The state socket: readable and writable by the reflector's user and group (the API);
+    `observe(op, status)`, if given, hears of every request."""
 
-    def __init__(self, path: str, service: StateService):
+    def __init__(self, path: str, service: StateService, observe=None):
         self.service = service
+        self.observe = observe  # observe(op, status) of every request (the reflector's metrics)
         super().__init__(path, _StateHandler, mode=0o660, name="state-server")

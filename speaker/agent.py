@@ -13,10 +13,13 @@ import sys
 import threading
 
 from base import logs
+from base import metrics as metrics_endpoint
 from cni.config import DEFAULT_AGENT_SOCKET, STANDARD_VXLAN_PORTS
 from cni.datapath import Datapath, DatapathError
 from cni.plugin import Announcements, Plugin
 from cni.server import DEFAULT_DEADLINE, DEFAULT_READ_TIMEOUT, DEFAULT_WORKERS, CniServer
+from speaker.metrics import DEFAULT_PORT as METRICS_PORT
+from speaker.metrics import AgentMetrics
 
 log = logging.getLogger("megalos.agent")
 
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds remote entries are kept while no reflector is reachable")
     p.add_argument("--sweep-interval", type=float, default=10.0,
                    help="seconds between sweeps for LANs whose pods vanished without a DEL")
+    metrics_endpoint.add_arguments(p, METRICS_PORT)
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -146,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             speaker.stop()
             return 2
 
+    metrics = AgentMetrics(speaker) if args.metrics_port else None  # 0: nothing measured
     plugin = Plugin(datapath, events, not_ready, args.vxlan_ports)
     try:
         server = CniServer(args.socket, plugin.handle, args.cni_workers, args.cni_read_timeout,
-                           args.cni_deadline)
+                           args.cni_deadline, metrics.observe_cni if metrics else None)
     except (RuntimeError, OSError) as exc:
         print(f"megalos-agent: {exc}", file=sys.stderr)
         if finder:
@@ -161,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    endpoint = metrics_endpoint.serve(args, metrics.registry, "megalos-agent") if metrics else None
     log.info("serving CNI requests on %s", args.socket)
     print(f"megalos-agent ready on {args.socket}", flush=True)
     while not stop.wait(args.sweep_interval):
@@ -169,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             log.exception("sweep failed; retrying at the next interval")
     log.info("stopping")
+    if endpoint:
+        endpoint.stop()
     server.stop()
     if finder:
         finder.stop()

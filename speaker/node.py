@@ -122,6 +122,10 @@ class NodeSpeaker(Announcements):
             return "the BGP process is not running"
         return ""
 
+    def backlog(self) -> int:
+        """Messages waiting for the worker (the agent's metrics read it)."""
+        return self._queue.qsize()
+
     def _start_bgp(self) -> None:
         self.bgp = self._spawn_bgp(on_event=lambda event: self._queue.put(Received(event)),
                                    name="speaker-bgp")
@@ -268,6 +272,7 @@ class NodeSpeaker(Announcements):
 
     def _peer_state(self, address: str, up: bool) -> None:
         log.info("reflector %s %s", address, "up" if up else "down")
+        self.counters["session_up" if up else "session_down"] += 1
         if up:
             self.peers_up.add(address)
             if self.up_since is None:

@@ -23,17 +23,19 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from api import create_app, settings
-from api.metrics import RequestMetrics
+from api.metrics import RequestMetrics, exposition
 from api.openapi import DOCUMENT
 from bgp.client import BgpError
 from bgp.protocol import ADD, MacRoute, PeerAdd, PeerDel, Peers, PeerSummary, Start, VtepRoute
 from lab.api_server import CONFIG, ApiServer
 from lab.cluster import Cluster
 from lab.runtime import kathara_conf
+from lab.scrape import series
 from reflector.protocol import ReflectorError, StateClient
 from reflector.route_reflector import Reflector, ReflectorConfig
 from reflector.state_server import StateServer, StateService
@@ -265,7 +267,7 @@ def test_a_reflector_that_is_not_there_gives_503():
     assert client.post("/api/v1/nodes", json={"address": "192.0.2.9"}, headers=AUTH).status_code == 503
     assert client.get("/healthz").status_code == 200
     metrics = client.get("/metrics")
-    assert metrics.status_code == 200 and "megalos_reflector_up 0" in metrics.text
+    assert metrics.status_code == 200 and series(metrics.text)["megalos_reflector_up"] == 0
 
 
 def test_a_failing_bgp_process_is_503_and_a_reflector_bug_502(client, reflector):
@@ -294,29 +296,49 @@ def test_metrics_count_requests_per_endpoint(client):
         client.get("/api/v1/vnis/100")
     client.get("/api/v1/vnis/abc")
     client.get("/nowhere")
-    text = client.get("/metrics").text
-    assert 'megalos_api_request_duration_seconds_count{endpoint="/api/v1/vnis/{vni}"} 4' in text
-    assert 'megalos_api_requests_total{endpoint="/api/v1/vnis/{vni}",code="4xx"} 1' in text
-    assert 'megalos_api_requests_total{endpoint="unmatched",code="4xx"} 1' in text
-    assert 'megalos_api_request_duration_seconds_bucket{endpoint="/api/v1/vnis/{vni}",le="+Inf"} 4' in text
-    assert "megalos_vnis 1" in text and "megalos_bgp_peers_established 1" in text
+    values = series(client.get("/metrics").text)
+    assert values['megalos_api_request_duration_seconds_count{endpoint="/api/v1/vnis/{vni}"}'] == 4
+    assert values['megalos_api_requests_total{code="4xx",endpoint="/api/v1/vnis/{vni}"}'] == 1
+    assert values['megalos_api_requests_total{code="4xx",endpoint="unmatched"}'] == 1
+    assert values['megalos_api_request_duration_seconds_bucket{endpoint="/api/v1/vnis/{vni}",le="+Inf"}'] == 4
+    assert values["megalos_vnis"] == 1 and values["megalos_bgp_peers_established"] == 1
+    # Every endpoint is there from the start, at 0.
+    assert values['megalos_api_request_duration_seconds_count{endpoint="/api/v1/lans"}'] == 0
 
 
-def test_worker_metrics_files_add_up(tmp_path, monkeypatch):
-    first = RequestMetrics(["/a", "/b"], str(tmp_path))
-    first.observe("/a", 0.003, 200)
-    first.observe("/b", 2.0, 503)
-    monkeypatch.setattr(os, "getpid", lambda: 999_999)  # another worker, another file
-    second = RequestMetrics(["/a", "/b"], str(tmp_path))
-    second.observe("/a", 0.0001, 200)
-    assert len(list(tmp_path.glob("worker-*.metrics"))) == 2
-    text = "\n".join(second.exposition())
-    assert 'megalos_api_request_duration_seconds_count{endpoint="/a"} 2' in text
-    assert 'megalos_api_request_duration_seconds_bucket{endpoint="/a",le="0.001"} 1' in text
-    assert 'megalos_api_request_duration_seconds_bucket{endpoint="/a",le="0.005"} 2' in text
-    assert 'megalos_api_requests_total{endpoint="/b",code="5xx"} 1' in text
-    other_layout = RequestMetrics(["/c"], str(tmp_path))  # files of another layout are skipped
-    assert 'endpoint="/c"} 0' in "\n".join(other_layout.exposition())
+def test_metrics_speak_openmetrics_to_a_scraper_that_asks(client):
+    reply = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert reply.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert reply.text.endswith("# EOF\n") and "megalos_reflector_up 1" in reply.text
+    plain = client.get("/metrics")
+    assert plain.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+WORKER = """
+import json, sys
+from api.metrics import RequestMetrics, exposition
+metrics = RequestMetrics(["/a", "/b"])
+for endpoint, seconds, status in json.loads(sys.argv[1]):
+    metrics.observe(endpoint, seconds, status)
+"""
+
+
+def test_worker_metrics_files_add_up(tmp_path):
+    """Two worker processes in prometheus_client's multiprocess mode (the directory in the
+    environment, as api/gunicorn.conf.py sets it), then a scrape in a third adds them up."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for observations in ([["/a", 0.003, 200], ["/b", 2.0, 503]], [["/a", 0.0001, 200], ["/c", 1, 200]]):
+        subprocess.run([sys.executable, "-c", WORKER, json.dumps(observations)], env=env,
+                       cwd=CONFIG.parent.parent, check=True, timeout=60)
+    assert len({path.stem.rsplit("_", 1)[1] for path in tmp_path.glob("*.db")}) == 2  # two pids
+    body, _ = exposition(RequestMetrics(["/a", "/b"], str(tmp_path)).collectors(), "")
+    values = series(body.decode())
+    assert values['megalos_api_request_duration_seconds_count{endpoint="/a"}'] == 2
+    assert values['megalos_api_request_duration_seconds_bucket{endpoint="/a",le="0.001"}'] == 1
+    assert values['megalos_api_request_duration_seconds_bucket{endpoint="/a",le="0.005"}'] == 2
+    assert values['megalos_api_requests_total{code="5xx",endpoint="/b"}'] == 1
+    assert values['megalos_api_requests_total{code="2xx",endpoint="/a"}'] == 2
+    assert not [name for name in values if '"/c"' in name]  # not an endpoint of the app
 
 
 def test_the_openapi_document_is_served(client):
@@ -334,6 +356,54 @@ def test_gunicorn_settings_come_from_the_environment():
     assert config["worker_class"] == "gthread" and config["workers"] == "3"
     assert config["threads"] == "16" and config["wsgi_app"] == "api:create_app()"
     assert config["control_socket_disable"] == "True"
+
+
+# -- gunicorn's workers and their request metrics (no reflector needed) ---------------------------
+def scrape(api: ApiServer) -> dict[str, float]:
+    with urllib.request.urlopen(api.url + "/metrics", timeout=15) as reply:
+        return series(reply.read().decode())
+
+
+def healthz_count(api: ApiServer) -> float:
+    return scrape(api)['megalos_api_request_duration_seconds_count{endpoint="/healthz"}']
+
+
+def workers_of(api: ApiServer) -> list[int]:
+    master = api.process.pid
+    return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
+def test_gunicorn_keeps_the_workers_metrics_in_a_directory_of_its_own():
+    with ApiServer("/nonexistent/megalos.sock", workers=2) as api:
+        directory = Path(re.search(r"request metrics of the workers in (\S+)", api.log())[1])
+        for _ in range(10):
+            urllib.request.urlopen(api.url + "/healthz", timeout=15).close()
+        assert healthz_count(api) >= 10 and list(directory.glob("*.db"))
+    assert not directory.exists()  # made for this server, removed at its exit
+
+
+def test_a_given_metrics_directory_is_emptied_at_start_and_kept(tmp_path):
+    stale = tmp_path / "counter_1.db"
+    stale.write_bytes(b"left by an earlier server")
+    with ApiServer("/nonexistent/megalos.sock", workers=1,
+                   env={"MEGALOS_API_METRICS_DIR": str(tmp_path)}) as api:
+        assert scrape(api)["megalos_reflector_up"] == 0
+        assert not stale.exists() and list(tmp_path.glob("*.db"))
+    assert tmp_path.is_dir()
+
+
+def test_a_dead_workers_requests_stay_counted():
+    with ApiServer("/nonexistent/megalos.sock", workers=2) as api:
+        for _ in range(20):  # fresh connections: both workers answer some
+            urllib.request.urlopen(api.url + "/healthz", timeout=15).close()
+        before = healthz_count(api)
+        victim = workers_of(api)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: len(workers_of(api)) == 2 and victim not in workers_of(api))
+        # The scrape itself is a request to /metrics, not /healthz: the count holds exactly.
+        assert healthz_count(api) == before >= 20
+        urllib.request.urlopen(api.url + "/healthz", timeout=15).close()
+        assert healthz_count(api) == before + 1
 
 
 # -- real HTTP, real reflector and speakers ------------------------------------------------------
@@ -587,16 +657,15 @@ def test_health_readiness_and_metrics(live):
         assert live.get(f"/api/v1/vnis/{V2}")[0] == 200
     status, headers, text = live.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    values = dict(re.findall(r"^(megalos_\S+) (\S+)$", text, re.M))
-    assert values["megalos_reflector_up"] == "1"
-    assert int(values["megalos_bgp_peers"]) >= 2 and int(values["megalos_bgp_peers_established"]) >= 2
-    assert int(values["megalos_bgp_routes"]) >= 6 and int(values["megalos_vnis"]) == 2
-    assert int(values["megalos_macs"]) >= 4
+    values = series(text)
+    assert values["megalos_reflector_up"] == 1
+    assert values["megalos_bgp_peers"] >= 2 and values["megalos_bgp_peers_established"] >= 2
+    assert values["megalos_bgp_routes"] >= 6 and values["megalos_vnis"] == 2
+    assert values["megalos_macs"] >= 4
     count = 'megalos_api_request_duration_seconds_count{endpoint="/api/v1/vnis/{vni}"}'
-    assert int(values[count]) >= 20
+    assert values[count] >= 20
     # Every scrape, whichever worker answers it, adds up both workers' counts.
-    assert all(int(dict(re.findall(r"^(megalos_\S+) (\S+)$", live.get("/metrics")[2], re.M))[count])
-               >= 20 for _ in range(6))
+    assert all(series(live.get("/metrics")[2])[count] >= 20 for _ in range(6))
 
 
 @root
@@ -618,7 +687,7 @@ def test_a_dead_reflector_gives_503_until_it_is_back(live):
         assert http("POST", live.url + "/api/v1/nodes", {"address": live.n3.ip}, AUTH)[0] == 503
         assert live.get("/healthz")[0] == 200
         status, _, text = live.get("/metrics")
-        assert status == 200 and "megalos_reflector_up 0" in text
+        assert status == 200 and series(text)["megalos_reflector_up"] == 0
     finally:
         if os.path.exists(live.rr.socket):
             os.unlink(live.rr.socket)  # stale: the killed reflector could not remove it

@@ -517,6 +517,30 @@ def test_reflector_arguments_parse(built):
     assert args.peers_from_k8s and args.lans_from_k8s and args.kubeconfig is None
 
 
+def test_metrics_ports_are_named_annotated_and_on_the_node_address(built):
+    """Each daemon's metrics endpoint: a container port named `metrics`, the same port in its
+    arguments and in the scrape annotations, bound to the pod's address (the node's: host
+    network); the host-network pods that share a node (agent, reflector and API) use distinct
+    ports."""
+    from reflector.main import build_parser as reflector_parser
+    from speaker.agent import build_parser as agent_parser
+    host_ports = []
+    for kind, name, main_name, parser, env in (
+            ("DaemonSet", "megalos-agent", "agent", agent_parser, {"HOST_IP": "10.0.0.7"}),
+            ("Deployment", "megalos-reflector", "reflector", reflector_parser,
+             {"POD_IP": "10.0.0.7", "NODE_NAME": "n"})):
+        doc = find(built, kind, name)
+        main = container(doc, main_name)
+        (port,) = [p["containerPort"] for p in main["ports"] if p["name"] == "metrics"]
+        args = _parse(parser(), expand(main["args"], env), f"megalos-{main_name}")
+        assert args.metrics_port == port and args.metrics_host == "10.0.0.7", name
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                "prometheus.io/path": "/metrics"}.items() <= annotations.items(), name
+        host_ports += [p["containerPort"] for c in all_containers(doc) for p in c.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports)), host_ports
+
+
 def test_reflector_and_api_share_the_state_socket(built):
     from reflector.protocol import DEFAULT_SOCKET
     reflector = find(built, "Deployment", "megalos-reflector")
