@@ -44,7 +44,7 @@ from pathlib import Path
 from base.primitives import ZERO_MAC
 from bench import flame
 from cni import naming
-from cni.netlink import AF_BRIDGE, NTF_SELF, RTMGRP_NEIGH, SO_RCVBUFFORCE, fdb_events
+from cni.netlink import NTF_SELF, RTMGRP_NEIGH, SO_RCVBUFFORCE, fdb_events
 from cni.netns import socket_in
 from lab import frr as frr_lab
 from lab.cluster import Cluster, Node, sh, unique_prefix
@@ -138,18 +138,18 @@ class FdbWatch:
                 return
             self._parse(data, time.monotonic())
 
-    def _vtep_entry(self, family: int, ifindex: int, state: int, flags: int) -> bool:
-        return family == AF_BRIDGE and ifindex == self.ifindex and bool(flags & NTF_SELF)
+    def _vtep_entry(self, ifindex: int, state: int, flags: int) -> bool:
+        return ifindex == self.ifindex and bool(flags & NTF_SELF)
 
     def _parse(self, data: bytes, now: float) -> None:
         changed = False
         with self.cond:
             if not self.ifindex:
                 return
-            for event in fdb_events(data, self._vtep_entry):
-                if event.mac and event.dst:
+            for present, entry in fdb_events(data, self._vtep_entry):
+                if entry.mac and entry.dst:
                     changed = True
-                    self._apply(event.present, event.mac, event.dst, now)
+                    self._apply(present, entry.mac, entry.dst, now)
             if changed:
                 self.cond.notify_all()
 

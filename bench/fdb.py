@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.cni_latency import RESULTS, inside, machine
-from cni import naming
+from cni import naming, netns
 from cni.datapath import Datapath
 from lab.cluster import Cluster
 from speaker.evpn_state import FloodEntry, MacEntry
@@ -100,7 +100,8 @@ def run(macs: int, vteps: int, local: int, runs: int) -> dict:
                 lan, _ = datapath.ensure_lan(VNI, 4789, datapath.default_underlay)
                 ports = [naming.port_name(pod.name, "eth0") for pod in pods]
                 for i, (pod, port) in enumerate(zip(pods, ports)):
-                    datapath.add_port(lan, port, pod.netns_path, "eth0", mac(0x2a, i))
+                    with netns.opened(pod.netns_path) as fd:
+                        datapath.add_port(lan, port, fd, "eth0", mac(0x2a, i), "bench")
                 local_macs = add_local_macs(node, ports, local) | {mac(0x2a, i) for i in range(PORTS)}
 
                 count = timer.once("install", lambda: fdb.install(entries), requests)

@@ -21,8 +21,8 @@ from cni.netlink import (IFLA_ADDRESS, IFLA_BR_NF_CALL_ARPTABLES, IFLA_BR_NF_CAL
                          IFLA_BR_NF_CALL_IPTABLES, IFLA_IFALIAS, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD,
                          IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL,
                          IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP, NUD_PERMANENT,
-                         VETH_INFO_PEER, Link, Netlink, NetlinkError, attr, be16, ip, link_body,
-                         linkinfo, mac, u8)
+                         VETH_INFO_PEER, FdbEntry, Link, Netlink, NetlinkError, attr, be16, ip,
+                         link_body, linkinfo, mac, u8)
 
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 
@@ -94,6 +94,21 @@ def _pod_macs(entries, index: int) -> tuple:
     carries the bridge as NDA_MASTER; NUD_PERMANENT would be the port's own MAC)."""
     return tuple(sorted({e.mac for e in entries if e.ifindex == index and e.master
                          and e.state & NUD_NOARP and not e.state & NUD_PERMANENT}))
+
+
+def bridge_vni(nl: Netlink, index: int) -> int | None:
+    """The VNI of the Megalos bridge with ifindex `index`; None for any other device, or none."""
+    bridge = nl.link(index=index) if index else None
+    return naming.vni_of_device(bridge.name) if bridge is not None and bridge.kind == "bridge" else None
+
+
+def port_vni(nl: Netlink, port: Link) -> int | None:
+    """The VNI of the LAN a pod port is on: port -> its bridge -> the VNI in the bridge's name.
+    None if `port` is not a pod port on a Megalos bridge. The one way the agent resolves it
+    (the datapath's DEL and CHECK, the MAC watch)."""
+    if not naming.is_port_name(port.name) or not port.master:
+        return None
+    return bridge_vni(nl, port.master)
 
 
 class Datapath:
@@ -359,9 +374,8 @@ class Datapath:
             link = self._nl.link(name=name)
             if link is None:
                 return None
-            master = self._nl.link(index=link.master) if link.master else None
-            vni = naming.vni_of_device(master.name) if master else None
-            return Port(name, link.index, vni or 0, self._static_macs(link.index), link.alias)
+            return Port(name, link.index, port_vni(self._nl, link) or 0,
+                        self._static_macs(link.index), link.alias)
 
     def mark_port(self, port: Port, network: str) -> None:
         """Mark a port an older agent made (no mark) as `network`'s: GC proved it is."""
@@ -397,7 +411,8 @@ class Datapath:
                 pod.set_link(link_body(name=ifname, up=True))
             with self._lock:
                 # replace: the pod may have sent a frame already, and the bridge learned it
-                self._nl.fdb_replace(index, pod_mac, state=NUD_NOARP, flags=NTF_MASTER)
+                self._nl.fdb_replace(FdbEntry(index, pod_mac, state=NUD_NOARP,
+                                              flags=NTF_MASTER))
         except Exception:
             self.delete_port(name)
             raise

@@ -1,17 +1,23 @@
-"""Route netlink for the datapath: a small message codec and a plain AF_NETLINK socket.
+"""Route netlink for the node agent: a small message codec and a plain AF_NETLINK socket.
 
-Why not pyroute2 here (measured on this machine): a request through pyroute2 0.9's synchronous
+The one netlink stack of the agent: the datapath (links, a port's FDB entries), the FDB writer
+(speaker.fdb: VTEP entries in batches, dumps for reconcile) and the MAC watch (speaker.macwatch:
+FDB events) all speak through it. pyroute2 serves only the tests, as the reference encoder.
+
+Why not pyroute2 (measured on this machine): a request through pyroute2 0.9's synchronous
 IPRoute costs ~1 ms, most of it its asyncio machinery; the same request on a plain socket
 ~0.05 ms. pyroute2's message classes alone are slow too: encoding the veth request takes
-~0.4 ms, decoding one link message ~0.25 ms (it decodes every statistics block). The codec
-below builds the few requests the datapath sends and reads the few attributes it needs, in
-~0.01-0.02 ms each; tests/test_netlink.py checks its bytes against pyroute2's encoder.
+~0.4 ms, decoding one link message ~0.25 ms (it decodes every statistics block), one FDB entry
+~0.1 ms (a VTEP holding 10k remote MACs is 20k entries to read). The codec below builds the
+few requests the agent sends and reads the few attributes it needs, in ~0.01-0.02 ms each
+(a few us for an FDB entry); tests/test_netlink.py checks its bytes against pyroute2's encoder.
 
-The codec (the `attr`/`*_body` builders and the `parse` methods) is pure: bytes in, bytes or
-values out. `Netlink` is the socket: one request, its replies, its error as pyroute2's
-`NetlinkError` (what cni.plugin maps to CNI codes). Requests use the kernel's strict checking
-(NETLINK_GET_STRICT_CHK), which also makes dumps filterable by the kernel: the links of one
-bridge, the FDB entries of one port.
+The codec (the `attr`/`*_body` builders and the parsers) is pure: bytes in, bytes or values
+out. `Netlink` is the socket: one request and its replies, a batch of requests many per
+datagram, a dump, or the events of multicast groups; the kernel's refusal as `NetlinkError`
+(an OSError carrying the errno, what cni.plugin maps to CNI codes). Requests use the kernel's
+strict checking (NETLINK_GET_STRICT_CHK), which also makes dumps filterable by the kernel: the
+links of one bridge, the FDB entries of one port or one VTEP.
 """
 from __future__ import annotations
 
@@ -20,12 +26,12 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-__all__ = ["NetlinkError", "Netlink", "Link", "FdbEntry", "Address", "attr", "link_body"]
+__all__ = ["NetlinkError", "Netlink", "Link", "FdbEntry", "Address", "Request", "attr",
+           "link_body", "fdb_body", "fdb_events"]
 
 # -- kernel ABI: linux/netlink.h, rtnetlink.h, if_link.h, neighbour.h, if_addr.h ---------------
 SOL_NETLINK = 270
@@ -35,7 +41,7 @@ NETLINK_GET_STRICT_CHK = 12  # dump requests are validated, and their filters ho
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x2, 0x4, 0x8
 NLM_F_DUMP = 0x300
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
 NLM_F_ACK_TLVS = 0x200       # on an error: extack attributes follow
 NLMSGERR_ATTR_MSG = 1
 NLA_TYPE_MASK = 0x3FFF
@@ -48,8 +54,8 @@ RTMGRP_NEIGH = 0x4           # the multicast group of neighbour (and FDB) events
 SO_RCVBUFFORCE = 33
 AF_BRIDGE = 7
 IFF_UP = 0x1
-NTF_SELF, NTF_MASTER = 0x02, 0x04
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NTF_SELF, NTF_MASTER, NTF_EXT_LEARNED = 0x02, 0x04, 0x10
+NUD_REACHABLE, NUD_NOARP, NUD_PERMANENT = 0x02, 0x40, 0x80
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_PROTINFO, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 12, 18, 20, 28
@@ -67,10 +73,12 @@ _ATTR = struct.Struct("=HH")         # nlattr: length, type
 _IFINFO = struct.Struct("=BxHiII")   # ifinfomsg: family, type, index, flags, change
 _NDMSG = struct.Struct("=B3xiHBB")   # ndmsg: family, ifindex, state, flags, type
 _IFADDR = struct.Struct("=BBBBI")    # ifaddrmsg: family, prefix length, flags, scope, index
+_LLADDR = _ATTR.pack(_ATTR.size + 6, NDA_LLADDR)  # the header of a MAC attribute
 _ERROR = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 _BE16 = struct.Struct("!H")
 _RECV_SIZE = 1 << 16  # the kernel fills at most ~32 KiB per read
+_ACK_SIZE = 1024      # what one ACK (or error with its extack) takes of the receive buffer
 
 
 # -- building requests ----------------------------------------------------------------------
@@ -94,7 +102,9 @@ def mac(text: str) -> bytes:
 
 
 def ip(text: str) -> bytes:
-    return ipaddress.ip_address(text).packed
+    """An IPv4 or IPv6 address, packed (inet_pton: ~0.3 us, ipaddress ~3 us; the FDB writer
+    packs one per remote MAC)."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
 def u8(value: int) -> bytes:
@@ -114,11 +124,6 @@ def link_body(index: int = 0, name: str = "", up: bool = False, attrs: list | No
 
 def linkinfo(kind: str, data: list) -> bytes:
     return attr(IFLA_LINKINFO, [attr(IFLA_INFO_KIND, kind), attr(IFLA_INFO_DATA, data)])
-
-
-def neigh_body(ifindex: int, family: int = AF_BRIDGE, state: int = 0, flags: int = 0,
-               attrs: list | None = None) -> bytes:
-    return _NDMSG.pack(family, ifindex, state, flags, 0) + b"".join(attrs or [])
 
 
 def addr_body(index: int = 0) -> bytes:
@@ -194,43 +199,59 @@ class Link:
                 str(ipaddress.ip_address(bytes(local))) if local else "")
 
 
-@dataclass(frozen=True)
-class FdbEntry:
-    ifindex: int
-    state: int
-    flags: int
-    mac: str
-    master: int  # NDA_MASTER: the bridge, on entries of the bridge's own FDB
+# -- bridge FDB entries: one struct, one encoder, one parser ---------------------------------
+class FdbEntry(NamedTuple):
+    """One bridge FDB entry (an AF_BRIDGE neighbour): what a request writes, and what a dump
+    or an event reads. A NamedTuple: a VTEP's dump makes 20k of them for 10k remote MACs."""
+
+    ifindex: int     # the port (or the VXLAN device, for its `self` entries)
+    mac: str = ""    # NDA_LLADDR; '' if none
+    dst: str = ""    # NDA_DST: a VXLAN entry's remote VTEP; '' if none
+    state: int = 0   # NUD_*
+    flags: int = 0   # NTF_*
+    master: int = 0  # NDA_MASTER: the bridge, on entries of the bridge's own FDB; 0 if none
 
     @classmethod
-    def parse(cls, msg: bytes) -> "FdbEntry":
-        _, ifindex, state, flags, _ = _NDMSG.unpack_from(msg, _HEADER.size)
-        mac, master, _ = _neigh_attributes(msg, _HEADER.size + _NDMSG.size, len(msg))
-        return cls(ifindex, state, flags, mac, master)
+    def parse(cls, msg: bytes) -> "FdbEntry | None":
+        """The entry of one neighbour message; None if it is not an AF_BRIDGE one."""
+        return _fdb_entry(msg, 0, len(msg))
 
 
-class FdbEvent(NamedTuple):
-    """One RTM_NEWNEIGH (present) or RTM_DELNEIGH event."""
-
-    present: bool
-    family: int
-    ifindex: int
-    state: int
-    flags: int
-    mac: str     # '' if none
-    master: int  # NDA_MASTER, 0 if none
-    dst: str     # NDA_DST (a VXLAN entry's remote VTEP), '' if none
-
-
-def _every(family: int, ifindex: int, state: int, flags: int) -> bool:
-    return True
+def fdb_body(entry: FdbEntry) -> bytes:
+    """The ndmsg of a request about `entry`, with the attributes it sets (MAC, destination,
+    master). As a dump's filter: the port's ifindex, or the bridge as `master`, alone."""
+    ifindex, lladdr, dst, state, flags, master = entry
+    body = _NDMSG.pack(AF_BRIDGE, ifindex, state, flags, 0)
+    if lladdr:  # attr() spelled out for the two fixed-size ones: 20k requests for 10k MACs
+        body += _LLADDR + mac(lladdr) + b"\0\0"
+    if dst:
+        packed = ip(dst)
+        body += _ATTR.pack(_ATTR.size + len(packed), NDA_DST) + packed
+    if master:
+        body += attr(NDA_MASTER, master)
+    return body
 
 
-def _neigh_attributes(data: bytes, at: int, end: int) -> tuple[str, int, str]:
-    """(MAC, NDA_MASTER, NDA_DST) from a neighbour message's attributes in data[at:end]: plain
-    struct reads ('', 0, '' for those absent)."""
+def bridge_entry(ifindex: int, state: int, flags: int) -> bool:
+    """A `want` filter: an entry of a bridge's own table for a MAC behind one of its ports
+    (static or learned), neither a port's own address (permanent) nor an entry of a device's
+    own table (`self`: a VTEP's remote MACs)."""
+    return not state & NUD_PERMANENT and not flags & NTF_SELF
+
+
+Want = Callable[[int, int, int], bool]  # want(ifindex, state, flags): read this entry?
+
+
+def _fdb_entry(data: bytes, at: int, end: int, want: Want | None = None) -> FdbEntry | None:
+    """The FdbEntry of the neighbour message in data[at:end]; None if it is not AF_BRIDGE or
+    `want` refuses it (its attributes are then never read). Plain struct reads: ~2 us an entry,
+    against ~5 through `attributes` and a dataclass and ~100 with pyroute2."""
+    family, ifindex, state, flags, _ = _NDMSG.unpack_from(data, at + _HEADER.size)
+    if family != AF_BRIDGE or (want is not None and not want(ifindex, state, flags)):
+        return None
     mac = dst = ""
     master = 0
+    at += _HEADER.size + _NDMSG.size
     while at + _ATTR.size <= end:
         alen, atype = _ATTR.unpack_from(data, at)
         if alen < _ATTR.size:
@@ -243,29 +264,32 @@ def _neigh_attributes(data: bytes, at: int, end: int) -> tuple[str, int, str]:
             dst = socket.inet_ntop(socket.AF_INET if alen == 8 else socket.AF_INET6,
                                    data[at + 4:at + alen])
         at += (alen + 3) & ~3
-    return mac, master, dst
+    return FdbEntry(ifindex, mac, dst, state, flags, master)
 
 
-def fdb_events(data: bytes, want=_every):
-    """The FdbEvent of each neighbour message in one datagram read from an RTMGRP_NEIGH socket
-    for which `want(family, ifindex, state, flags)` is true (the attributes of the others are
-    never read).
-
-    Plain struct reads: a watch sees every FDB change of its node (20,000 for 10k remote MACs,
-    the speaker's own installs included): ~2 us a message wanted here, against ~5 through
-    `attributes` and a dataclass and ~100 with pyroute2."""
+def fdb_events(data: bytes, want: Want | None = None) -> Iterator[tuple[bool, FdbEntry]]:
+    """(present, entry) for each bridge FDB change in one datagram read from an RTMGRP_NEIGH
+    socket: RTM_NEWNEIGH present, RTM_DELNEIGH gone. Other neighbours (ARP, NDP) and the
+    entries `want` refuses are skipped unread. A watch sees every FDB change of its node
+    (20,000 for 10k remote MACs, the agent's own installs included)."""
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, kind = _HEADER.unpack_from(data, offset)[:2]
         if length < _HEADER.size or offset + length > len(data):
             return
         if kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= _HEADER.size + _NDMSG.size:
-            family, ifindex, state, flags, _ = _NDMSG.unpack_from(data, offset + _HEADER.size)
-            if want(family, ifindex, state, flags):
-                mac, master, dst = _neigh_attributes(data, offset + _HEADER.size + _NDMSG.size,
-                                                     offset + length)
-                yield FdbEvent(kind == RTM_NEWNEIGH, family, ifindex, state, flags, mac, master, dst)
+            entry = _fdb_entry(data, offset, offset + length, want)
+            if entry is not None:
+                yield kind == RTM_NEWNEIGH, entry
         offset += (length + 3) & ~3
+
+
+class Request(NamedTuple):
+    """One request of a batch (Netlink.batch)."""
+
+    kind: int    # the message type: RTM_NEWNEIGH, ...
+    flags: int   # beyond NLM_F_REQUEST | NLM_F_ACK: NLM_F_CREATE, NLM_F_REPLACE, ...
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -279,6 +303,19 @@ class Address:
         _, _, _, scope, index = _IFADDR.unpack_from(msg, _HEADER.size)
         value = attributes(msg, _HEADER.size + _IFADDR.size).get(IFA_ADDRESS)
         return cls(index, scope, str(ipaddress.ip_address(bytes(value))) if value else "")
+
+
+# -- errors ---------------------------------------------------------------------------------
+class NetlinkError(OSError):
+    """The kernel refused a request: `errno` (also as `code`, pyroute2's name for it) and its
+    text, with the kernel's own message (extack) when it gives one."""
+
+    def __init__(self, code: int, text: str = ""):
+        super().__init__(code, text or os.strerror(code))
+
+    @property
+    def code(self) -> int:
+        return self.errno
 
 
 def error_of(msg: bytes) -> NetlinkError | None:
@@ -298,16 +335,25 @@ def error_of(msg: bytes) -> NetlinkError | None:
 class Netlink:
     """A NETLINK_ROUTE socket in the network namespace of the thread that made it.
 
-    Not thread-safe: one request at a time (the datapath holds a lock around it).
+    Not thread-safe: one request at a time (its users hold a lock around it). `groups`: the
+    multicast groups whose events `receive` reads (RTMGRP_NEIGH); `rcvbuf`: a receive buffer
+    of at least that many bytes, for bursts of events or of a batch's ACKs.
     """
 
-    def __init__(self):
+    def __init__(self, groups: int = 0, rcvbuf: int = 0):
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                    socket.NETLINK_ROUTE)
         try:
             for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
                 self._sock.setsockopt(SOL_NETLINK, option, 1)
-            self._sock.bind((0, 0))
+            if rcvbuf:
+                try:  # past net.core.rmem_max (needs CAP_NET_ADMIN)
+                    self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+                except OSError:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self._sock.bind((0, groups))
+            # The ACKs of one batch datagram are queued before any is read: what fits.
+            self._acks_fit = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // _ACK_SIZE
         except OSError:
             self._sock.close()
             raise
@@ -327,26 +373,32 @@ class Netlink:
         self._sock.send(message(msg_type, flags, self._seq, body))
         return self._seq
 
-    def _replies(self, seq: int):
-        """Yield each message answering request `seq` (bytes) until its ACK or NLMSG_DONE;
-        raise the kernel's error as NetlinkError."""
+    def _received(self):
+        """(datagram, offset, length, type, sequence) of each message the socket reads, with
+        no end: the caller stops when it has what it waits for."""
         while True:
             data = self._sock.recv(_RECV_SIZE)
             offset = 0
             while offset + _HEADER.size <= len(data):
-                length, kind, _, msg_seq, _ = _HEADER.unpack_from(data, offset)
+                length, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
                 if length < _HEADER.size:
                     raise NetlinkError(errno.EBADMSG, "truncated netlink message")
-                msg = data[offset:offset + length]
+                yield data, offset, length, kind, seq
                 offset += (length + 3) & ~3
-                if msg_seq != seq:
-                    continue  # a late answer to an earlier request
-                if kind in (NLMSG_ERROR, NLMSG_DONE):
-                    error = error_of(msg)
-                    if error is not None:
-                        raise error
-                    return
-                yield msg
+
+    def _replies(self, seq: int):
+        """Yield each message answering request `seq` (bytes) until its ACK or NLMSG_DONE;
+        raise the kernel's error as NetlinkError."""
+        for data, offset, length, kind, msg_seq in self._received():
+            if msg_seq != seq:
+                continue  # a late answer to an earlier request
+            msg = data[offset:offset + length]
+            if kind in (NLMSG_ERROR, NLMSG_DONE):
+                error = error_of(msg)
+                if error is not None:
+                    raise error
+                return
+            yield msg
 
     def request(self, msg_type: int, body: bytes, flags: int = 0) -> list[bytes]:
         """Send one request and wait for its ACK; the messages the kernel sent before it (the
@@ -357,6 +409,43 @@ class Netlink:
         """Yield every message of a dump. Stop early only on a socket used for nothing else
         (the unread rest of the dump stays queued on it)."""
         yield from self._replies(self._send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, body))
+
+    def batch(self, requests: Sequence[Request], per_send: int = 256) -> dict[int, int]:
+        """Send the requests up to `per_send` to a datagram (fewer if their ACKs would not fit
+        the receive buffer), each with its own ACK, and wait for every ACK; {position in
+        requests: errno} of those the kernel refused. The kernel takes the requests of a
+        datagram one by one: a refused one does not stop the others. Measured for FDB
+        entries: ~30 us a request, against ~1 ms through pyroute2's IPRoute."""
+        per_send = max(1, min(per_send, self._acks_fit))
+        errors: dict[int, int] = {}
+        for start in range(0, len(requests), per_send):
+            chunk = requests[start:start + per_send]
+            if self._seq + len(chunk) > 0xFFFFFFFF:
+                self._seq = 0
+            first = self._seq + 1
+            self._sock.send(b"".join(message(kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq, body)
+                                     for seq, (kind, flags, body) in enumerate(chunk, first)))
+            self._seq = last = first + len(chunk) - 1
+            waiting = len(chunk)
+            for data, offset, _, kind, seq in self._received():
+                if kind == NLMSG_ERROR and first <= seq <= last:
+                    code = -_ERROR.unpack_from(data, offset + _HEADER.size)[0]
+                    if code:
+                        errors[start + seq - first] = code
+                    waiting -= 1
+                    if not waiting:
+                        break
+        return errors
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """One datagram of the events of this socket's `groups` (read it with fdb_events);
+        b'' if none came within `timeout` seconds. OSError ENOBUFS: the kernel dropped events
+        (the receive buffer was full). For event sockets only: the timeout stays set."""
+        self._sock.settimeout(timeout)
+        try:
+            return self._sock.recv(_RECV_SIZE)
+        except TimeoutError:
+            return b""
 
     # -- links -----------------------------------------------------------------------------
     def link(self, name: str = "", index: int = 0) -> Link | None:
@@ -406,13 +495,17 @@ class Netlink:
             raise
 
     # -- bridge FDB, addresses -------------------------------------------------------------
-    def fdb(self, port: int):
-        """The FDB entries on one bridge port (filtered by the kernel)."""
-        return (FdbEntry.parse(msg) for msg in self.dump(RTM_GETNEIGH, neigh_body(port)))
+    def fdb(self, port: int, want: Want | None = None) -> Iterator[FdbEntry]:
+        """The FDB entries on one bridge port, or of one VXLAN device (filtered by the kernel);
+        with `want`, only those it accepts (the others are never parsed)."""
+        for msg in self.dump(RTM_GETNEIGH, fdb_body(FdbEntry(port))):
+            entry = _fdb_entry(msg, 0, len(msg), want)
+            if entry is not None:
+                yield entry
 
-    def fdb_replace(self, port: int, lladdr: str, state: int, flags: int) -> None:
-        body = neigh_body(port, state=state, flags=flags, attrs=[attr(NDA_LLADDR, mac(lladdr))])
-        self.request(RTM_NEWNEIGH, body, NLM_F_CREATE | NLM_F_REPLACE)
+    def fdb_replace(self, entry: FdbEntry) -> None:
+        """`bridge fdb replace`: write the entry, whether or not it exists."""
+        self.request(RTM_NEWNEIGH, fdb_body(entry), NLM_F_CREATE | NLM_F_REPLACE)
 
     def addresses(self, index: int = 0):
         """Every address, or (filtered by the kernel) those of link `index`."""

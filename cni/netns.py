@@ -83,11 +83,18 @@ def open_netlink(netns_fd: int) -> Netlink:
     return _made_in(netns_fd, Netlink)
 
 
+def made_in(netns_path: str, make):
+    """make(), called with this thread in the netns at `netns_path`, then back home: the
+    sockets it opens (a Netlink, a VtepFdb's, a MacWatch's) live there, and so do the threads it
+    starts. NetnsGone if there is no such netns."""
+    with opened(netns_path) as fd:
+        return _made_in(fd, make)
+
+
 def socket_in(netns_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket living in the netns at `netns_path` (an event or packet socket there, say);
     NetnsGone if there is none. The caller closes it."""
-    with opened(netns_path) as fd:
-        return _made_in(fd, lambda: socket.socket(family, kind, proto))
+    return made_in(netns_path, lambda: socket.socket(family, kind, proto))
 
 
 @contextmanager
@@ -103,8 +110,7 @@ def opened(netns_path: str):
 @contextmanager
 def netlink_in(netns_path: str):
     """A netlink socket in the netns at `netns_path`; NetnsGone if there is none."""
-    with opened(netns_path) as fd:
-        nl = open_netlink(fd)
+    nl = made_in(netns_path, Netlink)
     try:
         yield nl
     finally:

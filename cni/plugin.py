@@ -14,12 +14,11 @@ import threading
 import time
 from contextlib import contextmanager
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from base.primitives import host_mac
 from cni import naming, netns, spec
 from cni.config import STANDARD_VXLAN_PORTS, NetConf, parse_netconf
 from cni.datapath import ConflictError, Datapath, DatapathError, ExistsError
+from cni.netlink import NetlinkError
 from cni.netns import HostNetns, NetnsGone
 from cni.spec import CniError, Interface
 

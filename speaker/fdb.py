@@ -4,192 +4,137 @@ A remote MAC is two entries: `self dst <vtep>` on the VXLAN device (where to tun
 `master extern_learn` on the bridge (so the bridge forwards known remote unicast to the VTEP
 port instead of flooding every local pod). Unicast uses replace (a second append of the same MAC
 is silently ignored); the flood list is one 00:00:00:00:00:00 entry per remote VTEP, appended.
+
+The requests are built by the pure functions below and sent through cni.netlink, many to a
+datagram (10k remote MACs are 20k requests: ~30 us each batched, ~1 ms each through pyroute2);
+reconcile reads the tables back with dumps the kernel filters to one device.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
-import socket
-import struct
 import threading
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl.ndmsg import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NUD_NOARP,
-                                         NUD_PERMANENT, NUD_REACHABLE)
 
 from base.primitives import ZERO_MAC
 from cni import naming
+from cni.netlink import (NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NTF_EXT_LEARNED, NTF_MASTER,
+                         NTF_SELF, NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE, RTM_DELNEIGH,
+                         RTM_NEWNEIGH, FdbEntry, Netlink, Request, bridge_entry, fdb_body)
 from speaker.evpn_state import FloodEntry, MacEntry
 
 log = logging.getLogger(__name__)
-_GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLM_F_REPLACE, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x400, 0x800
-NLMSG_ERROR = 2
-AF_BRIDGE = 7
-NDA_DST, NDA_LLADDR = 1, 2
-_HDR = struct.Struct("=IHHII")
-_ND = struct.Struct("=BBHiHBB")
+_STATIC = NUD_NOARP | NUD_PERMANENT
+_INSTALLED = (errno.EEXIST,)                        # refusals that mean "it is there"
+_GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)  # refusals that mean "it is not there"
+_BATCH_RCVBUF = 1 << 20  # the ACKs of 256 requests to a datagram (~850 bytes each) fit
 
 
-def neigh_request(kind: int, flags: int, index: int, mac: str, dst: str | None, state: int,
-                  ntf: int) -> tuple:
-    """(type, flags, body) of one RTM_NEWNEIGH/RTM_DELNEIGH request (the header is added when
-    sent): `bridge fdb replace|append|del MAC dev <index> [dst DST] self|master`."""
-    body = _ND.pack(AF_BRIDGE, 0, 0, index, state, ntf, 0)
-    body += struct.pack("=HH", 10, NDA_LLADDR) + bytes.fromhex(mac.replace(":", "")) + b"\0\0"
-    if dst:
-        raw = socket.inet_pton(socket.AF_INET6 if ":" in dst else socket.AF_INET, dst)
-        body += struct.pack("=HH", 4 + len(raw), NDA_DST) + raw
-    return kind, flags, body
+def install_requests(vtep: int, entry: MacEntry | FloodEntry) -> list[Request]:
+    """The requests that write `entry` on the VTEP with ifindex `vtep`: for a flood entry,
+    `bridge fdb append 00:00:00:00:00:00 dev VTEP dst IP self permanent`; for a MAC,
+    `bridge fdb replace MAC dev VTEP dst IP self permanent` and
+    `bridge fdb replace MAC dev VTEP master extern_learn`."""
+    if isinstance(entry, FloodEntry):
+        return [Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_APPEND,
+                        fdb_body(FdbEntry(vtep, ZERO_MAC, entry.vtep, _STATIC, NTF_SELF)))]
+    return [Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
+                    fdb_body(FdbEntry(vtep, entry.mac, entry.vtep, _STATIC, NTF_SELF))),
+            Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
+                    fdb_body(FdbEntry(vtep, entry.mac, "", NUD_NOARP | NUD_REACHABLE,
+                                      NTF_MASTER | NTF_EXT_LEARNED)))]
 
 
-class NeighBatch:
-    """Neighbour requests sent many per datagram on a plain netlink socket, one ack each.
+def remove_requests(vtep: int, entry: MacEntry | FloodEntry) -> list[Request]:
+    """The requests that delete what install_requests writes (a flood entry: only the one
+    destination, the other VTEPs of the flood list stay)."""
+    if isinstance(entry, FloodEntry):
+        return [Request(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, ZERO_MAC, entry.vtep, _STATIC,
+                                                           NTF_SELF)))]
+    return [Request(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, entry.mac, entry.vtep, _STATIC,
+                                                       NTF_SELF))),
+            Request(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, entry.mac, "", _STATIC, NTF_MASTER)))]
 
-    pyroute2 costs ~1 ms per request (more when other threads hold the GIL); 10k remote MACs
-    are 20k requests. Batched: ~30 us each."""
 
-    def __init__(self, per_send: int = 256):
-        self.per_send = per_send
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self._sock.bind((0, 0))
-        self._sock.settimeout(10)
-        self._seq = 0
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def run(self, requests: list) -> dict[int, int]:
-        """{position in requests: errno} of the requests the kernel refused."""
-        errors: dict[int, int] = {}
-        for start in range(0, len(requests), self.per_send):
-            chunk = requests[start:start + self.per_send]
-            first = self._seq + 1
-            data = bytearray()
-            for kind, flags, body in chunk:
-                self._seq += 1
-                data += _HDR.pack(16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags,
-                                  self._seq, 0)
-                data += body
-            self._sock.send(data)
-            waiting = len(chunk)
-            while waiting:
-                reply = self._sock.recv(1 << 20)
-                offset = 0
-                while offset + 16 <= len(reply):
-                    length, kind, _, seq, _ = _HDR.unpack_from(reply, offset)
-                    if kind == NLMSG_ERROR and first <= seq <= self._seq:
-                        code = -struct.unpack_from("=i", reply, offset + 16)[0]
-                        if code:
-                            errors[start + seq - first] = code
-                        waiting -= 1
-                    offset += (length + 3) & ~3
-        return errors
+def _vtep_entry(ifindex: int, state: int, flags: int) -> bool:
+    """A `want` filter for a VTEP's dump: its own (`self`) entries, not the bridge's."""
+    return bool(flags & NTF_SELF)
 
 
 class VtepFdb:
+    """Remote MACs and flood entries on the node's VTEPs, and what the bridges hold locally.
+
+    One netlink socket, in the network namespace of the thread that made the VtepFdb; one
+    call at a time uses it (a lock). Entries of a VNI with no VTEP here are skipped.
+    """
+
     def __init__(self):
-        self._ipr = IPRoute(groups=0)  # dumps (reconcile)
-        self._batch = NeighBatch()      # writes
+        self._nl = Netlink(rcvbuf=_BATCH_RCVBUF)
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            self._ipr.close()
-            self._batch.close()
-
-    def _vtep_index(self, vni: int) -> int | None:
-        try:  # an ioctl, ~5 us; pyroute2's link_lookup dumps every link (~1 ms)
-            return socket.if_nametoindex(naming.vtep_name(vni))
-        except OSError:
-            return None
+            self._nl.close()
 
     def install(self, entries) -> int:
-        """Add entries whose VNI has a VTEP here; returns how many were written."""
-        with self._lock:
-            requests, owners = [], []
-            for index, entry in self._resolve(entries):
-                if isinstance(entry, FloodEntry):
-                    requests.append(neigh_request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_APPEND, index,
-                                                  ZERO_MAC, entry.vtep, NUD_NOARP | NUD_PERMANENT,
-                                                  NTF_SELF))
-                    owners.append((entry, (errno.EEXIST,)))
-                    continue
-                requests.append(neigh_request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, index,
-                                              entry.mac, entry.vtep, NUD_NOARP | NUD_PERMANENT,
-                                              NTF_SELF))
-                owners.append((entry, ()))
-                requests.append(neigh_request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, index,
-                                              entry.mac, None, NUD_NOARP | NUD_REACHABLE,
-                                              NTF_MASTER | NTF_EXT_LEARNED))
-                owners.append((entry, ()))
-            return self._apply(requests, owners, "install")
+        """Write the entries whose VNI has a VTEP here; how many were written."""
+        return self._write(entries, install_requests, _INSTALLED, "install")
 
     def remove(self, entries) -> int:
-        """Delete entries; 'already gone' is fine."""
+        """Delete the entries; 'already gone' (or the whole VTEP gone) counts as removed."""
+        return self._write(entries, remove_requests, _GONE, "remove")
+
+    def _write(self, entries, build, fine: tuple, what: str) -> int:
+        """Send the requests `build` makes for each entry in one batch; how many entries had
+        every request done (or refused with an errno in `fine`)."""
         with self._lock:
             requests, owners = [], []
-            for index, entry in self._resolve(entries):
-                mac = ZERO_MAC if isinstance(entry, FloodEntry) else entry.mac
-                requests.append(neigh_request(RTM_DELNEIGH, 0, index, mac, entry.vtep,
-                                              NUD_NOARP | NUD_PERMANENT, NTF_SELF))
-                owners.append((entry, _GONE))
-                if isinstance(entry, MacEntry):
-                    requests.append(neigh_request(RTM_DELNEIGH, 0, index, mac, None,
-                                                  NUD_NOARP | NUD_PERMANENT, NTF_MASTER))
-                    owners.append((entry, _GONE))
-            return self._apply(requests, owners, "remove")
-
-    def _resolve(self, entries):
-        """(VTEP ifindex, entry) for the entries whose VNI has a VTEP here; one lookup per VNI
-        (`dict.setdefault(k, lookup())` would call lookup() for every entry)."""
-        indexes: dict[int, int | None] = {}
-        for entry in entries:
-            if entry.vni not in indexes:
-                indexes[entry.vni] = self._vtep_index(entry.vni)
-            if indexes[entry.vni] is not None:
-                yield indexes[entry.vni], entry
-
-    def _apply(self, requests: list, owners: list, what: str) -> int:
-        errors = self._batch.run(requests)
-        done = {entry for entry, _ in owners}
+            for vtep, entry in self._on_vteps(entries):
+                for request in build(vtep, entry):
+                    requests.append(request)
+                    owners.append(entry)
+            errors = self._nl.batch(requests)
+        failed = set()
         for position, code in errors.items():
-            entry, fine = owners[position]
-            if code in fine or code == errno.ENODEV:  # ENODEV: the VTEP went away meanwhile
+            if code in fine:
                 continue
-            done.discard(entry)
-            log.warning("FDB %s %s: %s", what, entry, os.strerror(code))
-        return len(done)
+            failed.add(owners[position])
+            if code != errno.ENODEV:  # ENODEV: the VTEP went away meanwhile (its LAN's last DEL)
+                log.warning("FDB %s %s: %s", what, owners[position], os.strerror(code))
+        return len(set(owners) - failed)
+
+    def _vtep(self, vni: int) -> int | None:
+        link = self._nl.link(name=naming.vtep_name(vni))
+        return link.index if link is not None and link.kind == "vxlan" else None
+
+    def _on_vteps(self, entries):
+        """(VTEP ifindex, entry) for the entries whose VNI has a VTEP here; one lookup per VNI."""
+        vteps: dict[int, int | None] = {}
+        for entry in entries:
+            if entry.vni not in vteps:
+                vteps[entry.vni] = self._vtep(entry.vni)
+            if vteps[entry.vni] is not None:
+                yield vteps[entry.vni], entry
 
     def current(self, vni: int) -> set:
-        """The remote entries the VNI's VTEP holds now (`self` entries with a destination)."""
+        """The remote entries the VNI's VTEP holds now (its `self` entries with a destination),
+        from a dump the kernel filters to the VTEP."""
         with self._lock:
-            index = self._vtep_index(vni)
-            if index is None:
+            vtep = self._vtep(vni)
+            if vtep is None:
                 return set()
-            entries = set()
-            for msg in self._ipr.fdb("dump", ifindex=index):
-                if msg["ifindex"] != index or not msg["flags"] & NTF_SELF:
-                    continue
-                mac, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
-                if not dst:
-                    continue
-                entries.add(FloodEntry(vni, dst) if mac == ZERO_MAC else MacEntry(vni, mac, dst))
-            return entries
+            return {FloodEntry(vni, e.dst) if e.mac == ZERO_MAC else MacEntry(vni, e.mac, e.dst)
+                    for e in self._nl.fdb(vtep, _vtep_entry) if e.dst}
 
     def local_macs(self, vni: int) -> set:
-        """MACs the VNI's bridge has on pod ports: static (recorded at ADD) and learned."""
+        """MACs the VNI's bridge has on pod ports: static (recorded at ADD) and learned. One
+        dump of the bridge's ports and one of each pod port's entries, filtered by the kernel:
+        the VTEP's entries (the remote MACs) are never read."""
         with self._lock:
-            found = self._ipr.link_lookup(ifname=naming.bridge_name(vni))
-            if not found:
+            bridge = self._nl.link(name=naming.bridge_name(vni))
+            if bridge is None:
                 return set()
-            ports = {link["index"] for link in self._ipr.get_links()
-                     if link.get_attr("IFLA_MASTER") == found[0]
-                     and naming.is_port_name(link.get_attr("IFLA_IFNAME") or "")}
-            return {msg.get_attr("NDA_LLADDR") for msg in self._ipr.fdb("dump")
-                    if msg["ifindex"] in ports and msg.get_attr("NDA_MASTER") == found[0]
-                    and not msg["state"] & NUD_PERMANENT}
+            ports = [link.index for link in self._nl.links(master=bridge.index)
+                     if naming.is_port_name(link.name)]
+            return {e.mac for port in ports for e in self._nl.fdb(port, bridge_entry)
+                    if e.master == bridge.index and e.mac}

@@ -1,14 +1,17 @@
-"""Shared fixtures: an emulated cluster per test, a CNI bin dir with the installed shim, and a
-fake agent socket for the shim's tests."""
+"""Shared fixtures: an emulated cluster per test, a node with a bare datapath, a CNI bin dir with
+the installed shim, and a fake agent socket for the shim's tests."""
 from __future__ import annotations
 
 import os
 import socket
 import threading
+from dataclasses import dataclass
 
 import pytest
 
-from lab.cluster import Cluster
+from cni import naming, netns
+from cni.datapath import Datapath
+from lab.cluster import Cluster, Node, Pod
 from lab.runtime import Runtime, shim_kinds
 
 ALL_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -53,6 +56,35 @@ def node(cluster):
     n = cluster.add_node("n1")
     n.start_agent()
     return n
+
+
+@dataclass
+class BareNode:
+    """One emulated node with no agent, and a cni.datapath.Datapath made in its namespace, for
+    tests that drive the netlink parts themselves. Deletions open a socket of their own in the
+    calling thread's namespace: delete with `ip`."""
+
+    node: Node
+    netns_path: str
+    datapath: Datapath
+
+    def attach(self, lan, pod: Pod, mac: str) -> str:
+        """Attach `pod` (eth0, MAC `mac`) to the LAN as ADD does; the host port's name."""
+        port = naming.port_name(pod.name, "eth0")
+        with netns.opened(pod.netns_path) as fd:
+            self.datapath.add_port(lan, port, fd, "eth0", mac, "mgtest")
+        return port
+
+
+@pytest.fixture
+def bare_node(cluster):
+    n = cluster.add_node("n1")
+    path = f"/var/run/netns/{n.netns}"
+    datapath = netns.made_in(path, lambda: Datapath(vtep_ip=n.ip))
+    try:
+        yield BareNode(n, path, datapath)
+    finally:
+        datapath.close()
 
 
 class FakeAgent:
