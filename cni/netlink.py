@@ -284,12 +284,10 @@ def fdb_events(data: bytes, want: Want | None = None) -> Iterator[tuple[bool, Fd
         offset += (length + 3) & ~3
 
 
-class Request(NamedTuple):
-    """One request of a batch (Netlink.batch)."""
-
-    kind: int    # the message type: RTM_NEWNEIGH, ...
-    flags: int   # beyond NLM_F_REQUEST | NLM_F_ACK: NLM_F_CREATE, NLM_F_REPLACE, ...
-    body: bytes
+# One request of a batch (Netlink.batch): (message type, flags beyond NLM_F_REQUEST |
+# NLM_F_ACK, body). A plain tuple: a NamedTuple's constructor would add a quarter to the
+# encoding of each FDB request (~0.7 us), and 10k remote MACs are 20k requests.
+Request = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True)

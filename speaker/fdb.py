@@ -36,24 +36,22 @@ def install_requests(vtep: int, entry: MacEntry | FloodEntry) -> list[Request]:
     `bridge fdb replace MAC dev VTEP dst IP self permanent` and
     `bridge fdb replace MAC dev VTEP master extern_learn`."""
     if isinstance(entry, FloodEntry):
-        return [Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_APPEND,
-                        fdb_body(FdbEntry(vtep, ZERO_MAC, entry.vtep, _STATIC, NTF_SELF)))]
-    return [Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
-                    fdb_body(FdbEntry(vtep, entry.mac, entry.vtep, _STATIC, NTF_SELF))),
-            Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
-                    fdb_body(FdbEntry(vtep, entry.mac, "", NUD_NOARP | NUD_REACHABLE,
-                                      NTF_MASTER | NTF_EXT_LEARNED)))]
+        return [(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_APPEND,
+                 fdb_body(FdbEntry(vtep, ZERO_MAC, entry.vtep, _STATIC, NTF_SELF)))]
+    return [(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
+             fdb_body(FdbEntry(vtep, entry.mac, entry.vtep, _STATIC, NTF_SELF))),
+            (RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
+             fdb_body(FdbEntry(vtep, entry.mac, "", NUD_NOARP | NUD_REACHABLE,
+                               NTF_MASTER | NTF_EXT_LEARNED)))]
 
 
 def remove_requests(vtep: int, entry: MacEntry | FloodEntry) -> list[Request]:
     """The requests that delete what install_requests writes (a flood entry: only the one
     destination, the other VTEPs of the flood list stay)."""
     if isinstance(entry, FloodEntry):
-        return [Request(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, ZERO_MAC, entry.vtep, _STATIC,
-                                                           NTF_SELF)))]
-    return [Request(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, entry.mac, entry.vtep, _STATIC,
-                                                       NTF_SELF))),
-            Request(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, entry.mac, "", _STATIC, NTF_MASTER)))]
+        return [(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, ZERO_MAC, entry.vtep, _STATIC, NTF_SELF)))]
+    return [(RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, entry.mac, entry.vtep, _STATIC, NTF_SELF))),
+            (RTM_DELNEIGH, 0, fdb_body(FdbEntry(vtep, entry.mac, "", _STATIC, NTF_MASTER)))]
 
 
 def _vtep_entry(ifindex: int, state: int, flags: int) -> bool:

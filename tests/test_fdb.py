@@ -39,8 +39,8 @@ def pyroute2_request(msg_type: int, flags: int, ifindex: int, state: int, ntf: i
 
 def ours(requests) -> list[bytes]:
     """The messages Netlink.batch sends for `requests` (one sequence number for all here)."""
-    return [netlink.message(r.kind, netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | r.flags, SEQ, r.body)
-            for r in requests]
+    return [netlink.message(kind, netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | flags, SEQ, body)
+            for kind, flags, body in requests]
 
 
 @pytest.mark.parametrize("vtep", ["192.0.2.7", "fd00::7"])

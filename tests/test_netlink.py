@@ -16,7 +16,7 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from cni import netlink as nl
 from cni import netns
 from cni.netlink import (IFLA_ADDRESS, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD, Address, FdbEntry,
-                         Link, Netlink, NetlinkError, Request, attr, be16, fdb_body, ip, link_body,
+                         Link, Netlink, NetlinkError, attr, be16, fdb_body, ip, link_body,
                          linkinfo, mac, u8)
 
 SEQ, FLAGS = 77, nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL
@@ -340,15 +340,15 @@ def test_batch_acks_each_request_and_reports_the_refused_by_position(private_net
     sock, _ = private_netlink
     vtep = _vxlan(sock, "vx0", 100)
     entries = [_remote(vtep, i) for i in range(600)]
-    requests = [Request(nl.RTM_NEWNEIGH, nl.NLM_F_CREATE | nl.NLM_F_REPLACE, fdb_body(e))
+    requests = [(nl.RTM_NEWNEIGH, nl.NLM_F_CREATE | nl.NLM_F_REPLACE, fdb_body(e))
                 for e in entries]
-    requests[5] = Request(nl.RTM_NEWNEIGH, nl.NLM_F_CREATE, fdb_body(entries[5]._replace(ifindex=999999)))
-    requests[300] = Request(nl.RTM_DELNEIGH, 0, fdb_body(_remote(vtep, 1000)))  # never there
+    requests[5] = (nl.RTM_NEWNEIGH, nl.NLM_F_CREATE, fdb_body(entries[5]._replace(ifindex=999999)))
+    requests[300] = (nl.RTM_DELNEIGH, 0, fdb_body(_remote(vtep, 1000)))  # never there
     assert sock.batch(requests) == {5: errno.ENODEV, 300: errno.ENOENT}
     written = set(entries) - {entries[5], entries[300]}
     assert set(sock.fdb(vtep, lambda ifindex, state, flags: bool(flags & nl.NTF_SELF))) == written
     assert sock.link(name="vx0").index == vtep  # single requests still pair with their answers
-    deletes = [Request(nl.RTM_DELNEIGH, 0, fdb_body(e)) for e in entries]
+    deletes = [(nl.RTM_DELNEIGH, 0, fdb_body(e)) for e in entries]
     assert sock.batch(deletes) == {5: errno.ENOENT, 300: errno.ENOENT}
     assert not any(e.flags & nl.NTF_SELF for e in sock.fdb(vtep))
 
@@ -362,7 +362,7 @@ def test_batch_sends_no_more_than_the_receive_buffer_holds_acks_of(private_netli
     try:
         vtep = _vxlan(small, "vx1", 101)
         entries = [_remote(vtep, i) for i in range(300)]
-        assert small.batch([Request(nl.RTM_NEWNEIGH, nl.NLM_F_CREATE, fdb_body(e)) for e in entries]) == {}
+        assert small.batch([(nl.RTM_NEWNEIGH, nl.NLM_F_CREATE, fdb_body(e)) for e in entries]) == {}
         assert len(list(small.fdb(vtep, lambda ifindex, state, flags: bool(flags & nl.NTF_SELF)))) == 300
     finally:
         small.close()
