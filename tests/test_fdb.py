@@ -89,7 +89,6 @@ def kernel_fdb(node, vni: int = VNI) -> set:
             for e in node.fdb(naming.vtep_name(vni)) if e.get("dst") or e.get("state") != "permanent"}
 
 
-
 @pytest.mark.root
 def test_install_writes_both_entries_and_current_reads_them_back(lan):
     node, fdb = lan
