@@ -18,6 +18,10 @@ datagram, a dump, or the events of multicast groups; the kernel's refusal as `Ne
 (an OSError carrying the errno, what cni.plugin maps to CNI codes). Requests use the kernel's
 strict checking (NETLINK_GET_STRICT_CHK), which also makes dumps filterable by the kernel: the
 links of one bridge, the FDB entries of one port or one VTEP.
+
+One module of ~500 lines, on purpose: the codec and the socket share the kernel ABI (the
+constants and structs every user imports from here); the codec comes first and knows no
+socket, the `Netlink` class at the end does all the I/O.
 """
 from __future__ import annotations
 
