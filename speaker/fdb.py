@@ -181,8 +181,9 @@ class VtepFdb:
                 entries.add(FloodEntry(vni, dst) if mac == ZERO_MAC else MacEntry(vni, mac, dst))
             return entries
 
-    def local_macs(self, vni: int) -> set:
-        """MACs the VNI's bridge has on pod ports: static (recorded at ADD) and learned."""
+    def local_macs(self, vni: int) -> dict[str, tuple[int, bool]]:
+        """{mac: (port ifindex, static)} of the MACs the VNI's bridge has on pod ports: static
+        (recorded at ADD: the pods' own) and learned."""
         with self._lock:
             found = self._ipr.link_lookup(ifname=naming.bridge_name(vni))
             if not found:
@@ -190,6 +191,7 @@ class VtepFdb:
             ports = {link["index"] for link in self._ipr.get_links()
                      if link.get_attr("IFLA_MASTER") == found[0]
                      and naming.is_port_name(link.get_attr("IFLA_IFNAME") or "")}
-            return {msg.get_attr("NDA_LLADDR") for msg in self._ipr.fdb("dump")
+            return {msg.get_attr("NDA_LLADDR"): (msg["ifindex"], bool(msg["state"] & NUD_NOARP))
+                    for msg in self._ipr.fdb("dump")
                     if msg["ifindex"] in ports and msg.get_attr("NDA_MASTER") == found[0]
                     and not msg["state"] & NUD_PERMANENT}

@@ -13,7 +13,8 @@ import threading
 from pyroute2 import IPRoute
 
 from cni import naming
-from cni.netlink import AF_BRIDGE, NTF_SELF, NUD_PERMANENT, RTMGRP_NEIGH, SO_RCVBUFFORCE, fdb_events
+from cni.netlink import (AF_BRIDGE, NTF_SELF, NUD_NOARP, NUD_PERMANENT, RTMGRP_NEIGH, SO_RCVBUFFORCE,
+                         fdb_events)
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,18 @@ def _local_entry(family: int, ifindex: int, state: int, flags: int) -> bool:
 
 
 def parse_neigh_events(data: bytes):
-    """(present, ifindex, master ifindex or None, mac) per AF_BRIDGE neighbour message in one
-    netlink datagram that is neither permanent (a port's own address) nor a `self` entry (the
-    VTEP's remote entries)."""
+    """(present, ifindex, master ifindex or None, mac, static) per AF_BRIDGE neighbour message in
+    one netlink datagram that is neither permanent (a port's own address) nor a `self` entry
+    (the VTEP's remote entries). `static`: the entry ADD records for a pod's own MAC."""
     for event in fdb_events(data, _local_entry):
         if event.mac:
-            yield event.present, event.ifindex, event.master or None, event.mac
+            yield event.present, event.ifindex, event.master or None, event.mac, bool(event.state & NUD_NOARP)
 
 
 class MacWatch:
-    """Calls on_mac(vni, mac, present) for MACs learned or forgotten on pod ports."""
+    """Calls on_mac(vni, mac, present, port ifindex, static) for MACs learned or forgotten on
+    pod ports. Memory stays bounded whatever a pod sends: one datagram at a time, a cache of
+    port VNIs (at most 4096 ports); what on_mac does with a flood is the caller's to bound."""
 
     def __init__(self, on_mac):
         self.on_mac = on_mac
@@ -104,7 +107,7 @@ class MacWatch:
                 if not self._stop.is_set():
                     log.exception("MAC watch stopped")
                 return
-            for present, ifindex, master, mac in parse_neigh_events(data):
+            for present, ifindex, master, mac, static in parse_neigh_events(data):
                 vni = self._port_vni(ifindex, master)
                 if vni is not None:
-                    self.on_mac(vni, mac, present)
+                    self.on_mac(vni, mac, present, ifindex, static)

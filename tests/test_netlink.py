@@ -198,8 +198,11 @@ def test_mac_watch_keeps_only_learned_pod_entries():
     remote = _neigh(nl.RTM_NEWNEIGH, 7, nl.NUD_NOARP, nl.NTF_SELF,
                     [("NDA_LLADDR", "02:bb:00:00:00:01"), ("NDA_DST", "192.0.2.8")])
     no_master = _neigh(nl.RTM_NEWNEIGH, 9, 0x02, attrs=[("NDA_LLADDR", "02:aa:00:00:00:03")])
-    assert list(parse_neigh_events(own + learned + remote + no_master)) == [
-        (False, 9, 4, "02:aa:00:00:00:02"), (True, 9, None, "02:aa:00:00:00:03")]
+    pod_own = _neigh(nl.RTM_NEWNEIGH, 9, nl.NUD_NOARP, nl.NTF_MASTER,
+                     [("NDA_LLADDR", "02:aa:00:00:00:04"), ("NDA_MASTER", 4)])
+    assert list(parse_neigh_events(own + learned + remote + no_master + pod_own)) == [
+        (False, 9, 4, "02:aa:00:00:00:02", False), (True, 9, None, "02:aa:00:00:00:03", False),
+        (True, 9, 4, "02:aa:00:00:00:04", True)]
 
 
 def test_attribute_walk_stops_at_garbage():
