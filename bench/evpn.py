@@ -50,6 +50,7 @@ from lab import frr as frr_lab
 from lab.cluster import Cluster, Node, sh, unique_prefix
 from lab.frr import Frr
 from lab.runtime import Runtime, kathara_conf
+from lab.spoof import frame_sender
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODULE_LABELS = {"speaker.agent": "agent", "bgp.process": "bgp", "reflector.main": "reflector"}
@@ -163,12 +164,6 @@ class FdbWatch:
         elif self.macs.get(mac, (None,))[0] == dst:
             del self.macs[mac]
             self.gone[mac] = now
-
-
-def frame_sender(pod_netns: str, ifname: str) -> socket.socket:
-    sock = socket_in(f"/var/run/netns/{pod_netns}", socket.AF_PACKET, socket.SOCK_RAW)
-    sock.bind((ifname, 0))
-    return sock
 
 
 # -- memory ---------------------------------------------------------------------------------------
