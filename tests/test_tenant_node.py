@@ -5,8 +5,10 @@ announces tunnel endpoints no node can have or an unbeatable sequence number, tw
 over one MAC, and a BGP process killed under the agent. Each test uses its own VNIs."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -186,3 +188,17 @@ def test_two_pods_claiming_one_mac_from_two_nodes_freeze_it(runtime, lab):
     assert frozen, (seen, logs(n1, n2, n3))
     assert seen[:2] == [n1.ip, n2.ip]  # claims are followed at first...
     assert len(set(seen[-4:])) == 1, seen  # ...then the MAC stays where it was frozen
+
+
+def test_the_fdb_reads_each_pod_port_s_own_and_learned_macs(runtime, lab):
+    """What reconciliation reads from the kernel: {mac: (port, static)} per pod port."""
+    _, _, (_, _, n3), _ = lab
+    pod = n3.add_pod("fdb")
+    attach(runtime, n3, pod, 2050, "02:25:00:00:00:01")
+    spoof(pod, spoofed_macs(3, tag=0x25, start=16), dst=bridge_mac(n3, 2050))
+    port = json.loads(n3.run("ip", "-j", "link", "show", "dev",
+                             naming.port_name(f"c-{pod.netns}", "net0")).stdout)[0]["ifindex"]
+    code = "import json; from speaker.fdb import VtepFdb; print(json.dumps(VtepFdb().local_macs(2050)))"
+    found = json.loads(n3.run(sys.executable, "-c", code).stdout)
+    assert found == {"02:25:00:00:00:01": [port, True],
+                     **{m: [port, False] for m in spoofed_macs(3, tag=0x25, start=16)}}
