@@ -202,12 +202,13 @@ class FdbEntry:
     flags: int
     mac: str
     master: int  # NDA_MASTER: the bridge, on entries of the bridge's own FDB
+    dst: str = ""  # NDA_DST: a VXLAN device's entry's remote VTEP
 
     @classmethod
     def parse(cls, msg: bytes) -> "FdbEntry":
         _, ifindex, state, flags, _ = _NDMSG.unpack_from(msg, _HEADER.size)
-        mac, master, _ = _neigh_attributes(msg, _HEADER.size + _NDMSG.size, len(msg))
-        return cls(ifindex, state, flags, mac, master)
+        mac, master, dst = _neigh_attributes(msg, _HEADER.size + _NDMSG.size, len(msg))
+        return cls(ifindex, state, flags, mac, master, dst)
 
 
 class FdbEvent(NamedTuple):

@@ -14,7 +14,6 @@ import socket
 import struct
 import threading
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NUD_NOARP,
                                          NUD_PERMANENT, NUD_REACHABLE)
 
@@ -94,14 +93,12 @@ class NeighBatch:
 
 class VtepFdb:
     def __init__(self):
-        self._ipr = IPRoute(groups=0)  # dumps (reconcile)
-        self._nl = Netlink()            # the pod ports' entries (reconcile)
+        self._nl = Netlink()            # dumps (reconcile), filtered by the kernel
         self._batch = NeighBatch()      # writes
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            self._ipr.close()
             self._nl.close()
             self._batch.close()
 
@@ -169,20 +166,15 @@ class VtepFdb:
         return len(done)
 
     def current(self, vni: int) -> set:
-        """The remote entries the VNI's VTEP holds now (`self` entries with a destination)."""
+        """The remote entries the VNI's VTEP holds now (`self` entries with a destination): a
+        dump the kernel filters to the VTEP, so the bridge's learned entries (a spoofing pod's
+        thousands) are never read (pyroute2 parsed them all: ~13 MiB and 0.7 s for 4096)."""
         with self._lock:
             index = self._vtep_index(vni)
             if index is None:
                 return set()
-            entries = set()
-            for msg in self._ipr.fdb("dump", ifindex=index):
-                if msg["ifindex"] != index or not msg["flags"] & NTF_SELF:
-                    continue
-                mac, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
-                if not dst:
-                    continue
-                entries.add(FloodEntry(vni, dst) if mac == ZERO_MAC else MacEntry(vni, mac, dst))
-            return entries
+            return {FloodEntry(vni, e.dst) if e.mac == ZERO_MAC else MacEntry(vni, e.mac, e.dst)
+                    for e in self._nl.fdb(index) if e.ifindex == index and e.flags & NTF_SELF and e.dst}
 
     def local_macs(self, vni: int) -> dict[str, tuple[int, bool]]:
         """{mac: (port ifindex, static)} of the MACs the VNI's bridge has on pod ports: static

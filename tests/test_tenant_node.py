@@ -190,15 +190,21 @@ def test_two_pods_claiming_one_mac_from_two_nodes_freeze_it(runtime, lab):
     assert len(set(seen[-4:])) == 1, seen  # ...then the MAC stays where it was frozen
 
 
-def test_the_fdb_reads_each_pod_port_s_own_and_learned_macs(runtime, lab):
-    """What reconciliation reads from the kernel: {mac: (port, static)} per pod port."""
-    _, _, (_, _, n3), _ = lab
-    pod = n3.add_pod("fdb")
+def test_the_fdb_reads_what_reconciliation_compares(runtime, lab):
+    """From the kernel: {mac: (port, static)} of the pod ports, and the VTEP's remote entries
+    (not the bridge's learned ones, however many)."""
+    _, _, (_, n2, n3), _ = lab
+    pod, remote = n3.add_pod("fdb"), n2.add_pod("fdb")
     attach(runtime, n3, pod, 2050, "02:25:00:00:00:01")
+    attach(runtime, n2, remote, 2050, "02:25:00:00:00:02")
+    wait_until(lambda: remote_macs(n3, 2050), what="the remote MAC")
     spoof(pod, spoofed_macs(3, tag=0x25, start=16), dst=bridge_mac(n3, 2050))
     port = json.loads(n3.run("ip", "-j", "link", "show", "dev",
                              naming.port_name(f"c-{pod.netns}", "net0")).stdout)[0]["ifindex"]
-    code = "import json; from speaker.fdb import VtepFdb; print(json.dumps(VtepFdb().local_macs(2050)))"
-    found = json.loads(n3.run(sys.executable, "-c", code).stdout)
-    assert found == {"02:25:00:00:00:01": [port, True],
+    code = ("import json; from speaker.fdb import VtepFdb; f = VtepFdb(); "
+            "print(json.dumps([f.local_macs(2050), sorted(map(repr, f.current(2050)))]))")
+    local, current = json.loads(n3.run(sys.executable, "-c", code).stdout)
+    assert local == {"02:25:00:00:00:01": [port, True],
                      **{m: [port, False] for m in spoofed_macs(3, tag=0x25, start=16)}}
+    assert current == [f"FloodEntry(vni=2050, vtep='{n2.ip}')",
+                       f"MacEntry(vni=2050, mac='02:25:00:00:00:02', vtep='{n2.ip}')"]
