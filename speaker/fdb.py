@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 
 from pyroute2.netlink.rtnl.ndmsg import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NUD_NOARP,
                                          NUD_PERMANENT, NUD_REACHABLE)
@@ -176,17 +177,20 @@ class VtepFdb:
             return {FloodEntry(vni, e.dst) if e.mac == ZERO_MAC else MacEntry(vni, e.mac, e.dst)
                     for e in self._nl.fdb(index) if e.ifindex == index and e.flags & NTF_SELF and e.dst}
 
-    def local_macs(self, vni: int) -> dict[str, tuple[int, bool]]:
-        """{mac: (port ifindex, static)} of the MACs the VNI's bridge has on pod ports: static
-        (recorded at ADD: the pods' own) and learned. One dump of the bridge's ports and one of
-        each pod port's entries, filtered by the kernel, read with cni.netlink's codec: a
-        spoofing pod's thousands of learned entries cost no pyroute2 message objects, and the
-        VTEP's entries (the remote MACs) are never read."""
+    def local_macs(self, vni: int) -> Iterator[tuple[str, int, bool]]:
+        """(mac, port ifindex, static) of each MAC the VNI's bridge has on a pod port: static
+        (recorded at ADD: the pods' own) and learned. Streamed (a spoofing pod's port may hold
+        100k entries where the kernel does not cap learning) from one dump of the bridge's ports
+        and one of each pod port's entries, filtered by the kernel and read with cni.netlink's
+        codec; the VTEP's entries (the remote MACs) are never read. Consume it before any other
+        call on this object (it holds the lock)."""
         with self._lock:
             bridge = self._nl.link(name=naming.bridge_name(vni))
             if bridge is None:
-                return {}
+                return
             ports = [link.index for link in self._nl.links(master=bridge.index)
                      if naming.is_port_name(link.name)]
-            return {e.mac: (port, bool(e.state & NUD_NOARP)) for port in ports for e in self._nl.fdb(port)
-                    if e.master == bridge.index and e.mac and not e.state & NUD_PERMANENT}
+            for port in ports:
+                for e in self._nl.fdb(port):
+                    if e.master == bridge.index and e.mac and not e.state & NUD_PERMANENT:
+                        yield e.mac, port, bool(e.state & NUD_NOARP)

@@ -658,20 +658,27 @@ class NodeSpeaker(Announcements):
 
     def _reconcile_local_macs(self) -> None:
         """Every pod MAC of the kernel considered for announcement, every announced one still
-        there: after lost MAC watch events, a LAN or a port gone without a DEL."""
+        there: after lost MAC watch events, a LAN or a port gone without a DEL. The kernel's
+        entries are streamed and at most `max_macs_per_port` new learned ones per port kept:
+        a port may hold 100k of them."""
         adds: list = []
         self._static_now = {}
         lans = set(self.datapath.lans())
         for vni in lans:
             if vni not in self.vnis:
                 self._local_vtep(LocalVtep(vni, True), adds)
-            kernel = self.fdb.local_macs(vni)
-            for v, mac in [k for k in (*self.macs, *self.held) if k[0] == vni]:
-                if mac not in kernel:  # its port went without a DEL (first: it frees a place)
-                    self._local_mac(LocalMac(vni, mac, False, learned=True), adds)
-            for mac, (port, static) in kernel.items():
-                if (vni, mac) not in self.macs:
-                    self._local_mac(LocalMac(vni, mac, True, learned=True, port=port, static=static), adds)
+            ours = {mac for v, mac in (*self.macs, *self.held) if v == vni}
+            still, new, learned = set(), [], Counter()
+            for mac, port, static in self.fdb.local_macs(vni):
+                if mac in ours:
+                    still.add(mac)
+                elif static or learned[port] < self.limits.per_port:
+                    learned[port] += not static
+                    new.append(LocalMac(vni, mac, True, learned=True, port=port, static=static))
+            for mac in ours - still:  # its port went without a DEL (first: it frees a place)
+                self._local_mac(LocalMac(vni, mac, False, learned=True), adds)
+            for change in new:
+                self._local_mac(change, adds)
         for vni in set(self.vnis) - lans:  # the LAN went without a DEL
             self._local_vtep(LocalVtep(vni, False), adds)
         self._sync()

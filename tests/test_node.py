@@ -94,7 +94,7 @@ class Fdb:
         return set(self.kernel.get(vni, ()))
 
     def local_macs(self, vni):
-        return dict(self.local.get(vni, {}))  # {mac: (port, static)}
+        return ((mac, port, static) for mac, (port, static) in self.local.get(vni, {}).items())
 
     def close(self):
         pass

@@ -202,9 +202,9 @@ def test_the_fdb_reads_what_reconciliation_compares(runtime, lab):
     port = json.loads(n3.run("ip", "-j", "link", "show", "dev",
                              naming.port_name(f"c-{pod.netns}", "net0")).stdout)[0]["ifindex"]
     code = ("import json; from speaker.fdb import VtepFdb; f = VtepFdb(); "
-            "print(json.dumps([f.local_macs(2050), sorted(map(repr, f.current(2050)))]))")
+            "print(json.dumps([sorted(f.local_macs(2050)), sorted(map(repr, f.current(2050)))]))")
     local, current = json.loads(n3.run(sys.executable, "-c", code).stdout)
-    assert local == {"02:25:00:00:00:01": [port, True],
-                     **{m: [port, False] for m in spoofed_macs(3, tag=0x25, start=16)}}
+    assert local == [["02:25:00:00:00:01", port, True],
+                     *([m, port, False] for m in spoofed_macs(3, tag=0x25, start=16))]
     assert current == [f"FloodEntry(vni=2050, vtep='{n2.ip}')",
                        f"MacEntry(vni=2050, mac='02:25:00:00:00:02', vtep='{n2.ip}')"]
