@@ -681,11 +681,17 @@ def main(argv: list[str] | None = None) -> int:
                     medians["ours"]["installed_s"] / medians["frr-rr"]["installed_s"], 2)
                 print(f"  ours / frr-rr installation time (medians): "
                       f"{report['scale_ratio_ours_over_frr_rr']}")
-    RESULTS.mkdir(exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / f"evpn-{args.what}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nresults: {out}")
+    write_results(report, args.out, f"evpn-{args.what}")
     return 0
+
+
+def write_results(report: dict, out: str, name: str) -> Path:
+    """The report as JSON in `out`, or bench/results/<name>-<time>.json; says where."""
+    RESULTS.mkdir(exist_ok=True)
+    path = Path(out) if out else RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nresults: {path}")
+    return path
 
 
 if __name__ == "__main__":

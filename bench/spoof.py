@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.evpn import (RESULTS, cpu_seconds, git_head, loadavg, machine, measure_in, print_table,
-                        rss_mib)
+from bench.evpn import (cpu_seconds, git_head, loadavg, machine, measure_in, print_table, rss_mib,
+                        write_results)
 from cni import naming, netlink
 from cni.netns import netlink_in
 from lab.cluster import Cluster, Node, unique_prefix, wait_for
@@ -164,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({r['agent_refusal_lines']} refusals)")
     print(f"  other LAN: {ping['received']}/{ping['transmitted']} pings answered "
           f"({ping['loss_pct']} % lost), rtt min/avg/max {ping['rtt_min_avg_max_ms']} ms")
-    RESULTS.mkdir(exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / f"spoof-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nresults: {out}")
+    write_results(report, args.out, "spoof")
     return 0
 
 
