@@ -4,11 +4,11 @@ One worker thread applies everything in order: local changes (from CNI verbs and
 watch) become BGP commands; BGP events become VTEP FDB entries. Between batches it drains the
 queue, so a burst of routes turns into one batch of BGP commands and one pass over netlink.
 
-Nothing announced is lost: what should be announced (`vnis`, `macs`) is kept apart from what the
-BGP process accepted (`rd_index`, `announced`, updated from its replies only). Each batch sends
-the difference for what changed; a command refused, timed out or lost with the process is
-retried (0.5 s, doubling to 30 s) and counted; reconciliation asks the process what it
-originates (`Originated`) and repairs the difference both ways.
+Nothing announced is lost (speaker.ledger): what should be announced (`vnis`, `macs`) is kept
+apart from what the BGP process accepted (`rd_index`, `announced`, updated from its replies
+only). Each batch sends the difference for what changed; a command refused, timed out or lost
+with the process is retried (0.5 s, doubling to 30 s) and counted; reconciliation asks the
+process what it originates (`Originated`) and repairs the difference both ways.
 
 What others send is bounded (docs/operations.md, "Multi-tenant clusters"):
 - local MACs: at most `max_macs_per_port` per pod port and `max_macs_per_node` per node are
@@ -50,11 +50,11 @@ from base.logs import LogLimiter
 from base.primitives import vtep_address
 from bgp.client import BgpError, BgpProcess
 from bgp.mobility import DuplicateDetector, Freeze
-from bgp.protocol import (MAX_SEQ, Command, MacAdd, MacDel, MacRoute, Originated, PeerAdd, PeerDel,
-                          PeerState, Start, VtepAdd, VtepDel, VtepRoute)
+from bgp.protocol import MAX_SEQ, MacRoute, Originated, PeerAdd, PeerDel, PeerState, Start, VtepRoute
 from cni.plugin import Announcements
 from speaker.config import NodeConfig
 from speaker.evpn_state import MacEntry, RemoteRoutes
+from speaker.ledger import Ledger
 from speaker.mac_limits import MacLimits
 from speaker.macwatch import MacWatch
 
@@ -101,8 +101,6 @@ class ReflectorChange:
 
 
 _STOP = object()
-VTEP_ROUTE = ""              # the target (vni, VTEP_ROUTE) is a VNI's VTEP route; (vni, mac) a MAC's
-RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 
 
 class NodeSpeaker(Announcements):
@@ -119,11 +117,7 @@ class NodeSpeaker(Announcements):
         self.router_id = datapath.default_underlay.ip
         self.reflectors: list[str] = list(config.reflectors)  # a restarted BGP process peers with these
         self.remote = RemoteRoutes()
-        # What should be announced, and what the BGP process accepted (see the module docstring).
-        self.vnis: dict[int, int] = {}                    # local VNI -> RD number
-        self.macs: dict[tuple[int, str], int] = {}        # local (vni, mac) -> mobility seq
-        self.rd_index: dict[int, int] = {}                # accepted VTEP routes
-        self.announced: dict[tuple[int, str], int] = {}   # accepted MAC routes -> seq
+        self.ledger = Ledger()  # what should be announced, what the BGP process accepted
         self.limits = MacLimits(config.max_macs_per_port, config.max_macs_per_node)
         self.duplicates = DuplicateDetector(config.dup_max_moves, config.dup_time, config.dup_freeze)
         self.held: dict[tuple[int, str], LocalMac] = {}   # local claims of frozen MACs, not announced
@@ -136,8 +130,6 @@ class NodeSpeaker(Announcements):
         self.bgp: BgpProcess | None = None
         self._clock = clock
         self._warn = LogLimiter(log, clock=clock)
-        self._dirty: set[tuple[int, str]] = set()         # targets whose announcement may differ
-        self._retry: dict[tuple[int, str], tuple[float, float]] = {}  # target -> (when, delay)
         self._static_now: dict[int, set] = {}             # VNI -> pod MACs, read once per batch
         self._spawn_bgp = spawn_bgp
         self._queue: queue.Queue = queue.Queue()
@@ -150,11 +142,28 @@ class NodeSpeaker(Announcements):
         self._macwatch = watch_macs(self._mac_seen)
         self._last_reconcile = 0.0
 
+    # What should be announced (local VNIs and MACs) and what the BGP process accepted.
+    @property
+    def vnis(self) -> dict[int, int]:
+        return self.ledger.vnis
+
+    @property
+    def macs(self) -> dict[tuple[int, str], int]:
+        return self.ledger.macs
+
+    @property
+    def rd_index(self) -> dict[int, int]:
+        return self.ledger.rd_index
+
+    @property
+    def announced(self) -> dict[tuple[int, str], int]:
+        return self.ledger.announced
+
     @property
     def pending_announcements(self) -> int:
         """Announcements (and withdrawals) the BGP process has not accepted yet and that wait
         for a retry: a gauge for the metrics."""
-        return len(self._retry)
+        return self.ledger.pending
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -260,7 +269,7 @@ class NodeSpeaker(Announcements):
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                items = [self._queue.get(timeout=0.1 if self.pending or self._retry else 1.0)]
+                items = [self._queue.get(timeout=0.1 if self.pending or self.ledger.pending else 1.0)]
             except queue.Empty:
                 items = []
             while True:
@@ -309,15 +318,12 @@ class NodeSpeaker(Announcements):
     def _local_vtep(self, change: LocalVtep, adds: list) -> None:
         vni = change.vni
         if change.present and vni not in self.vnis:
-            used = set(self.vnis.values()) | set(self.rd_index.values())
-            self.vnis[vni] = self.rd_index.get(vni) or next(i for i in range(1, 65536) if i not in used)
-            self._dirty.add((vni, VTEP_ROUTE))
+            self.ledger.add_vni(vni)
             adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
         elif not change.present and vni in self.vnis and self.datapath.lan(vni) is None:
-            del self.vnis[vni]
             for key in [k for k in (*self.macs, *self.held) if k[0] == vni]:
                 self._forget_local(key)
-            self._dirty.add((vni, VTEP_ROUTE))
+            self.ledger.remove_vni(vni)
 
     def _local_mac(self, change: LocalMac, adds: list) -> None:
         vni, mac = change.vni, change.mac
@@ -352,8 +358,7 @@ class NodeSpeaker(Announcements):
                 self.held[key] = change  # frozen where it is: no outbidding, announced once released
                 return
             seq = self._outbid(key)
-        self.macs[key] = seq
-        self._dirty.add(key)
+        self.ledger.set_mac(key, seq)
 
     def _admit(self, key: tuple[int, str], change: LocalMac) -> bool:
         """Whether the MAC fits in the limits; a refusal is counted and logged once."""
@@ -371,8 +376,7 @@ class NodeSpeaker(Announcements):
     def _forget_local(self, key: tuple[int, str]) -> None:
         self.limits.release(key)
         self.held.pop(key, None)
-        if self.macs.pop(key, None) is not None:
-            self._dirty.add(key)
+        self.ledger.drop_mac(key)
 
     def _outbid(self, key: tuple[int, str]) -> int:
         """The sequence number that wins over every claim heard for the MAC. Nothing wins over
@@ -492,81 +496,27 @@ class NodeSpeaker(Announcements):
 
     # -- announcements: what should be announced, to the BGP process ---------------------------
     def _sync(self) -> None:
-        """Send the commands that bring what the BGP process accepted to what should be
-        announced, for the targets that changed and the retries that are due."""
-        now = self._clock()
-        self._dirty.update(target for target, (when, _) in self._retry.items() if when <= now)
-        if not self._dirty or self.bgp is None:
+        """Send what differs between what should be announced and what the BGP process
+        accepted (for what changed, and the retries due), in one write: the process packs
+        their routes into few UPDATEs. What it accepts is recorded, the rest retried."""
+        if self.bgp is None:
             return
-        dirty, self._dirty = sorted(self._dirty), set()
-        adds, changes, removals = [], [], []
-        for vni, mac in dirty:
-            if mac == VTEP_ROUTE:
-                want, have = self.vnis.get(vni), self.rd_index.get(vni)
-                if want == have:
-                    self._retry.pop((vni, mac), None)
-                elif want is None or have is not None:  # gone, or re-made under another RD number
-                    removals.append(VtepDel(vni))
-                    if want is not None:
-                        self._dirty.add((vni, mac))
-                else:
-                    adds.append(VtepAdd(vni, want))
-        adding = {command.vni for command in adds}
-        removing = {command.vni for command in removals}
-        for vni, mac in dirty:
-            if mac == VTEP_ROUTE:
-                continue
-            want, have = self.macs.get((vni, mac)), self.announced.get((vni, mac))
-            if want == have:
-                self._retry.pop((vni, mac), None)
-            elif want is not None and (vni in adding or vni in self.rd_index) and vni not in removing:
-                changes.append(MacAdd(vni, mac, seq=want))
-            elif want is None and vni in self.rd_index and vni not in removing:
-                changes.append(MacDel(vni, mac))
-            # else: waits for its VNI's VTEP route (accepting it marks the VNI's MACs again)
-        self._send(adds + changes + removals)
-
-    def _send(self, commands: list[Command]) -> None:
-        """Every command of a batch in one write (the BGP process packs their routes into few
-        UPDATEs); what it accepts is recorded, the rest retried."""
+        commands = self.ledger.commands(self._clock())
         if not commands:
             return
         try:
             replies = self.bgp.call_many(commands, timeout=self.config.bgp_timeout)
         except BgpError as exc:
             log.warning("BGP batch of %d commands failed: %s; retrying", len(commands), exc)
-            for command in commands:
-                self._failed(command)
-            return
+            replies = [None] * len(commands)
         for command, reply in zip(commands, replies):
-            if reply.ok:
-                self._accepted(command)
-            else:
+            if reply is not None and reply.ok:
+                self.ledger.accepted(command)
+                continue
+            if reply is not None:
                 log.warning("BGP %s failed: %s; retrying", command.op, reply.error)
-                self._failed(command)
-
-    @staticmethod
-    def _target(command: Command) -> tuple[int, str]:
-        return command.vni, getattr(command, "mac", VTEP_ROUTE)
-
-    def _accepted(self, command: Command) -> None:
-        self._retry.pop(self._target(command), None)
-        if isinstance(command, VtepAdd):
-            self.rd_index[command.vni] = command.rd_index
-            self._dirty.update(k for k in self.macs if k[0] == command.vni and k not in self.announced)
-        elif isinstance(command, VtepDel):
-            self.rd_index.pop(command.vni, None)
-            self.announced = {k: seq for k, seq in self.announced.items() if k[0] != command.vni}
-        elif isinstance(command, MacAdd):
-            self.announced[(command.vni, command.mac)] = command.seq
-        elif isinstance(command, MacDel):
-            self.announced.pop((command.vni, command.mac), None)
-
-    def _failed(self, command: Command) -> None:
-        self.counters["bgp_command_failed"] += 1
-        target = self._target(command)
-        delay = min(self._retry[target][1] * 2, RETRY_MAX) if target in self._retry else RETRY_FIRST
-        self._retry[target] = (self._clock() + delay, delay)
+            self.counters["bgp_command_failed"] += 1
+            self.ledger.failed(command, self._clock())
 
     # -- the kernel --------------------------------------------------------------------------------
     def _program(self, adds: list, removes: list) -> None:
@@ -602,12 +552,8 @@ class NodeSpeaker(Announcements):
             return
         if self.bgp is not None and not self.bgp.alive:
             log.error("BGP process died; restarting it and announcing everything again")
-            self.rd_index.clear()
-            self.announced.clear()
-            self._retry.clear()
+            self.ledger.lost()
             self._start_bgp()
-            self._dirty.update((vni, VTEP_ROUTE) for vni in self.vnis)
-            self._dirty.update(self.macs)
             self._sync()
             return
         self._release_frozen(now)
@@ -645,15 +591,10 @@ class NodeSpeaker(Announcements):
         except BgpError as exc:
             log.warning("reconcile: cannot read what the BGP process originates: %s", exc)
             return
-        macs = {(vni, mac): seq for (vni, mac, ip), seq in originated.macs.items() if ip is None}
-        differ = len(set(originated.vteps.items()) ^ set(self.rd_index.items())) \
-            + len(set(macs.items()) ^ set(self.announced.items()))
+        differ = self.ledger.originated(originated)
         if differ:
             log.info("reconcile: %d routes differ from what the BGP process originates", differ)
             self.counters["bgp_reconcile_repaired"] += differ
-        self.rd_index, self.announced = dict(originated.vteps), macs
-        self._dirty.update((vni, VTEP_ROUTE) for vni in set(self.vnis) | set(self.rd_index))
-        self._dirty.update(set(self.macs) | set(self.announced))
         self._sync()
 
     def _reconcile_local_macs(self) -> None:

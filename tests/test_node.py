@@ -427,7 +427,7 @@ def test_a_batch_that_times_out_is_retried_with_a_bounded_backoff():
     node._process([LocalVtep(300, True), LocalMac(300, MAC2, True)])
     delays = []
     while node.bgp.time_out:
-        when, delay = node._retry[(300, "")]
+        when, delay = node.ledger._retry[(300, "")]
         delays.append(delay)
         node._clock.now = when
         node._process([])
