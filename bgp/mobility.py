@@ -50,7 +50,8 @@ def check_settings(max_moves: int, window: float, freeze: float | None) -> None:
 class DuplicateDetector:
     """Counts moves per key (any hashable: the agent uses (vni, mac)); `now` is given by the
     caller (a monotonic clock) to every call. Memory: at most `max_moves` times per key with
-    moves in the last `window` seconds, and at most `max_tracked` such keys."""
+    moves in the last `window` seconds, at most `max_tracked` such keys, and at most
+    `max_tracked` frozen keys (beyond, MACs keep moving: a cap, not a way to freeze them all)."""
 
     def __init__(self, max_moves: int = DEFAULT_MAX_MOVES, window: float = DEFAULT_WINDOW,
                  freeze: float | None = DEFAULT_FREEZE, max_tracked: int = MAX_TRACKED):
@@ -72,7 +73,7 @@ class DuplicateDetector:
         times.append(now)
         while times and times[0] <= now - self.window:
             times.popleft()
-        if len(times) >= self.max_moves:
+        if len(times) >= self.max_moves and len(self._frozen) < self.max_tracked:
             until = None if self.freeze is None else now + self.freeze
             self._frozen[key] = freeze = Freeze(key, now, until, len(times))
             return freeze

@@ -77,3 +77,11 @@ def test_settings_outside_frrs_ranges_are_refused(max_moves, window, freeze):
         check_settings(max_moves, window, freeze)
     with pytest.raises(ValueError):
         DuplicateDetector(max_moves, window, freeze)
+
+
+def test_frozen_macs_are_bounded_too():
+    detector = DuplicateDetector(max_moves=2, max_tracked=10)
+    for i in range(100):
+        detector.move((100, i), now=0)
+        detector.move((100, i), now=1)
+    assert len(detector.frozen_keys()) == 10
