@@ -16,7 +16,8 @@ import pytest
 
 from bgp.client import BgpProcess
 from bgp.protocol import MAX_SEQ, MacAdd, PeerAdd, Start, VtepAdd
-from cni import naming
+from cni import naming, netlink
+from cni.netns import netlink_in
 from lab.cluster import Cluster, wait_for, wait_until
 from lab.spoof import bridge_mac, spoof, spoofed_macs
 from reflector.protocol import StateClient
@@ -212,3 +213,26 @@ def test_the_fdb_reads_what_reconciliation_compares(runtime, lab):
                      *([m, port, False] for m in spoofed_macs(3, tag=0x25, start=16))]
     assert current == [f"FloodEntry(vni=2050, vtep='{n2.ip}')",
                        f"MacEntry(vni=2050, mac='02:25:00:00:00:02', vtep='{n2.ip}')"]
+
+
+def bridge_cap(node, vni: int) -> int | None:
+    """The bridge's fdb_max_learned, None if the kernel does not report it."""
+    with netlink_in(f"/var/run/netns/{node.netns}") as nl:
+        value = nl.link(name=naming.bridge_name(vni)).info.get(netlink.IFLA_BR_FDB_MAX_LEARNED)
+    return None if value is None else int.from_bytes(value[:4], sys.byteorder)
+
+
+def test_bridges_an_earlier_agent_made_are_capped_at_start(runtime, lab):
+    _, rr, (_, _, n3), _ = lab
+    pod = n3.add_pod("cap")
+    attach(runtime, n3, pod, 2060, "02:26:00:00:00:01")
+    assert bridge_cap(n3, 2060) == PER_NODE  # made capped
+    with netlink_in(f"/var/run/netns/{n3.netns}") as nl:  # as an agent before the cap made it
+        bridge = nl.link(name=naming.bridge_name(2060))
+        nl.set_link(netlink.link_body(index=bridge.index, attrs=[
+            netlink.linkinfo("bridge", [netlink.attr(netlink.IFLA_BR_FDB_MAX_LEARNED, 0)])]))
+    assert bridge_cap(n3, 2060) == 0
+    n3.stop_agent()
+    n3.start_agent("--reflector", rr.ip, *AGENT_ARGS)
+    assert bridge_cap(n3, 2060) == PER_NODE
+    assert f"bridge learning capped at {PER_NODE} MACs on {naming.bridge_name(2060)}" in log_of(n3)
