@@ -21,10 +21,9 @@ from cni import naming, netns
 from cni.netlink import (IFLA_ADDRESS, IFLA_BR_FDB_MAX_LEARNED, IFLA_BR_NF_CALL_ARPTABLES,
                          IFLA_BR_NF_CALL_IP6TABLES, IFLA_BR_NF_CALL_IPTABLES, IFLA_IFALIAS, IFLA_MASTER,
                          IFLA_MTU, IFLA_NET_NS_FD, IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK,
-                         IFLA_VXLAN_LOCAL,
-                         IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP, NUD_PERMANENT,
-                         VETH_INFO_PEER, Link, Netlink, NetlinkError, attr, be16, ip, link_body,
-                         linkinfo, mac, u8)
+                         IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP,
+                         NUD_PERMANENT, VETH_INFO_PEER, Link, Netlink, NetlinkError, attr, be16, ip,
+                         link_body, linkinfo, mac, u8)
 
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 

@@ -19,9 +19,9 @@ from cni.config import DEFAULT_AGENT_SOCKET, STANDARD_VXLAN_PORTS
 from cni.datapath import Datapath, DatapathError
 from cni.plugin import Announcements, Plugin
 from cni.server import DEFAULT_DEADLINE, DEFAULT_READ_TIMEOUT, DEFAULT_WORKERS, CniServer
+from speaker.mac_limits import DEFAULT_PER_NODE, DEFAULT_PER_PORT
 from speaker.metrics import DEFAULT_PORT as METRICS_PORT
 from speaker.metrics import AgentMetrics
-from speaker.mac_limits import DEFAULT_PER_NODE, DEFAULT_PER_PORT
 
 log = logging.getLogger("megalos.agent")
 
