@@ -75,3 +75,36 @@ def canonical_ip(value: object) -> str:
         return normalize_ip(value)
     except ValueError:
         return ""
+
+
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host on this network": never a destination
+_LIMITED_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+
+def _not_a_node(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Why `address` cannot be another node's unicast address, or ""."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return _not_a_node(address.ipv4_mapped)  # ::ffff:127.0.0.1 is a loopback address too
+    for bad, kind in ((address.is_unspecified, "unspecified"), (address.is_loopback, "loopback"),
+                      (address.is_multicast, "multicast"), (address.is_link_local, "link-local"),
+                      (address == _LIMITED_BROADCAST, "broadcast"),
+                      (address.version == 4 and address in _THIS_NETWORK, "'this network' (0.0.0.0/8)")):
+        if bad:
+            return kind
+    return ""
+
+
+def vtep_address(value: object, own: str = "") -> str:
+    """The canonical text of a tunnel endpoint a route may name: another node's unicast address.
+
+    Not loopback, unspecified (or in 0.0.0.0/8), multicast, link-local, the IPv4 broadcast
+    address, nor `own` (this node's VTEP: a route claiming it would loop frames back to us).
+    ValueError says which rule the address breaks. The kernel would accept any of them as a
+    VXLAN destination, which is why a received route must be checked before it gets there."""
+    text = normalize_ip(value)
+    kind = _not_a_node(ipaddress.ip_address(text))
+    if kind:
+        raise ValueError(f"{text} is a {kind} address, not a node's")
+    if own and text == canonical_ip(own):
+        raise ValueError(f"{text} is this node's own VTEP")
+    return text

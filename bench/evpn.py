@@ -50,6 +50,7 @@ from lab import frr as frr_lab
 from lab.cluster import Cluster, Node, sh, unique_prefix
 from lab.frr import Frr
 from lab.runtime import Runtime, kathara_conf
+from lab.spoof import frame_sender
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODULE_LABELS = {"speaker.agent": "agent", "bgp.process": "bgp", "reflector.main": "reflector"}
@@ -163,12 +164,6 @@ class FdbWatch:
         elif self.macs.get(mac, (None,))[0] == dst:
             del self.macs[mac]
             self.gone[mac] = now
-
-
-def frame_sender(pod_netns: str, ifname: str) -> socket.socket:
-    sock = socket_in(f"/var/run/netns/{pod_netns}", socket.AF_PACKET, socket.SOCK_RAW)
-    sock.bind((ifname, 0))
-    return sock
 
 
 # -- memory ---------------------------------------------------------------------------------------
@@ -686,11 +681,17 @@ def main(argv: list[str] | None = None) -> int:
                     medians["ours"]["installed_s"] / medians["frr-rr"]["installed_s"], 2)
                 print(f"  ours / frr-rr installation time (medians): "
                       f"{report['scale_ratio_ours_over_frr_rr']}")
-    RESULTS.mkdir(exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / f"evpn-{args.what}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nresults: {out}")
+    write_results(report, args.out, f"evpn-{args.what}")
     return 0
+
+
+def write_results(report: dict, out: str, name: str) -> Path:
+    """The report as JSON in `out`, or bench/results/<name>-<time>.json; says where."""
+    RESULTS.mkdir(exist_ok=True)
+    path = Path(out) if out else RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nresults: {path}")
+    return path
 
 
 if __name__ == "__main__":

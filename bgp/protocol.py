@@ -311,13 +311,38 @@ class Rib(Command):
 
 
 @dataclass(frozen=True)
+class OriginatedRoutes:
+    """What a speaker's BGP process originates: {vni: rd_index} of its VTEP routes and
+    {(vni, mac, ip): seq} of its MAC routes."""
+    vteps: dict[int, int]
+    macs: dict[tuple[int, str, str | None], int]
+
+
+@dataclass(frozen=True)
+class Originated(Command):
+    """Result: OriginatedRoutes, what the process announces now (the agent reconciles against
+    it: what it sent may not be what the process holds after a timeout or a refusal)."""
+    op: ClassVar[str] = "originated"
+
+    @staticmethod
+    def decode_result(raw: Any) -> OriginatedRoutes:
+        try:
+            vteps = {_vni(item): _int_in(item, "rd_index", 0, MAX_RD_INDEX) for item in raw["vteps"]}
+            macs = {(_vni(item), _mac(item), _ip(item, "ip", None)): _int_in(item, "seq", 0, MAX_SEQ)
+                    for item in raw["macs"]}
+        except (KeyError, TypeError, AttributeError):
+            raise ProtocolError(f"malformed originated result: {str(raw)[:200]}") from None
+        return OriginatedRoutes(vteps, macs)
+
+
+@dataclass(frozen=True)
 class Stop(Command):
     """Shut the speaker down, reply, exit 0 (end of stdin does the same without a reply)."""
     op: ClassVar[str] = "stop"
 
 
 COMMANDS: dict[str, type[Command]] = {cls.op: cls for cls in (
-    Start, PeerAdd, PeerDel, VtepAdd, VtepDel, MacAdd, MacDel, Peers, Rib, Stop)}
+    Start, PeerAdd, PeerDel, VtepAdd, VtepDel, MacAdd, MacDel, Peers, Rib, Originated, Stop)}
 
 
 def encode_commands(numbered: Iterable[tuple[int, Command]]) -> bytes:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from bgp.events import peer_summary, route_event
-from bgp.protocol import (ROLE_REFLECTOR, Command, MacAdd, MacDel, PeerAdd, PeerDel, Peers,
-                          PeerState, ProtocolError, Reply, Rib, Start, Stop, VtepAdd, VtepDel,
-                          event_json, route_distinguisher, route_target)
+from bgp.protocol import (ROLE_REFLECTOR, Command, MacAdd, MacDel, Originated, PeerAdd, PeerDel,
+                          Peers, PeerState, ProtocolError, Reply, Rib, Start, Stop, VtepAdd,
+                          VtepDel, event_json, route_distinguisher, route_target)
 
 log = logging.getLogger("megalos.bgp.service")
 
@@ -40,7 +40,8 @@ class BgpService:
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Start: self._start, PeerAdd: self._peer_add, PeerDel: self._peer_del,
             VtepAdd: self._vtep_add, VtepDel: self._vtep_del, MacAdd: self._mac_add,
-            MacDel: self._mac_del, Peers: self._peers_summary, Rib: self._rib, Stop: self._stop}
+            MacDel: self._mac_del, Peers: self._peers_summary, Rib: self._rib,
+            Originated: self._originated, Stop: self._stop}
 
     def handle(self, command_id: int, command: Command) -> Reply:
         if not isinstance(command, Start) and self._speaker is None:
@@ -226,6 +227,11 @@ class BgpService:
         if self._wire is not None:
             routes += [event_json(route) for route in self._wire.events()]
         return routes
+
+    def _originated(self, command: Originated) -> dict:
+        return {"vteps": [{"vni": vni, "rd_index": known.rd_index} for vni, known in self._vnis.items()],
+                "macs": [{"vni": vni, "mac": mac, "ip": ip, "seq": seq}
+                         for vni, known in self._vnis.items() for (mac, ip), seq in known.macs.items()]}
 
     def _stop(self, command: Stop) -> None:
         self.stop()

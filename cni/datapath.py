@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import sys
 import threading
 from dataclasses import dataclass
 
 from cni import naming, netns
-from cni.netlink import (IFLA_ADDRESS, IFLA_BR_NF_CALL_ARPTABLES, IFLA_BR_NF_CALL_IP6TABLES,
-                         IFLA_BR_NF_CALL_IPTABLES, IFLA_IFALIAS, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD,
-                         IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL,
-                         IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP, NUD_PERMANENT,
-                         VETH_INFO_PEER, FdbEntry, Link, Netlink, NetlinkError, attr, be16, ip,
-                         link_body, linkinfo, mac, u8)
+from cni.netlink import (IFLA_ADDRESS, IFLA_BR_FDB_MAX_LEARNED, IFLA_BR_NF_CALL_ARPTABLES,
+                         IFLA_BR_NF_CALL_IP6TABLES, IFLA_BR_NF_CALL_IPTABLES, IFLA_IFALIAS, IFLA_MASTER,
+                         IFLA_MTU, IFLA_NET_NS_FD, IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK,
+                         IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP,
+                         NUD_PERMANENT, VETH_INFO_PEER, FdbEntry, Link, Netlink, NetlinkError, attr, be16,
+                         ip, link_body, linkinfo, mac, u8)
 
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 
@@ -114,7 +115,10 @@ def port_vni(nl: Netlink, port: Link) -> int | None:
 class Datapath:
     """One netlink socket to the node's netns, serialised by a lock (one request at a time)."""
 
-    def __init__(self, vtep_ip: str = "", underlay_dev: str = ""):
+    def __init__(self, vtep_ip: str = "", underlay_dev: str = "", max_learned: int = 0):
+        """`max_learned`: what each LAN's bridge may learn at most (0: no cap), so a pod
+        spoofing source MACs cannot grow the kernel's FDB without bound."""
+        self.max_learned = max_learned
         self._nl = Netlink()
         self._lock = threading.RLock()
         self.default_underlay = self.find_underlay(vtep_ip=vtep_ip, dev=underlay_dev)
@@ -207,11 +211,12 @@ class Datapath:
                 return link.index, False
             # An explicit MAC: otherwise it follows the lowest port's and flaps.
             # nf_call_iptables off: bridged L2 frames must not meet the host's FORWARD rules.
+            cap = [attr(IFLA_BR_FDB_MAX_LEARNED, self.max_learned)] if self.max_learned else []
             body = link_body(name=name, up=True, attrs=[
                 attr(IFLA_ADDRESS, mac(naming.derived_mac("bridge", vni, underlay.ip))),
                 linkinfo("bridge", [attr(IFLA_BR_NF_CALL_IPTABLES, u8(0)),
                                     attr(IFLA_BR_NF_CALL_IP6TABLES, u8(0)),
-                                    attr(IFLA_BR_NF_CALL_ARPTABLES, u8(0))])])
+                                    attr(IFLA_BR_NF_CALL_ARPTABLES, u8(0)), *cap])])
             return self._create_marked(name, body, naming.BRIDGE_MARK), True
 
     def ensure_vtep(self, vni: int, port: int, underlay: Underlay, mtu: int,
@@ -346,6 +351,25 @@ class Datapath:
             for link in vteps:
                 self._nl.set_bridge_port_learning(link.index, False)
         return [link.name for link in vteps]
+
+    def limit_learning(self) -> list[str] | None:
+        """Cap what every Megalos bridge learns at `max_learned` (fdb_max_learned: beyond it
+        the bridge forwards frames from new source MACs without learning them); the bridges
+        changed, or None when the kernel does not have the setting (before Linux 6.8, where
+        the attribute is silently ignored). Called at start, for bridges an earlier agent made."""
+        if not self.max_learned:
+            return []
+        with self._lock:
+            bridges = [link for link in self._own_devices() if link.kind == "bridge"]
+            if any(IFLA_BR_FDB_MAX_LEARNED not in link.info for link in bridges):
+                return None
+            changed = [link for link in bridges
+                       if int.from_bytes(link.info[IFLA_BR_FDB_MAX_LEARNED][:4], sys.byteorder)
+                       != self.max_learned]
+            for link in changed:
+                self._nl.set_link(link_body(index=link.index, attrs=[
+                    linkinfo("bridge", [attr(IFLA_BR_FDB_MAX_LEARNED, self.max_learned)])]))
+        return [link.name for link in changed]
 
     def lans(self) -> list[int]:
         """VNIs with a Megalos bridge or VTEP on this node."""

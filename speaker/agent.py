@@ -14,10 +14,12 @@ import threading
 
 from base import logs
 from base import metrics as metrics_endpoint
+from bgp import mobility
 from cni.config import DEFAULT_AGENT_SOCKET, STANDARD_VXLAN_PORTS
 from cni.datapath import Datapath, DatapathError
 from cni.plugin import Announcements, Plugin
 from cni.server import DEFAULT_DEADLINE, DEFAULT_READ_TIMEOUT, DEFAULT_WORKERS, CniServer
+from speaker.mac_limits import DEFAULT_PER_NODE, DEFAULT_PER_PORT
 from speaker.metrics import DEFAULT_PORT as METRICS_PORT
 from speaker.metrics import AgentMetrics
 
@@ -90,8 +92,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-interval", type=float, default=10.0,
                    help="seconds between sweeps for LANs whose pods vanished without a DEL")
     metrics_endpoint.add_arguments(p, METRICS_PORT)
+    limits = p.add_argument_group("limits (multi-tenant clusters: docs/operations.md)")
+    limits.add_argument("--max-macs-per-port", type=positive(int), default=DEFAULT_PER_PORT, metavar="N",
+                        help="MACs a pod port may have announced (its own and those the bridge "
+                        "learns from its traffic; beyond: not announced, logged, counted; "
+                        "default %(default)s)")
+    limits.add_argument("--max-macs-per-node", type=positive(int), default=DEFAULT_PER_NODE, metavar="N",
+                        help="MACs the node may announce, and what each LAN's bridge learns at "
+                        "most (Linux 6.8+); pods' own MACs are never refused (default %(default)s)")
+    limits.add_argument("--dup-max-moves", type=int, default=mobility.DEFAULT_MAX_MOVES, metavar="N",
+                        help="moves of a MAC within --dup-time that make it a frozen duplicate "
+                        "(FRR's dup-addr-detection; default %(default)s)")
+    limits.add_argument("--dup-time", type=float, default=mobility.DEFAULT_WINDOW, metavar="S",
+                        help="seconds (default %(default)s)")
+    limits.add_argument("--dup-freeze", type=freeze_time, default=mobility.DEFAULT_FREEZE,
+                        metavar="S|permanent", help="how long a duplicate MAC stays frozen "
+                        "(default %(default)s s; permanent: until the agent restarts)")
+    limits.add_argument("--bgp-timeout", type=positive(float), default=10.0, metavar="S",
+                        help="seconds the BGP process has to accept a batch of announcements; "
+                        "then they are retried (default %(default)s)")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def freeze_time(text: str) -> float | None:
+    """'permanent' -> None, else seconds."""
+    if text == "permanent":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither seconds nor 'permanent'") from None
 
 
 def follow_reflectors(args, speaker):
@@ -120,14 +151,29 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.vtep_ip or args.underlay_dev):
         print("megalos-agent: give --vtep-ip or --underlay-dev", file=sys.stderr)
         return 2
+    from speaker.config import NodeConfig
     try:
-        datapath = Datapath(vtep_ip=args.vtep_ip, underlay_dev=args.underlay_dev)
+        config = NodeConfig.from_args(args)
+    except ValueError as exc:
+        print(f"megalos-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        datapath = Datapath(vtep_ip=args.vtep_ip, underlay_dev=args.underlay_dev,
+                            max_learned=config.max_macs_per_node)
     except DatapathError as exc:
         print(f"megalos-agent: {exc}", file=sys.stderr)
         return 1
     underlay = datapath.default_underlay
     if marked := datapath.mark_legacy_devices():
         log.info("marked as Megalos's (made by an older agent): %s", ", ".join(marked))
+    limited = datapath.limit_learning()
+    if limited is None:
+        log.warning("this kernel cannot cap what a bridge learns (fdb_max_learned, Linux 6.8+): "
+                    "a pod spoofing source MACs fills its bridge's FDB; the agent still announces "
+                    "at most %d MACs per port and %d per node", config.max_macs_per_port,
+                    config.max_macs_per_node)
+    elif limited:
+        log.info("bridge learning capped at %d MACs on %s", config.max_macs_per_node, ", ".join(limited))
     if vteps := datapath.stop_vtep_learning():
         log.info("bridge learning off on %s", ", ".join(vteps))
     log.info("underlay %s, VTEP %s, overlay MTU %d", underlay.name, underlay.ip, underlay.overlay_mtu)
@@ -136,10 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     not_ready = lambda: ""  # noqa: E731
     speaker = finder = None
     if args.reflector or args.reflector_service:
-        from speaker.config import NodeConfig
         from speaker.fdb import VtepFdb
         from speaker.node import NodeSpeaker
-        speaker = NodeSpeaker(NodeConfig.from_args(args), datapath, VtepFdb())
+        speaker = NodeSpeaker(config, datapath, VtepFdb())
         events, not_ready = speaker, speaker.not_ready
         speaker.start()
     if args.reflector_service:

@@ -38,20 +38,37 @@ class _Announcement:
 
 @dataclass
 class RemoteRoutes:
-    """Routes learned from peers: {(vni, mac): {vtep: announcement}} and {vni: {vtep}}."""
+    """Routes learned from peers: {(vni, mac): {vtep: announcement}} and {vni: {vtep}}.
+
+    `pins` holds frozen duplicates (bgp.mobility): a pinned MAC stays with its VTEP whatever
+    newer claims arrive, for as long as that VTEP announces it (then with the one left)."""
 
     macs: dict = field(default_factory=dict)
     floods: dict = field(default_factory=dict)
+    pins: dict = field(default_factory=dict)  # (vni, mac) -> vtep
     _clock: itertools.count = field(default_factory=itertools.count)
 
     def winner(self, vni: int, mac: str) -> str | None:
         candidates = self.macs.get((vni, mac))
         if not candidates:
             return None
-        return max(candidates.items(), key=lambda kv: (kv[1].seq, kv[1].order))[0]
+        pinned = self.pins.get((vni, mac))
+        return pinned if pinned in candidates else self._best(candidates)
 
     def max_seq(self, vni: int, mac: str) -> int:
         return max((a.seq for a in self.macs.get((vni, mac), {}).values()), default=0)
+
+    def seq(self, vni: int, mac: str, vtep: str | None) -> int:
+        """The sequence number `vtep` announces the MAC with (0 when it does not)."""
+        announcement = self.macs.get((vni, mac), {}).get(vtep)
+        return announcement.seq if announcement else 0
+
+    def pin(self, vni: int, mac: str, vtep: str | None) -> None:
+        """Keep the MAC with `vtep` (None: follow the sequence numbers again)."""
+        if vtep is None:
+            self.pins.pop((vni, mac), None)
+        else:
+            self.pins[(vni, mac)] = vtep
 
     def apply(self, route: MacRoute | VtepRoute) -> tuple[list, list]:
         """Fold one received route in; returns (entries to add, entries to remove) for the kernel."""
@@ -80,12 +97,20 @@ class RemoteRoutes:
             candidates.pop(vtep, None)
             if not candidates:
                 del self.macs[(vni, mac)]
+            if self.pins.get((vni, mac)) == vtep:  # a frozen MAC stays with the one left
+                self.pin(vni, mac, self._best(candidates))
         after = self.winner(vni, mac)
         if before == after:
             return [], []
         adds = [MacEntry(vni, mac, after)] if after else []
         removes = [MacEntry(vni, mac, before)] if before and not after else []
         return adds, removes  # a replace needs no delete of the old VTEP's entry
+
+    @staticmethod
+    def _best(candidates: dict) -> str | None:
+        if not candidates:
+            return None
+        return max(candidates.items(), key=lambda kv: (kv[1].seq, kv[1].order))[0]
 
     def wants(self, entry) -> bool:
         """Whether `entry` is in desired(entry.vni), without building that set."""

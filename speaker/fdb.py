@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import threading
+from collections.abc import Iterator
 
 from base.primitives import ZERO_MAC
 from cni import naming
@@ -125,15 +126,20 @@ class VtepFdb:
             return {FloodEntry(vni, e.dst) if e.mac == ZERO_MAC else MacEntry(vni, e.mac, e.dst)
                     for e in self._nl.fdb(vtep, _vtep_entry) if e.dst}
 
-    def local_macs(self, vni: int) -> set:
-        """MACs the VNI's bridge has on pod ports: static (recorded at ADD) and learned. One
-        dump of the bridge's ports and one of each pod port's entries, filtered by the kernel:
-        the VTEP's entries (the remote MACs) are never read."""
+    def local_macs(self, vni: int) -> Iterator[tuple[str, int, bool]]:
+        """(mac, port ifindex, static) of each MAC the VNI's bridge has on a pod port: static
+        (recorded at ADD: the pods' own) and learned. Streamed (a spoofing pod's port may hold
+        100k entries where the kernel does not cap learning) from one dump of the bridge's ports
+        and one of each pod port's entries, filtered by the kernel: the VTEP's entries (the
+        remote MACs) are never read. Consume it before any other call on this object (it holds
+        the lock)."""
         with self._lock:
             bridge = self._nl.link(name=naming.bridge_name(vni))
             if bridge is None:
-                return set()
+                return
             ports = [link.index for link in self._nl.links(master=bridge.index)
                      if naming.is_port_name(link.name)]
-            return {e.mac for port in ports for e in self._nl.fdb(port, bridge_entry)
-                    if e.master == bridge.index and e.mac}
+            for port in ports:
+                for e in self._nl.fdb(port, bridge_entry):
+                    if e.master == bridge.index and e.mac:
+                        yield e.mac, port, bool(e.state & NUD_NOARP)

@@ -11,7 +11,7 @@ import logging
 import threading
 
 from cni.datapath import bridge_vni, port_vni
-from cni.netlink import RTMGRP_NEIGH, Netlink, bridge_entry, fdb_events
+from cni.netlink import NUD_NOARP, RTMGRP_NEIGH, Netlink, bridge_entry, fdb_events
 
 log = logging.getLogger(__name__)
 _EVENTS_RCVBUF = 32 << 20  # a burst of learned (or installed) entries must not overflow it
@@ -19,7 +19,10 @@ _PORT_CACHE = 4096
 
 
 class MacWatch:
-    """Calls on_mac(vni, mac, present) for MACs learned or forgotten on pod ports."""
+    """Calls on_mac(vni, mac, present, port ifindex, static) for MACs learned or forgotten on
+    pod ports (`static`: the entry ADD records for a pod's own MAC). Memory stays bounded
+    whatever a pod sends: one datagram at a time, a cache of port VNIs (at most 4096 ports);
+    what on_mac does with a flood is the caller's to bound."""
 
     def __init__(self, on_mac):
         self.on_mac = on_mac
@@ -84,4 +87,4 @@ class MacWatch:
         for present, entry in fdb_events(data, bridge_entry):
             vni = self._port_vni(entry.ifindex, entry.master) if entry.mac else None
             if vni is not None:
-                self.on_mac(vni, entry.mac, present)
+                self.on_mac(vni, entry.mac, present, entry.ifindex, bool(entry.state & NUD_NOARP))

@@ -4,6 +4,27 @@ One worker thread applies everything in order: local changes (from CNI verbs and
 watch) become BGP commands; BGP events become VTEP FDB entries. Between batches it drains the
 queue, so a burst of routes turns into one batch of BGP commands and one pass over netlink.
 
+Nothing announced is lost (speaker.ledger): what should be announced (`vnis`, `macs`) is kept
+apart from what the BGP process accepted (`rd_index`, `announced`, updated from its replies
+only). Each batch sends the difference for what changed; a command refused, timed out or lost
+with the process is retried (0.5 s, doubling to 30 s) and counted; reconciliation asks the
+process what it originates (`Originated`) and repairs the difference both ways.
+
+What others send is bounded (docs/operations.md, "Multi-tenant clusters"):
+- local MACs: at most `max_macs_per_port` per pod port and `max_macs_per_node` per node are
+  announced (speaker.mac_limits; a pod's own MAC counts but is never refused); the MAC watch's
+  events wait in a bounded backlog (beyond it they are dropped, counted, and the kernel is
+  re-read once the burst is over);
+- received routes: a tunnel endpoint that cannot be another node (base.primitives.vtep_address)
+  is dropped before it reaches RemoteRoutes or the kernel, counted and logged once per route;
+- duplicate MACs (bgp.mobility): a MAC that moves `dup_max_moves` times within `dup_time`
+  seconds is frozen for `dup_freeze` seconds: the FDB keeps its entry and this node stops
+  outbidding the other claims. A claim we cannot outbid (sequence number 2^32-1) is met with
+  2^32-1 (receivers then take the latest) and counted, never sent as a command the BGP process
+  refuses.
+Events worth counting are in `counters` (exported as metrics); warnings about what pods and
+peers send are rate-limited (base.logs.LogLimiter).
+
 Continuity (os-ken has no graceful restart, so the agent provides its own):
 - on start the kernel is read first (local LANs and MACs are re-announced) and remote FDB
   entries are left in place; they are reconciled against BGP only once a reflector session has
@@ -25,12 +46,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from base.logs import LogLimiter
+from base.primitives import vtep_address
 from bgp.client import BgpError, BgpProcess
-from bgp.protocol import (MacAdd, MacDel, MacRoute, PeerAdd, PeerDel, PeerState, Start, VtepAdd,
-                          VtepDel, VtepRoute)
+from bgp.mobility import DuplicateDetector, Freeze
+from bgp.protocol import MAX_SEQ, MacRoute, Originated, PeerAdd, PeerDel, PeerState, Start, VtepRoute
 from cni.plugin import Announcements
 from speaker.config import NodeConfig
 from speaker.evpn_state import MacEntry, RemoteRoutes
+from speaker.ledger import Ledger
+from speaker.mac_limits import MacLimits
 from speaker.macwatch import MacWatch
 
 log = logging.getLogger(__name__)
@@ -47,11 +72,19 @@ class LocalVtep:
 @dataclass(frozen=True)
 class LocalMac:
     """A pod MAC appeared (or went) on this node. `learned`: the bridge learned or aged it from
-    traffic (the MAC watch), as opposed to a CNI verb or the kernel read at start."""
+    traffic (the MAC watch), as opposed to a CNI verb or the kernel read at start. `port`: the
+    bridge port's ifindex when known; `static`: a static entry on it (the pod's own MAC)."""
     vni: int
     mac: str
     present: bool
     learned: bool = False
+    port: int | None = None
+    static: bool = False
+
+    @property
+    def own(self) -> bool:
+        """The pod's own MAC (given at ADD), as opposed to one its traffic taught the bridge."""
+        return not self.learned or self.static
 
 
 @dataclass(frozen=True)
@@ -72,34 +105,65 @@ _STOP = object()
 
 class NodeSpeaker(Announcements):
     """`start()` spawns the BGP process (`spawn_bgp(on_event=..., name=...)`), the MAC watch
-    (`watch_macs(on_mac)`) and the worker; nothing runs before. `fdb` is the VTEP forwarding
-    table writer (speaker.fdb.VtepFdb); `datapath` is read for local LANs and pod MACs."""
+    (`watch_macs(on_mac)`, on_mac(vni, mac, present, port, static)) and the worker; nothing runs
+    before. `fdb` is the VTEP forwarding table writer (speaker.fdb.VtepFdb); `datapath` is read
+    for local LANs and pod MACs."""
 
     def __init__(self, config: NodeConfig, datapath, fdb, spawn_bgp: Callable[..., BgpProcess] = BgpProcess,
-                 watch_macs: Callable = MacWatch):
+                 watch_macs: Callable = MacWatch, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.datapath = datapath
         self.fdb = fdb
         self.router_id = datapath.default_underlay.ip
         self.reflectors: list[str] = list(config.reflectors)  # a restarted BGP process peers with these
         self.remote = RemoteRoutes()
-        self.rd_index: dict[int, int] = {}                # local VNI -> RD number
-        self.announced: dict[tuple[int, str], int] = {}   # local (vni, mac) in BGP -> mobility seq
+        self.ledger = Ledger()  # what should be announced, what the BGP process accepted
+        self.limits = MacLimits(config.max_macs_per_port, config.max_macs_per_node)
+        self.duplicates = DuplicateDetector(config.dup_max_moves, config.dup_time, config.dup_freeze)
+        self.held: dict[tuple[int, str], LocalMac] = {}   # local claims of frozen MACs, not announced
         self.peers_up: set[str] = set()
         self.up_since: float | None = None                # when the first session came up
-        self.all_down_since: float | None = time.monotonic()
+        self.all_down_since: float | None = clock()
         self.pending: dict = {}                           # entry -> when its withdrawal was seen
         # Events worth counting, by name ("bgp_command_failed", ...): exported as metrics.
         self.counters: Counter[str] = Counter()
         self.bgp: BgpProcess | None = None
+        self._clock = clock
+        self._warn = LogLimiter(log, clock=clock)
         self._static_now: dict[int, set] = {}             # VNI -> pod MACs, read once per batch
         self._spawn_bgp = spawn_bgp
         self._queue: queue.Queue = queue.Queue()
+        self._backlog_lock = threading.Lock()
+        self._backlog = 0                                 # learned-MAC events in the queue
+        self._dropped = 0                                 # ... dropped since the worker last looked
+        self._reread_local = False                        # events were dropped: read the kernel again
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="speaker", daemon=True)
-        self._macwatch = watch_macs(lambda vni, mac, present: self._queue.put(
-            LocalMac(vni, mac, present, learned=True)))
+        self._macwatch = watch_macs(self._mac_seen)
         self._last_reconcile = 0.0
+
+    # What should be announced (local VNIs and MACs) and what the BGP process accepted.
+    @property
+    def vnis(self) -> dict[int, int]:
+        return self.ledger.vnis
+
+    @property
+    def macs(self) -> dict[tuple[int, str], int]:
+        return self.ledger.macs
+
+    @property
+    def rd_index(self) -> dict[int, int]:
+        return self.ledger.rd_index
+
+    @property
+    def announced(self) -> dict[tuple[int, str], int]:
+        return self.ledger.announced
+
+    @property
+    def pending_announcements(self) -> int:
+        """Announcements (and withdrawals) the BGP process has not accepted yet and that wait
+        for a retry: a gauge for the metrics."""
+        return self.ledger.pending
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,12 +203,12 @@ class NodeSpeaker(Announcements):
         return PeerAdd(address, self.config.connect_mode, self.config.md5_password or None)
 
     def _read_kernel(self) -> None:
-        """Queue the kernel's local LANs and pod MACs for announcement (start, BGP restart)."""
+        """Queue the kernel's local LANs and pod MACs for announcement (start)."""
         for vni in self.datapath.lans():
             self._queue.put(LocalVtep(vni, True))
             for port in self.datapath.ports(vni):
                 for mac in port.macs:
-                    self._queue.put(LocalMac(vni, mac, True))
+                    self._queue.put(LocalMac(vni, mac, True, port=port.index))
 
     # -- Announcements: called by CNI verbs (agent threads) -----------------------------------
     def vtep_added(self, vni: int) -> None:
@@ -158,6 +222,19 @@ class NodeSpeaker(Announcements):
 
     def mac_removed(self, vni: int, mac: str) -> None:
         self._queue.put(LocalMac(vni, mac, False))
+
+    # -- the MAC watch (its own thread) ------------------------------------------------------
+    def _mac_seen(self, vni: int, mac: str, present: bool, port: int | None = None,
+                  static: bool = False) -> None:
+        """A bridge learned or forgot a MAC on a pod port. These are the events a pod controls
+        (one per source address it sends from): at most `mac_backlog` wait for the worker; the
+        rest are dropped and counted, and the worker reads the kernel again afterwards."""
+        with self._backlog_lock:
+            if self._backlog >= self.config.mac_backlog:
+                self._dropped += 1
+                return
+            self._backlog += 1
+        self._queue.put(LocalMac(vni, mac, present, learned=True, port=port, static=static))
 
     # -- reflectors that come and go (the agent's --reflector-service) -------------------------
     def add_reflector(self, address: str) -> None:
@@ -192,7 +269,7 @@ class NodeSpeaker(Announcements):
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                items = [self._queue.get(timeout=0.1 if self.pending else 1.0)]
+                items = [self._queue.get(timeout=0.1 if self.pending or self.ledger.pending else 1.0)]
             except queue.Empty:
                 items = []
             while True:
@@ -208,67 +285,200 @@ class NodeSpeaker(Announcements):
 
     def _process(self, items: list) -> None:
         self._static_now = {}
-        commands: list = []
         adds, removes = [], []
+        learned = 0
         for item in items:
             if item is _STOP:
                 return
             if isinstance(item, LocalVtep):
-                self._local_vtep(item, commands, adds)
+                self._local_vtep(item, adds)
             elif isinstance(item, LocalMac):
-                self._local_mac(item, commands, adds)
+                learned += item.learned
+                self._local_mac(item, adds)
             elif isinstance(item, Received):
                 self._received(item.event, adds, removes)
             elif isinstance(item, ReflectorChange):
                 self._reflector(item)
-        self._send(commands)
+        self._count_backlog(learned)
+        self._sync()
         self._program(adds, removes)
 
-    def _local_vtep(self, change: LocalVtep, commands: list, adds: list) -> None:
-        vni = change.vni
-        if change.present and vni not in self.rd_index:
-            used = set(self.rd_index.values())
-            self.rd_index[vni] = next(i for i in range(1, 65536) if i not in used)
-            commands.append(VtepAdd(vni, self.rd_index[vni]))
-            adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
-        elif not change.present and vni in self.rd_index and self.datapath.lan(vni) is None:
-            del self.rd_index[vni]
-            self.announced = {k: seq for k, seq in self.announced.items() if k[0] != vni}
-            commands.append(VtepDel(vni))
+    def _count_backlog(self, taken: int) -> None:
+        with self._backlog_lock:
+            self._backlog = max(0, self._backlog - taken)
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            self.counters["mac_events_dropped"] += dropped
+            self._reread_local = True
+            self._warn.warning("backlog", "MAC watch: %d learned-MAC events dropped (backlog of %d "
+                               "full); the pod MACs are read from the kernel again", dropped,
+                               self.config.mac_backlog)
 
-    def _local_mac(self, change: LocalMac, commands: list, adds: list) -> None:
+    # -- local changes -------------------------------------------------------------------------
+    def _local_vtep(self, change: LocalVtep, adds: list) -> None:
+        vni = change.vni
+        if change.present and vni not in self.vnis:
+            self.ledger.add_vni(vni)
+            adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
+        elif not change.present and vni in self.vnis and self.datapath.lan(vni) is None:
+            for key in [k for k in (*self.macs, *self.held) if k[0] == vni]:
+                self._forget_local(key)
+            self.ledger.remove_vni(vni)
+
+    def _local_mac(self, change: LocalMac, adds: list) -> None:
         vni, mac = change.vni, change.mac
         key = (vni, mac)
         if not change.learned:  # a pod port came or went: read the VNI's pod MACs again
             self._static_now.pop(vni, None)
-        if change.present and key not in self.announced and vni in self.rd_index:
-            # Seen elsewhere before: the MAC moved here, so outbid every other announcement.
-            seq = self.remote.max_seq(vni, mac) + 1 if self.remote.winner(vni, mac) else 0
-            self.announced[key] = seq
-            commands.append(MacAdd(vni, mac, seq=seq))
-        elif not change.present and key in self.announced:
+        if not change.present:
+            if key not in self.macs and key not in self.held and key not in self.limits.refused:
+                return
             if change.learned and self._is_static(vni, mac):
                 return  # aged out of the bridge, but the pod still owns it (added at ADD)
-            del self.announced[key]
-            commands.append(MacDel(vni, mac))
+            announced_here = key in self.macs
+            self._forget_local(key)
             winner = self.remote.winner(vni, mac)
-            if winner:  # the MAC lives on elsewhere (it moved): forward there now
+            if announced_here and winner:  # the MAC lives on elsewhere (it moved): forward there now
                 adds.append(MacEntry(vni, mac, winner))
+            return
+        if vni not in self.vnis:
+            return
+        if key in self.macs:
+            self.limits.admit(key, change.port, change.own)  # its port, now known
+            return
+        if key in self.held:
+            return
+        if not self._admit(key, change):
+            return
+        winner = self.remote.winner(vni, mac)
+        seq = 0
+        if winner:  # seen elsewhere before: the MAC moved here, so outbid every other claim
+            if self.duplicates.frozen(key) or self._moved(key, winner):
+                self.limits.release(key)
+                self.held[key] = change  # frozen where it is: no outbidding, announced once released
+                return
+            seq = self._outbid(key)
+        self.ledger.set_mac(key, seq)
+
+    def _admit(self, key: tuple[int, str], change: LocalMac) -> bool:
+        """Whether the MAC fits in the limits; a refusal is counted and logged once."""
+        known = key in self.limits.refused
+        refused = self.limits.admit(key, change.port, change.own)
+        if not refused:
+            return True
+        if not known:
+            self.counters[f"mac_refused_{refused}"] += 1
+            limit = self.limits.per_port if refused == "port_limit" else self.limits.per_node
+            self._warn.warning(refused, "MAC %s on VNI %d (port %s) not announced: %s of %d "
+                               "reached", key[1], key[0], change.port, refused.replace("_", " "), limit)
+        return False
+
+    def _forget_local(self, key: tuple[int, str]) -> None:
+        self.limits.release(key)
+        self.held.pop(key, None)
+        self.ledger.drop_mac(key)
+
+    def _outbid(self, key: tuple[int, str]) -> int:
+        """The sequence number that wins over every claim heard for the MAC. Nothing wins over
+        2^32-1: it is met with 2^32-1 (receivers take the latest of equal claims) and counted;
+        the duplicate detection ends such a race."""
+        top = self.remote.max_seq(*key)
+        if top < MAX_SEQ:
+            return top + 1
+        self.counters["mac_seq_exhausted"] += 1
+        self._warn.warning("seq", "MAC %s on VNI %d: another node claims it with sequence number "
+                           "%d, which cannot be outbid; announcing it with the same number",
+                           key[1], key[0], top, key=("seq", key))
+        return MAX_SEQ
 
     def _is_static(self, vni: int, mac: str) -> bool:
         if vni not in self._static_now:  # reset by _process: one read per VNI and batch
             self._static_now[vni] = {m for port in self.datapath.ports(vni) for m in port.macs}
         return mac in self._static_now[vni]
 
+    # -- duplicate MACs -----------------------------------------------------------------------
+    def _moved(self, key: tuple[int, str], where: str) -> bool:
+        """Count a move of the MAC (a newer claim takes it); whether this move froze it, in
+        which case it stays `where` it is now ("local" or a VTEP)."""
+        freeze = self.duplicates.move(key, self._clock())
+        if freeze is None:
+            return False
+        self._frozen(key, freeze, where)
+        return True
+
+    def _frozen(self, key: tuple[int, str], freeze: Freeze, where: str) -> None:
+        if where != "local":
+            self.remote.pin(*key, where)
+        self.counters["mac_duplicate_frozen"] += 1
+        until = "until the agent restarts" if freeze.until is None else \
+            f"for {freeze.until - freeze.since:.0f} s"
+        self._warn.warning("duplicate", "duplicate MAC %s on VNI %d: %d moves within %.0f s; frozen "
+                           "at %s %s (claims from elsewhere are no longer followed or outbid)",
+                           key[1], key[0], freeze.moves, self.duplicates.window,
+                           "this node" if where == "local" else where, until, key=("dup", key, freeze.since))
+
+    def _release_frozen(self, now: float) -> None:
+        adds = []
+        for key in self.duplicates.expire(now):
+            self.counters["mac_duplicate_released"] += 1
+            log.info("duplicate MAC %s on VNI %d released: it follows moves again", key[1], key[0])
+            pinned = self.remote.pins.get(key)
+            self.remote.pin(*key, None)
+            winner = self.remote.winner(*key)
+            if winner and winner != pinned and key not in self.macs:
+                adds.append(MacEntry(key[0], key[1], winner))
+            claim = self.held.pop(key, None)
+            if claim is not None:  # the local claim is made again (and outbids)
+                self._local_mac(claim, adds)
+        self._sync()
+        if adds:
+            self._program(adds, [])
+
+    # -- received routes ------------------------------------------------------------------------
     def _received(self, event, adds: list, removes: list) -> None:
         if isinstance(event, PeerState):
             self._peer_state(event.address, event.up)
             return
-        if event.vtep == self.router_id:
+        if not self._acceptable(event):
             return
+        if isinstance(event, MacRoute) and event.added:
+            self._claim_heard(event)
         a, r = self.remote.apply(event)
         adds.extend(a)
         removes.extend(r)
+
+    def _acceptable(self, route: MacRoute | VtepRoute) -> bool:
+        """A route naming a tunnel endpoint no other node can have is dropped before it reaches
+        RemoteRoutes or the kernel: counted, and logged once per route."""
+        try:
+            vtep_address(route.vtep, own=self.router_id)
+            return True
+        except ValueError as exc:
+            key = ("vtep", route.vni, getattr(route, "mac", None), route.vtep)
+            if not route.added:
+                self._warn.forget(key)
+                return False
+            self.counters["route_refused_bad_vtep"] += 1
+            what = f"MAC route {route.mac}" if isinstance(route, MacRoute) else "VTEP route"
+            self._warn.warning("bad_vtep", "refused the %s of VNI %d: tunnel endpoint %s", what,
+                               route.vni, exc, key=key)
+            return False
+
+    def _claim_heard(self, route: MacRoute) -> None:
+        """A node claims a MAC: a move when it takes the MAC from where it is now with a newer
+        sequence number (from us, or from the VTEP we forward it to)."""
+        key = (route.vni, route.mac)
+        if self.duplicates.frozen(key):
+            if key not in self.remote.pins and key not in self.macs:
+                self.remote.pin(*key, self.remote.winner(*key) or route.vtep)
+            return
+        if key in self.macs:
+            if route.seq > self.macs[key]:
+                self._moved(key, "local")
+            return
+        current = self.remote.winner(*key)
+        if current and current != route.vtep and route.seq > self.remote.seq(*key, current):
+            self._moved(key, current)
 
     def _peer_state(self, address: str, up: bool) -> None:
         log.info("reflector %s %s", address, "up" if up else "down")
@@ -276,35 +486,42 @@ class NodeSpeaker(Announcements):
         if up:
             self.peers_up.add(address)
             if self.up_since is None:
-                self.up_since = time.monotonic()
+                self.up_since = self._clock()
             self.all_down_since = None
         else:
             self.peers_up.discard(address)
             if not self.peers_up:
                 self.up_since = None
-                self.all_down_since = time.monotonic()
+                self.all_down_since = self._clock()
 
-    def _send(self, commands: list) -> None:
-        """Every command of a batch in one write: the BGP process packs their routes into few
-        UPDATEs."""
+    # -- announcements: what should be announced, to the BGP process ---------------------------
+    def _sync(self) -> None:
+        """Send what differs between what should be announced and what the BGP process
+        accepted (for what changed, and the retries due), in one write: the process packs
+        their routes into few UPDATEs. What it accepts is recorded, the rest retried."""
+        if self.bgp is None:
+            return
+        commands = self.ledger.commands(self._clock())
         if not commands:
             return
         try:
-            replies = self.bgp.call_many(commands, timeout=30)
+            replies = self.bgp.call_many(commands, timeout=self.config.bgp_timeout)
         except BgpError as exc:
-            log.warning("BGP batch of %d commands failed: %s", len(commands), exc)
-            self.counters["bgp_command_failed"] += len(commands)
-            return
+            log.warning("BGP batch of %d commands failed: %s; retrying", len(commands), exc)
+            replies = [None] * len(commands)
         for command, reply in zip(commands, replies):
-            if not reply.ok:
-                log.warning("BGP %s failed: %s", command.op, reply.error)
-                self.counters["bgp_command_failed"] += 1
+            if reply is not None and reply.ok:
+                self.ledger.accepted(command)
+                continue
+            if reply is not None:
+                log.warning("BGP %s failed: %s; retrying", command.op, reply.error)
+            self.counters["bgp_command_failed"] += 1
+            self.ledger.failed(command, self._clock())
 
+    # -- the kernel --------------------------------------------------------------------------------
     def _program(self, adds: list, removes: list) -> None:
-        local = self.announced
-        now = time.monotonic()
-        adds = [e for e in adds if e.vni in self.rd_index
-                and (e.vni, getattr(e, "mac", None)) not in local]
+        now = self._clock()
+        adds = [e for e in adds if e.vni in self.vnis and (e.vni, getattr(e, "mac", None)) not in self.macs]
         for entry in removes:
             self.pending.setdefault(entry, now)
         for entry in adds:
@@ -330,29 +547,33 @@ class NodeSpeaker(Announcements):
 
     # -- periodic work -------------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._stop.is_set():
             return
         if self.bgp is not None and not self.bgp.alive:
-            log.error("BGP process died; restarting it and re-announcing local state")
-            self.rd_index.clear()
-            self.announced.clear()
+            log.error("BGP process died; restarting it and announcing everything again")
+            self.ledger.lost()
             self._start_bgp()
-            self._read_kernel()
+            self._sync()
             return
+        self._release_frozen(now)
         due = self._due_removals(now)
         if due:
             self.fdb.remove(due)
+        if self._reread_local and self._backlog == 0:
+            self._reread_local = False
+            self._reconcile_local_macs()
         if self.up_since is not None and now - self.up_since > self.config.settle \
                 and now - self._last_reconcile > self.config.reconcile_interval and not self.pending:
             self.reconcile()
 
     def reconcile(self) -> None:
-        """Make every local VTEP hold exactly what BGP says, and BGP hold every local MAC."""
-        self._last_reconcile = time.monotonic()
-        local = self.announced
-        for vni in list(self.rd_index):
-            want = {e for e in self.remote.desired(vni) if (vni, getattr(e, "mac", None)) not in local}
+        """Make the BGP process announce exactly what should be, every local VTEP hold exactly
+        what BGP says, and every local pod MAC be considered for announcement."""
+        self._last_reconcile = self._clock()
+        self._reconcile_bgp()
+        for vni in list(self.vnis):
+            want = {e for e in self.remote.desired(vni) if (vni, getattr(e, "mac", None)) not in self.macs}
             have = self.fdb.current(vni)
             if want - have:
                 log.info("reconcile VNI %d: %d missing entries", vni, len(want - have))
@@ -360,16 +581,46 @@ class NodeSpeaker(Announcements):
             if have - want:
                 log.info("reconcile VNI %d: %d stale entries", vni, len(have - want))
                 self.fdb.remove(have - want)
+        self._reconcile_local_macs()
+
+    def _reconcile_bgp(self) -> None:
+        """What the BGP process originates is what it accepted: take it as such, and send what
+        differs from what should be announced."""
+        try:
+            originated = self.bgp.call(Originated(), timeout=self.config.bgp_timeout)
+        except BgpError as exc:
+            log.warning("reconcile: cannot read what the BGP process originates: %s", exc)
+            return
+        differ = self.ledger.originated(originated)
+        if differ:
+            log.info("reconcile: %d routes differ from what the BGP process originates", differ)
+            self.counters["bgp_reconcile_repaired"] += differ
+        self._sync()
+
+    def _reconcile_local_macs(self) -> None:
+        """Every pod MAC of the kernel considered for announcement, every announced one still
+        there: after lost MAC watch events, a LAN or a port gone without a DEL. The kernel's
+        entries are streamed and at most `max_macs_per_port` new learned ones per port kept:
+        a port may hold 100k of them."""
+        adds: list = []
+        self._static_now = {}
         lans = set(self.datapath.lans())
         for vni in lans:
-            if vni not in self.rd_index:
-                self._queue.put(LocalVtep(vni, True))
-            kernel = self.fdb.local_macs(vni)
-            for mac in kernel:
-                if (vni, mac) not in self.announced:
-                    self._queue.put(LocalMac(vni, mac, True))
-            for v, mac in list(self.announced):
-                if v == vni and mac not in kernel:  # its port went without a DEL
-                    self._queue.put(LocalMac(vni, mac, False, learned=True))
-        for vni in set(self.rd_index) - lans:  # the LAN went without a DEL
-            self._queue.put(LocalVtep(vni, False))
+            if vni not in self.vnis:
+                self._local_vtep(LocalVtep(vni, True), adds)
+            ours = {mac for v, mac in (*self.macs, *self.held) if v == vni}
+            still, new, learned = set(), [], Counter()
+            for mac, port, static in self.fdb.local_macs(vni):
+                if mac in ours:
+                    still.add(mac)
+                elif static or learned[port] < self.limits.per_port:
+                    learned[port] += not static
+                    new.append(LocalMac(vni, mac, True, learned=True, port=port, static=static))
+            for mac in ours - still:  # its port went without a DEL (first: it frees a place)
+                self._local_mac(LocalMac(vni, mac, False, learned=True), adds)
+            for change in new:
+                self._local_mac(change, adds)
+        for vni in set(self.vnis) - lans:  # the LAN went without a DEL
+            self._local_vtep(LocalVtep(vni, False), adds)
+        self._sync()
+        self._program(adds, [])

@@ -20,10 +20,11 @@ import pytest
 
 from bgp import events
 from bgp.client import BgpError, BgpProcess
-from bgp.protocol import (ADD, DEL, MacAdd, MacDel, MacRoute, PeerAdd, PeerDel, Peers, PeerState,
-                          PeerSummary, ProtocolError, Ready, Reply, Rib, Start, Stop, VtepAdd,
-                          VtepDel, VtepRoute, decode_command, decode_event, encode_commands,
-                          encode_event, event_json, route_distinguisher, route_target)
+from bgp.protocol import (ADD, DEL, MAX_SEQ, MacAdd, MacDel, MacRoute, Originated, OriginatedRoutes,
+                          PeerAdd, PeerDel, Peers, PeerState, PeerSummary, ProtocolError, Ready,
+                          Reply, Rib, Start, Stop, VtepAdd, VtepDel, VtepRoute, decode_command,
+                          decode_event, encode_commands, encode_event, event_json,
+                          route_distinguisher, route_target)
 
 ASN = 65000
 HOLD = 3
@@ -291,9 +292,16 @@ def test_process_states_and_stop():
         assert [r.result for r in replies[:3]] == [True, True, True]
         assert not replies[3].ok and replies[3].error == 'vni 7 was not added'  # one failure
         assert bgp.call(MacDel(5, '02:00:00:00:00:09')) is False
+        assert bgp.call(MacAdd(5, '02:00:00:00:00:01', seq=MAX_SEQ)) is True
+        # What it originates, as the agent reconciles against it.
+        assert bgp.call(Originated()) == OriginatedRoutes(
+            vteps={5: 1}, macs={(5, '02:00:00:00:00:00', None): 0,
+                                (5, '02:00:00:00:00:01', None): MAX_SEQ,
+                                (5, '02:00:00:00:00:02', None): 0})
         assert bgp.call(Rib()) == []  # own routes are not reported
         assert bgp.call(Peers()) == []
         assert bgp.call(VtepDel(5)) is True
+        assert bgp.call(Originated()) == OriginatedRoutes(vteps={}, macs={})
         assert bgp.call(Stop()) is None
         assert bgp.wait(5) == 0
     assert received == []
@@ -608,3 +616,10 @@ def test_silent_speaker_is_withdrawn_after_the_hold_time(cluster):
         assert HOLD - 1.5 < elapsed < HOLD + 3
     finally:
         cluster['a'].bgp.kill()
+
+
+@pytest.mark.parametrize('raw', [None, {}, {'vteps': [], 'macs': [{'vni': 0, 'mac': 'x'}]},
+                                 {'vteps': [{'vni': 5}], 'macs': []}, {'vteps': 7, 'macs': []}])
+def test_a_malformed_originated_result_is_a_protocol_error(raw):
+    with pytest.raises(ProtocolError):
+        Originated.decode_result(raw)

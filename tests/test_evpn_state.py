@@ -56,3 +56,19 @@ def test_routes_of_every_vni_are_kept_and_desired_per_vni():
     assert routes.desired(8) == {MacEntry(8, "02:00:00:00:00:08", "10.0.0.4")}
     assert routes.desired(9) == set()
 
+
+
+def test_a_pinned_mac_ignores_newer_claims_while_its_vtep_announces_it():
+    routes = RemoteRoutes()
+    routes.apply(mac("add", "10.0.0.2", seq=1))
+    routes.pin(100, MAC, "10.0.0.2")  # frozen: a duplicate
+    assert routes.apply(mac("add", "10.0.0.3", seq=2)) == ([], [])
+    assert routes.apply(mac("add", "10.0.0.4", seq=9)) == ([], [])
+    assert routes.winner(100, MAC) == "10.0.0.2" and routes.seq(100, MAC, "10.0.0.4") == 9
+    # The pinned VTEP withdraws: the MAC goes to the best one left, and stays there.
+    assert routes.apply(mac("del", "10.0.0.2")) == ([MacEntry(100, MAC, "10.0.0.4")], [])
+    assert routes.pins == {(100, MAC): "10.0.0.4"}
+    assert routes.apply(mac("add", "10.0.0.3", seq=10)) == ([], [])
+    routes.pin(100, MAC, None)  # released: the sequence numbers decide again
+    assert routes.winner(100, MAC) == "10.0.0.3"
+    assert routes.seq(100, MAC, "10.0.0.9") == 0

@@ -18,15 +18,20 @@ POD_MAC, SELF_SET_MAC = "02:aa:00:00:00:01", "02:aa:00:00:09:09"
 
 
 class Seen:
-    """What the watch reported: (vni, mac, present), in order."""
+    """What the watch reported: (vni, mac, present), in order; and whether each MAC's entry
+    was static (ADD's) when present."""
 
     def __init__(self):
         self.events: list[tuple] = []
+        self.static: dict[str, bool] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, vni: int, mac: str, present: bool) -> None:
+    def __call__(self, vni: int, mac: str, present: bool, port: int, static: bool) -> None:
+        assert port > 0
         with self._lock:
             self.events.append((vni, mac, present))
+            if present:
+                self.static[mac] = static
 
     def has(self, *wanted: tuple) -> bool:
         with self._lock:
@@ -84,6 +89,7 @@ def test_pod_macs_come_and_go_with_their_port(watched):
     wait_until(lambda: seen.has((VNI, POD_MAC, False), (VNI, SELF_SET_MAC, False)),
                what="the MACs gone with their port")
     assert {mac for _, mac, _ in seen.events} == {POD_MAC, SELF_SET_MAC}
+    assert seen.static == {POD_MAC: True, SELF_SET_MAC: False}
 
 
 def test_a_port_the_watch_never_saw_still_reports_its_macs_gone(bare_node):

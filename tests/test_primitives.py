@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from base.primitives import (MAX_VNI, ZERO_MAC, canonical_ip, canonical_mac, host_mac, is_unicast_mac,
-                             is_vni, normalize_ip, normalize_mac, parse_vni)
+                             is_vni, normalize_ip, normalize_mac, parse_vni, vtep_address)
 
 
 def test_max_vni_is_24_bits():
@@ -92,3 +92,39 @@ def test_not_ips(value):
     assert canonical_ip(value) == ""
     with pytest.raises(ValueError, match="IP address"):
         normalize_ip(value)
+
+
+# -- tunnel endpoints (the VTEP a received route names) -------------------------------------------
+@pytest.mark.parametrize("value, expected", [
+    ("192.0.2.7", "192.0.2.7"), ("10.0.0.1", "10.0.0.1"), (" 198.51.100.1 ", "198.51.100.1"),
+    ("fd00:6d67::3", "fd00:6d67::3"), ("2001:DB8::1", "2001:db8::1"), ("1.0.0.0", "1.0.0.0"),
+])
+def test_unicast_node_addresses_are_tunnel_endpoints(value, expected):
+    assert vtep_address(value, own="192.0.2.2") == expected
+
+
+@pytest.mark.parametrize("value, kind", [
+    ("127.0.0.1", "loopback"), ("127.3.2.1", "loopback"), ("::1", "loopback"),
+    ("::ffff:127.0.0.1", "loopback"),
+    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("0.1.2.3", "this network"),
+    ("224.0.0.5", "multicast"), ("239.1.1.1", "multicast"), ("ff02::1", "multicast"),
+    ("::ffff:224.0.0.1", "multicast"),
+    ("169.254.1.1", "link-local"), ("fe80::1", "link-local"),
+    ("255.255.255.255", "broadcast"),
+])
+def test_what_no_node_can_be_is_refused_with_the_reason(value, kind):
+    with pytest.raises(ValueError, match=kind):
+        vtep_address(value, own="192.0.2.2")
+
+
+@pytest.mark.parametrize("value, own", [("192.0.2.2", "192.0.2.2"), ("fd00::2", "FD00:0::2")])
+def test_our_own_vtep_is_refused(value, own):
+    with pytest.raises(ValueError, match="this node's own VTEP"):
+        vtep_address(value, own=own)
+    assert vtep_address(value) == normalize_ip(value)  # without `own`, it is a node's address
+
+
+@pytest.mark.parametrize("value", ["", "example.org", "192.0.2.256", None, 3232235521, "1.2.3.4/32"])
+def test_not_addresses_are_refused(value):
+    with pytest.raises(ValueError, match="IP address"):
+        vtep_address(value)
