@@ -48,7 +48,7 @@ RTMGRP_NEIGH = 0x4           # the multicast group of neighbour (and FDB) events
 SO_RCVBUFFORCE = 33
 AF_BRIDGE = 7
 IFF_UP = 0x1
-NTF_SELF, NTF_MASTER = 0x02, 0x04
+NTF_SELF, NTF_MASTER, NTF_STICKY = 0x02, 0x04, 0x40
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
@@ -409,6 +409,17 @@ class Netlink:
     def fdb(self, port: int):
         """The FDB entries on one bridge port (filtered by the kernel)."""
         return (FdbEntry.parse(msg) for msg in self.dump(RTM_GETNEIGH, neigh_body(port)))
+
+    def fdb_get(self, bridge: int, lladdr: str) -> FdbEntry | None:
+        """The entry of `lladdr` in bridge `bridge`'s own FDB (`bridge fdb get`), or None."""
+        body = neigh_body(0, attrs=[attr(NDA_LLADDR, mac(lladdr)), attr(NDA_MASTER, bridge)])
+        try:
+            (reply,) = self.request(RTM_GETNEIGH, body)
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return None
+            raise
+        return FdbEntry.parse(reply)
 
     def fdb_replace(self, port: int, lladdr: str, state: int, flags: int) -> None:
         body = neigh_body(port, state=state, flags=flags, attrs=[attr(NDA_LLADDR, mac(lladdr))])

@@ -25,12 +25,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from base.tenancy import VniClaim
 from bgp.client import BgpError, BgpProcess
 from bgp.protocol import (MacAdd, MacDel, MacRoute, PeerAdd, PeerDel, PeerState, Start, VtepAdd,
                           VtepDel, VtepRoute)
 from cni.plugin import Announcements
 from speaker.config import NodeConfig
-from speaker.evpn_state import MacEntry, RemoteRoutes
+from speaker.evpn_state import FloodEntry, MacEntry, RemoteRoutes
 from speaker.macwatch import MacWatch
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,13 @@ class LocalVtep:
 @dataclass(frozen=True)
 class LocalMac:
     """A pod MAC appeared (or went) on this node. `learned`: the bridge learned or aged it from
-    traffic (the MAC watch), as opposed to a CNI verb or the kernel read at start."""
+    traffic (the MAC watch), as opposed to a CNI verb or the kernel read at start. `pod`: the
+    pod holding it (base.tenancy.pod_id), when known: its MAC route names it."""
     vni: int
     mac: str
     present: bool
     learned: bool = False
+    pod: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,13 @@ class NodeSpeaker(Announcements):
         self.remote = RemoteRoutes()
         self.rd_index: dict[int, int] = {}                # local VNI -> RD number
         self.announced: dict[tuple[int, str], int] = {}   # local (vni, mac) in BGP -> mobility seq
+        self.announced_pods: dict[tuple[int, str], str | None] = {}  # ... -> the pod its route names
+        self.announced_claims: dict[int, VniClaim | None] = {}   # local VNI -> its VTEP route's claim
+        # The claims other nodes' VTEP routes carry: {vni: {vtep: claim}}. A withdrawn claim
+        # stays as long as its flood entry does (the removal waits as theirs: see the module
+        # docstring), so a reflector outage does not make a VNI look free.
+        self.claims: dict[int, dict[str, VniClaim]] = {}
+        self._view = threading.Lock()  # `remote` and `claims`: CNI requests read them (ADD checks)
         self.peers_up: set[str] = set()
         self.up_since: float | None = None                # when the first session came up
         self.all_down_since: float | None = time.monotonic()
@@ -144,7 +154,7 @@ class NodeSpeaker(Announcements):
             self._queue.put(LocalVtep(vni, True))
             for port in self.datapath.ports(vni):
                 for mac in port.macs:
-                    self._queue.put(LocalMac(vni, mac, True))
+                    self._queue.put(LocalMac(vni, mac, True, pod=port.pod_id))
 
     # -- Announcements: called by CNI verbs (agent threads) -----------------------------------
     def vtep_added(self, vni: int) -> None:
@@ -153,11 +163,20 @@ class NodeSpeaker(Announcements):
     def vtep_removed(self, vni: int) -> None:
         self._queue.put(LocalVtep(vni, False))
 
-    def mac_added(self, vni: int, mac: str) -> None:
-        self._queue.put(LocalMac(vni, mac, True))
+    def mac_added(self, vni: int, mac: str, pod: str | None = None) -> None:
+        self._queue.put(LocalMac(vni, mac, True, pod=pod))
 
     def mac_removed(self, vni: int, mac: str) -> None:
         self._queue.put(LocalMac(vni, mac, False))
+
+    # -- what other nodes claim: read by CNI ADDs (agent threads) ----------------------------------
+    def vni_claims(self, vni: int) -> list[tuple[str, VniClaim]]:
+        with self._view:
+            return sorted(self.claims.get(vni, {}).items())
+
+    def mac_holder(self, vni: int, mac: str) -> tuple[str, str | None] | None:
+        with self._view:
+            return self.remote.holder(vni, mac)
 
     # -- reflectors that come and go (the agent's --reflector-service) -------------------------
     def add_reflector(self, address: str) -> None:
@@ -224,16 +243,29 @@ class NodeSpeaker(Announcements):
         self._send(commands)
         self._program(adds, removes)
 
+    def _vtep_add(self, vni: int) -> VtepAdd:
+        """The VTEP route of a local VNI, with the claim its bridge records (base.tenancy)."""
+        local = self.datapath.lan_claim(vni)
+        claim = local[1] if local else None
+        self.announced_claims[vni] = claim
+        return VtepAdd(vni, self.rd_index[vni], *((claim.namespace, claim.since) if claim else ()))
+
     def _local_vtep(self, change: LocalVtep, commands: list, adds: list) -> None:
         vni = change.vni
         if change.present and vni not in self.rd_index:
             used = set(self.rd_index.values())
             self.rd_index[vni] = next(i for i in range(1, 65536) if i not in used)
-            commands.append(VtepAdd(vni, self.rd_index[vni]))
+            commands.append(self._vtep_add(vni))
             adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
-        elif not change.present and vni in self.rd_index and self.datapath.lan(vni) is None:
+        elif change.present:
+            claim = self.datapath.lan_claim(vni)
+            if (claim[1] if claim else None) != self.announced_claims.get(vni):
+                commands.append(self._vtep_add(vni))  # the LAN went and came back for another owner
+        elif vni in self.rd_index and self.datapath.lan(vni) is None:
             del self.rd_index[vni]
             self.announced = {k: seq for k, seq in self.announced.items() if k[0] != vni}
+            self.announced_pods = {k: pod for k, pod in self.announced_pods.items() if k[0] != vni}
+            self.announced_claims.pop(vni, None)
             commands.append(VtepDel(vni))
 
     def _local_mac(self, change: LocalMac, commands: list, adds: list) -> None:
@@ -241,15 +273,27 @@ class NodeSpeaker(Announcements):
         key = (vni, mac)
         if not change.learned:  # a pod port came or went: read the VNI's pod MACs again
             self._static_now.pop(vni, None)
-        if change.present and key not in self.announced and vni in self.rd_index:
+        if change.present and change.learned and key not in self.announced \
+                and (self.remote.holder(vni, mac) or (None, None))[1]:
+            # A frame from a MAC another node's pod holds: the MAC watch learned it, no CNI verb
+            # gave it to a pod here; announcing it would take that pod's traffic.
+            log.warning("VNI %d: MAC %s, held by a pod behind %s, was seen on a port here: not "
+                        "announced", vni, mac, self.remote.winner(vni, mac))
+            self.counters["mac_held_elsewhere"] += 1
+        elif change.present and vni in self.rd_index and (
+                key not in self.announced or change.pod and change.pod != self.announced_pods.get(key)):
             # Seen elsewhere before: the MAC moved here, so outbid every other announcement.
-            seq = self.remote.max_seq(vni, mac) + 1 if self.remote.winner(vni, mac) else 0
+            seq = self.announced.get(key)
+            if seq is None:
+                seq = self.remote.max_seq(vni, mac) + 1 if self.remote.winner(vni, mac) else 0
             self.announced[key] = seq
-            commands.append(MacAdd(vni, mac, seq=seq))
+            self.announced_pods[key] = change.pod
+            commands.append(MacAdd(vni, mac, seq=seq, pod=change.pod))
         elif not change.present and key in self.announced:
             if change.learned and self._is_static(vni, mac):
                 return  # aged out of the bridge, but the pod still owns it (added at ADD)
             del self.announced[key]
+            self.announced_pods.pop(key, None)
             commands.append(MacDel(vni, mac))
             winner = self.remote.winner(vni, mac)
             if winner:  # the MAC lives on elsewhere (it moved): forward there now
@@ -266,7 +310,16 @@ class NodeSpeaker(Announcements):
             return
         if event.vtep == self.router_id:
             return
-        a, r = self.remote.apply(event)
+        with self._view:
+            a, r = self.remote.apply(event)
+            if isinstance(event, VtepRoute) and event.added:
+                claims = self.claims.setdefault(event.vni, {})
+                if event.claim is None:
+                    claims.pop(event.vtep, None)
+                else:
+                    claims[event.vtep] = event.claim
+                if not claims:
+                    del self.claims[event.vni]
         adds.extend(a)
         removes.extend(r)
 
@@ -326,7 +379,16 @@ class NodeSpeaker(Announcements):
             del self.pending[entry]
             if not self.remote.wants(entry):
                 due.append(entry)
+                if isinstance(entry, FloodEntry):
+                    self._forget_claim(entry.vni, entry.vtep)
         return due
+
+    def _forget_claim(self, vni: int, vtep: str) -> None:
+        """A VTEP left the VNI for good: its claim goes (the VNI may be free now)."""
+        with self._view:
+            claims = self.claims.get(vni, {})
+            if claims.pop(vtep, None) is not None and not claims:
+                del self.claims[vni]
 
     # -- periodic work -------------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -337,6 +399,8 @@ class NodeSpeaker(Announcements):
             log.error("BGP process died; restarting it and re-announcing local state")
             self.rd_index.clear()
             self.announced.clear()
+            self.announced_pods.clear()
+            self.announced_claims.clear()
             self._start_bgp()
             self._read_kernel()
             return
