@@ -17,6 +17,8 @@ start-up, before the BGPSpeaker exists):
 - `patch_peer_up_address`: peer_up_handler gets the router id.
 - `patch_route_refresh_without_med`: a ROUTE-REFRESH kills the session.
 - `patch_originator_id_loop_check`: our own routes reflected back are kept.
+- `patch_pending_paths_replaced`: a route announced twice before its destination is processed
+  keeps the first version, and a stale copy that outlives its withdrawal.
 
 Reflector role only (`apply_reflector_fixes`): `patch_evpn_next_hop_local` (EVPN routes whose VTEP
 is the session's local address are dropped) and the NLRI wire cache; `enable_restart_grace`
@@ -40,6 +42,8 @@ from os_ken.services.protocols.bgp import peer as bgp_peer
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
 from os_ken.services.protocols.bgp.core_managers import peer_manager
 from os_ken.services.protocols.bgp.core_managers.peer_manager import PeerManager
+from os_ken.services.protocols.bgp.info_base.base import Destination
+from os_ken.services.protocols.bgp.info_base.vrf import VrfDest
 from os_ken.services.protocols.bgp.info_base.vrfevpn import VrfEvpnTable
 from os_ken.services.protocols.bgp.peer import Peer
 from os_ken.services.protocols.bgp.rtconf import neighbors
@@ -160,9 +164,47 @@ def patch_originator_id_loop_check() -> bool:
     return replace(Peer, '_is_looped_path_attrs', _is_looped_path_attrs_own_originator)
 
 
+def _same_origin(dest, pending, newer) -> bool:
+    """Whether `newer` replaces `pending` in `dest`, by the destination's own rule (its
+    _remove_old_paths and _remove_withdrawals): the source, or in a VRF the path's puid."""
+    if isinstance(dest, VrfDest):
+        return pending.puid == newer.puid
+    return pending.source == newer.source
+
+
+def _add_new_path_replacing_pending(self, new_path):
+    original(Destination, 'add_new_path')(self, new_path)
+    self._new_path_list[:-1] = [p for p in self._new_path_list[:-1]
+                                if not _same_origin(self, p, new_path)]
+
+
+def _add_withdraw_cancelling_pending(self, withdraw):
+    original(Destination, 'add_withdraw')(self, withdraw)
+    self._new_path_list[:] = [p for p in self._new_path_list if not _same_origin(self, p, withdraw)]
+
+
+def patch_pending_paths_replaced() -> bool:
+    """A path (or a withdrawal) replaces the path of the same origin still waiting in its
+    destination's list of new paths.
+
+    ``Destination.add_new_path`` appends to ``_new_path_list`` and the destination is processed
+    later (``_process_paths``): a known path is replaced by a new one of the same source
+    (``_remove_old_paths``), but two new ones of the same source both become known paths, and
+    the best-path run keeps the first. A route originated twice in one slice of the hub (a MAC
+    announced when the bridge learned it, then again naming its pod) went out with the first
+    version; worse, a withdrawal removes one known path of its source only, so the other copy
+    stayed announced after the route was withdrawn. A withdrawal queued after a new path is
+    processed before it (``_remove_withdrawals`` runs first) and was lost the same way: here it
+    cancels the pending path. The rule for "the same origin" is each destination's own.
+    """
+    replaced = replace(Destination, 'add_new_path', _add_new_path_replacing_pending)
+    return replace(Destination, 'add_withdraw', _add_withdraw_cancelling_pending) or replaced
+
+
 def apply_all() -> None:
     """Apply every in-place fix of every role (idempotent)."""
     patch_originator_id_loop_check()
+    patch_pending_paths_replaced()
     patch_route_refresh_without_med()
     patch_md5_str_password()
     patch_peer_up_address()
