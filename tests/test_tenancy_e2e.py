@@ -11,6 +11,8 @@ test waits for a MAC of a later pod on a VNI `node` hosts.
 from __future__ import annotations
 
 import itertools
+import urllib.error
+import urllib.request
 import json
 import time
 
@@ -283,3 +285,98 @@ def test_a_pod_sending_from_another_pods_mac_takes_nothing(tenants):
     tenants.heard(n2, n3)
     assert remote_macs(n3, vni).get(victim) == n1.ip
     assert [m["vtep"] for m in tenants.vni(vni)["macs"] if m["mac"] == victim] == [n1.ip]
+
+
+# -- two Kathara labs on one VNI, on Kubernetes ---------------------------------------------------
+# Kathara allots a lab's VNIs from a hash of its link names, avoiding those of the NADs it finds;
+# two labs started at once (or by two users of one cluster) with the same link names get the
+# same VNIs. Here both labs are what Kathara's own code makes (lab.multus.kathara_lab), attached
+# by the Multus harness through the API server emulator; the reflector watches NADs and pods.
+TWO_LABS = """\
+pc1[0]="A"
+pc2[0]="A"
+pc3[0]="B"
+pc4[0]="B"
+"""
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def owner(api: str, vni: int) -> str | None:
+    """The VNI's owner as the API says it (None too while the VNI is unknown: 404)."""
+    try:
+        return get(f"{api}/api/v1/vnis/{vni}")["owner"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def test_two_kathara_labs_on_one_vni_get_a_clear_error_and_the_api_shows_it(runtime):
+    pytest.importorskip("kmock")
+    from lab.labrun import RunningLab
+    from lab.multus import Multus, MultusError, kathara_lab
+
+    with RunningLab(TWO_LABS, nodes=3, runtime=runtime) as first:
+        n1, n2, n3 = (first.node(f"node{i}") for i in (1, 2, 3))
+        first.attach("pc1", "node1")
+        first.attach("pc2", "node2")
+        first.attach("pc3", "node3")
+        second = kathara_lab(TWO_LABS)
+        vni = json.loads(second.nads["A"]["spec"]["config"])["vxlanId"]
+        assert vni == json.loads(first.kathara.nads["A"]["spec"]["config"])["vxlanId"]
+        assert second.namespace != first.kathara.namespace
+        for nad in second.nads.values():
+            first.kube.create(nad)
+        multus = Multus(first.runtime, second.nads)
+        lans = f"{first.api.url}/api/v1/lans"
+        wait_until(lambda: next(lan for lan in get(f"{lans}?namespace={first.kathara.namespace}")["lans"]
+                                if lan["link"] == "A")["vni_owner"] == first.kathara.namespace,
+                   30, "the first lab's claim at the reflector")
+        # node3 has heard node1's claim once it has a MAC node1 announced later, on LAN B.
+        pc4 = first.attach("pc4", "node1")
+        wait_until(lambda: pc4.mac("net0") in {e["mac"] for e in n3.fdb(naming.vtep_name(
+            json.loads(first.kathara.nads["B"]["spec"]["config"])["vxlanId"]))}, 30, "node3 to hear node1")
+
+        def attach_second(device, node):
+            pod = second.pod(device, node.name)
+            first.kube.create(pod)
+            try:
+                return multus.add(pod, node, node.add_pod(f"l2-{device}-{next(_serial)}"))
+            except MultusError as exc:
+                first.kube.delete(pod)
+                return str(exc)
+
+        for node, where in ((n1, "on this node"), (n3, "behind VTEP")):
+            refused = attach_second("pc1", node)
+            assert isinstance(refused, str) and '"code": 104' in refused, refused
+            assert f"VNI {vni} belongs to namespace {first.kathara.namespace}" in refused
+            assert where in refused and f"namespace {second.namespace} cannot attach" in refused
+        assert naming.bridge_name(vni) not in n3.link_names()   # nothing made on node3
+
+        # The API: the second lab's LAN names the owner; the map puts it in trouble, not the first.
+        theirs = next(lan for lan in get(f"{lans}?namespace={second.namespace}")["lans"]
+                      if lan["link"] == "A")
+        assert (theirs["vni_owner"], theirs["vni_claimed_by"]) == (first.kathara.namespace,
+                                                                   [first.kathara.namespace])
+        lan_map = {lan["id"]: lan for lan in get(f"{first.api.url}/api/v1/map")["lans"]}
+        blocked = lan_map[f"{second.namespace}/{second.nads['A']['metadata']['name']}"]
+        assert blocked["state"] == "trouble" and blocked["vni_owner"] == first.kathara.namespace
+        assert f"VNI {vni} belongs to namespace {first.kathara.namespace}: this LAN's pods cannot " \
+               "attach" in blocked["problems"]
+        owned = lan_map[f"{first.kathara.namespace}/{first.kathara.nads['A']['metadata']['name']}"]
+        assert owned["vni_shared_with"] == [] and not any("VNI" in p for p in owned["problems"])
+        detail = get(f"{first.api.url}/api/v1/vnis/{vni}")
+        assert detail["owner"] == first.kathara.namespace and len(detail["claims"]) == 1
+
+        # The first lab goes: the second one's pods attach (Kubernetes retries a failed sandbox).
+        for device in ("pc1", "pc2"):
+            first.detach(device)
+        attached = wait_until(lambda: not isinstance(got := attach_second("pc1", n3), str) and got,
+                              30, "the second lab to attach once the first is gone")
+        assert attached.attachments[0].reply.code == 0
+        wait_until(lambda: owner(first.api.url, vni) == second.namespace, 30,
+                   "the second lab to own the VNI")
