@@ -150,9 +150,10 @@ MAC_HEADERS = ["MAC", "VTEP", "NODE", "IP", "FIRST SEEN", "LAST CHANGED"]
 
 def vni_text(doc: dict, macs: list[dict]) -> str:
     claims = doc.get("claims") or []
-    owner = f", owned by {owner_text(claims[0]['namespace'])} since {when(claims[0]['since'] / 1000)}" \
-        if claims else ""
-    out = [f"VNI {doc['vni']}: {len(doc['vteps'])} VTEPs, {doc['mac_count']} MACs{owner}"]
+    head = f"VNI {doc['vni']}: {len(doc['vteps'])} VTEPs, {doc['mac_count']} MACs"
+    if claims:
+        head += f", owned by {owner_text(claims[0]['namespace'])} since {when(claims[0]['since'] / 1000)}"
+    out = [head]
     out += [f"also claimed by {owner_text(c['namespace'])} since {when(c['since'] / 1000)} "
             f"({', '.join(c['vteps'])}): two namespaces on one wire" for c in claims[1:]]
     by_vtep = {vtep: c["namespace"] for c in claims for vtep in c["vteps"]}

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from base.tenancy import device_name
 
 CONVERGED, CONVERGING, TROUBLE = "converged", "converging", "trouble"
 _RANK = {CONVERGED: 0, CONVERGING: 1, TROUBLE: 2}
 ESTABLISHED = "Established"
-# A Deployment's pod: <deployment>-<pod-template-hash (6-10)>-<5 random>; Kathara names the
-# Deployment kathara-<device> (Kathara 3.8: KubernetesMachine.get_deployment_name).
-_DEPLOYMENT_POD = re.compile(r"^(?P<base>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
+# Kathara names a device's Deployment kathara-<device> (Kathara 3.8:
+# KubernetesMachine.get_deployment_name).
 _KATHARA_PREFIX = "kathara-"
 
 
@@ -48,9 +48,8 @@ def worst(states) -> str:
 def device_label(pod: str) -> str:
     """kathara-pc1-2ca953a5f3-93e59 -> pc1: a Deployment's pod without the ReplicaSet and pod
     suffixes and Kathara's prefix; any other name as it is."""
-    match = _DEPLOYMENT_POD.match(pod)
-    base = match["base"] if match else pod
-    return base[len(_KATHARA_PREFIX):] if base.startswith(_KATHARA_PREFIX) and match else base
+    base = device_name(pod)
+    return base[len(_KATHARA_PREFIX):] if base.startswith(_KATHARA_PREFIX) and base != pod else base
 
 
 def lan_id(lan: dict) -> str:

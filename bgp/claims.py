@@ -94,6 +94,6 @@ def read_pod(found: dict[int, bytes]) -> str | None:
 def from_osken(communities) -> dict[int, bytes]:
     """`ours` of an os-ken BGPPathAttributeExtendedCommunities (os-ken parses a community it does
     not know into BGPUnknownExtendedCommunity: `type` and the seven octets after it, `value`)."""
-    raw = b"".join(struct.pack("!B7s", c.type, c.value) for c in getattr(communities, "communities", ())
-                   if getattr(c, "type", None) == TYPE and isinstance(getattr(c, "value", None), bytes))
-    return ours(raw)
+    listed = getattr(communities, "communities", None) or ()
+    return ours(b"".join(struct.pack("!B7s", c.type, c.value) for c in listed
+                         if getattr(c, "type", None) == TYPE and isinstance(getattr(c, "value", None), bytes)))

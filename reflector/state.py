@@ -2,8 +2,8 @@
 
 VNIs, the VTEPs hosting each (from Type-3 routes) and the claims they carry (which namespace
 owns the VNI, and any other that claims it too: base.tenancy), MAC tables (from Type-2 routes:
-where, since when, last change, the pod holding the MAC), node names (given with POST /api/v1/nodes, or from the Node objects with
---peers-from-k8s), a bounded log of changes with sequence numbers so clients can wait for
+where, since when, last change, the pod holding the MAC), node names (given with
+POST /api/v1/nodes, or from the Node objects with --peers-from-k8s), a bounded log of changes with sequence numbers so clients can wait for
 convergence (`changes_since`), and the LAN table (reflector.lanview: which pod interfaces are on
 which LAN, from the Kubernetes API with --lans-from-k8s), read together with the MAC tables.
 Nothing is stored on disk: after a restart the routes come back from the speakers and so does this

@@ -88,8 +88,8 @@ class NodeSpeaker(Announcements):
         self.remote = RemoteRoutes()
         self.rd_index: dict[int, int] = {}                # local VNI -> RD number
         self.announced: dict[tuple[int, str], int] = {}   # local (vni, mac) in BGP -> mobility seq
-        self.announced_pods: dict[tuple[int, str], str | None] = {}  # ... -> the pod its route names
-        self.announced_claims: dict[int, VniClaim | None] = {}   # local VNI -> its VTEP route's claim
+        self.announced_pods: dict[tuple[int, str], str | None] = {}  # -> the pod its route names
+        self.announced_claims: dict[int, VniClaim | None] = {}   # local VNI -> its route's claim
         # The claims other nodes' VTEP routes carry: {vni: {vtep: claim}}. A withdrawn claim
         # stays as long as its flood entry does (the removal waits as theirs: see the module
         # docstring), so a reflector outage does not make a VNI look free.
@@ -281,7 +281,8 @@ class NodeSpeaker(Announcements):
                         "announced", vni, mac, self.remote.winner(vni, mac))
             self.counters["mac_held_elsewhere"] += 1
         elif change.present and vni in self.rd_index and (
-                key not in self.announced or change.pod and change.pod != self.announced_pods.get(key)):
+                key not in self.announced
+                or change.pod and change.pod != self.announced_pods.get(key)):
             # Seen elsewhere before: the MAC moved here, so outbid every other announcement.
             seq = self.announced.get(key)
             if seq is None:
