@@ -127,8 +127,16 @@ def duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def owner_text(namespace: str | None) -> str:
+    """A VNI's owner as a cell: '-' when unclaimed, '(unnamed)' for the namespace of requests
+    that name none."""
+    return "-" if namespace is None else namespace or "(unnamed)"
+
+
 def vnis_table(doc: dict) -> str:
-    return table(["VNI", "VTEPS", "MACS"], [[v["vni"], v["vteps"], v["macs"]] for v in doc["vnis"]])
+    return table(["VNI", "VTEPS", "MACS", "OWNER", "ALSO CLAIMED BY"],
+                 [[v["vni"], v["vteps"], v["macs"], owner_text(v.get("owner")),
+                   ",".join(owner_text(n) for n in v.get("others") or [])] for v in doc["vnis"]])
 
 
 def mac_rows(rows: list[dict], with_vni: bool = False) -> list[list]:
@@ -141,8 +149,17 @@ MAC_HEADERS = ["MAC", "VTEP", "NODE", "IP", "FIRST SEEN", "LAST CHANGED"]
 
 
 def vni_text(doc: dict, macs: list[dict]) -> str:
-    out = [f"VNI {doc['vni']}: {len(doc['vteps'])} VTEPs, {doc['mac_count']} MACs", "",
-           table(["VTEP", "NODE"], [[v["address"], v["node"]] for v in doc["vteps"]]), ""]
+    claims = doc.get("claims") or []
+    head = f"VNI {doc['vni']}: {len(doc['vteps'])} VTEPs, {doc['mac_count']} MACs"
+    if claims:
+        head += f", owned by {owner_text(claims[0]['namespace'])} since {when(claims[0]['since'] / 1000)}"
+    out = [head]
+    out += [f"also claimed by {owner_text(c['namespace'])} since {when(c['since'] / 1000)} "
+            f"({', '.join(c['vteps'])}): two namespaces on one wire" for c in claims[1:]]
+    by_vtep = {vtep: c["namespace"] for c in claims for vtep in c["vteps"]}
+    out += ["", table(["VTEP", "NODE", "NAMESPACE"],
+                      [[v["address"], v["node"], owner_text(by_vtep.get(v["address"]))]
+                       for v in doc["vteps"]]), ""]
     out.append(table(MAC_HEADERS, mac_rows(macs)) if macs else "(no MACs)")
     if len(macs) < doc["mac_count"]:
         out.append(f"({len(macs)} of {doc['mac_count']} MACs shown)")
@@ -181,7 +198,22 @@ def lans_text(doc: dict) -> str:
                                     "ANNOUNCED"], member_rows)]
     if not lans:
         out.append("(no LANs" + ("" if every else f" in namespace {doc['namespace']}") + ")")
+    out += [f"{lan['namespace']}/{lan['name']}: {why}" for lan in lans if (why := vni_problem(lan))]
     return "\n".join(out)
+
+
+def vni_problem(lan: dict) -> str:
+    """What is wrong with who owns a LAN's VNI ('' when nothing): another namespace owns it (this
+    LAN's pods cannot attach), or several claim it (their pods share a wire)."""
+    claimed = lan.get("vni_claimed_by") or []
+    owner = lan.get("vni_owner")
+    if owner is not None and owner != lan["namespace"]:
+        return (f"VNI {lan['vni']} belongs to {owner_text(owner)}: this LAN's pods cannot attach "
+                "(give it another vxlanId)")
+    if len(claimed) > 1:
+        return (f"VNI {lan['vni']} is also claimed by {', '.join(map(owner_text, claimed[1:]))}: "
+                "two namespaces on one wire")
+    return ""
 
 
 def lans_notice(doc: dict) -> str | None:

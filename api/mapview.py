@@ -6,8 +6,10 @@ A LAN's state, from what the reflector holds (it cannot see the nodes' forwardin
 node Established with it receives every route it holds):
 
 - **trouble**: a node hosting one of its members has no Established BGP session with the
-  reflector (or is no peer of it at all); a MAC of it is frozen by duplicate detection; its VNI is
-  also used by a LAN of another namespace (two labs on one wire);
+  reflector (or is no peer of it at all); a MAC of it is frozen by duplicate detection; its VNI
+  belongs to another namespace (base.tenancy: this LAN's pods cannot attach), or is claimed by
+  another namespace too (two labs on one wire, after a race), or, while nobody claims it yet, is
+  also defined by a LAN of another namespace (the first to attach a pod will own it);
 - **converging**, with `missing` = the routes and attachments still awaited: a member Multus has
   not attached yet, a member's MAC not announced (or announced only by another node's VTEP), a
   hosting node's VTEP not in the VNI's flood list (no Type-3 from it yet);
@@ -17,16 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from base.tenancy import device_name
 
 CONVERGED, CONVERGING, TROUBLE = "converged", "converging", "trouble"
 _RANK = {CONVERGED: 0, CONVERGING: 1, TROUBLE: 2}
 ESTABLISHED = "Established"
-# A Deployment's pod: <deployment>-<pod-template-hash (6-10)>-<5 random>; Kathara names the
-# Deployment kathara-<device> (Kathara 3.8: KubernetesMachine.get_deployment_name).
-_DEPLOYMENT_POD = re.compile(r"^(?P<base>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
+# Kathara names a device's Deployment kathara-<device> (Kathara 3.8:
+# KubernetesMachine.get_deployment_name).
 _KATHARA_PREFIX = "kathara-"
 
 
@@ -46,9 +48,8 @@ def worst(states) -> str:
 def device_label(pod: str) -> str:
     """kathara-pc1-2ca953a5f3-93e59 -> pc1: a Deployment's pod without the ReplicaSet and pod
     suffixes and Kathara's prefix; any other name as it is."""
-    match = _DEPLOYMENT_POD.match(pod)
-    base = match["base"] if match else pod
-    return base[len(_KATHARA_PREFIX):] if base.startswith(_KATHARA_PREFIX) and match else base
+    base = device_name(pod)
+    return base[len(_KATHARA_PREFIX):] if base.startswith(_KATHARA_PREFIX) and base != pod else base
 
 
 def lan_id(lan: dict) -> str:
@@ -100,8 +101,16 @@ def _lan_state(lan: dict, nodes: _Nodes, flood: tuple, shared: list[str]) -> dic
     for mac in frozen:
         problems.append(f"MAC {mac} frozen by duplicate detection")
         trouble = True
-    for other in shared:
-        problems.append(f"VNI {lan['vni']} is also used by {other}")
+    owner = lan.get("vni_owner")
+    if owner is not None and owner != lan["namespace"]:
+        problems.append(f"VNI {lan['vni']} belongs to {_namespace(owner)}: this LAN's pods "
+                        "cannot attach")
+        trouble = True
+    elif shared:
+        why = ("two namespaces on one wire" if owner is not None
+               else "the first namespace to attach a pod owns it")
+        problems += [f"VNI {lan['vni']} is also {'claimed' if owner else 'defined'} by {other}: {why}"
+                     for other in shared]
         trouble = True
     for m in lan["members"]:
         who = f"{device_label(m['pod'])} {m.get('interface') or '(interface not named yet)'}"
@@ -129,17 +138,35 @@ def _lan_state(lan: dict, nodes: _Nodes, flood: tuple, shared: list[str]) -> dic
             "problems": problems, "nodes": hosting, "vteps": list(flood),
             "members": [{"device": device_id(m), "interface": m.get("interface"),
                          "mac": m.get("mac")} for m in lan["members"]],
-            "frozen_macs": frozen, "vni_shared_with": shared}
+            "frozen_macs": frozen, "vni_owner": owner, "vni_shared_with": shared}
+
+
+def _namespace(name: str) -> str:
+    return f"namespace {name}" if name else "the unnamed namespace"
 
 
 def _shared_vnis(lans: list[dict]) -> dict[str, list[str]]:
-    """LAN id -> the LANs of other namespaces on the same VNI (Kathara's VNIs are unique
-    cluster-wide: the same VNI in two labs puts them on one wire)."""
+    """LAN id -> the LANs of other namespaces this LAN shares its VNI with, as the VNI's claims
+    say (reflector.lanview: `vni_owner`, `vni_claimed_by`): the owner's LANs for a LAN of
+    another namespace (it cannot attach); for the owner's, the LANs of the namespaces that claim
+    the VNI too (on one wire with it; a namespace merely defining the VNI is refused its ADDs);
+    while nobody claims the VNI, every other namespace's LAN on it (Kathara's VNIs are unique
+    cluster-wide: the first to attach a pod owns the VNI)."""
     by_vni = defaultdict(list)
     for lan in lans:
         by_vni[lan["vni"]].append(lan)
-    return {lan_id(lan): [lan_id(o) for o in same if o["namespace"] != lan["namespace"]]
-            for same in by_vni.values() for lan in same}
+    shared = {}
+    for same in by_vni.values():
+        for lan in same:
+            owner, claimed = lan.get("vni_owner"), set(lan.get("vni_claimed_by") or ())
+            if owner is None:
+                peers = [o for o in same if o["namespace"] != lan["namespace"]]
+            elif owner == lan["namespace"]:
+                peers = [o for o in same if o["namespace"] != owner and o["namespace"] in claimed]
+            else:
+                peers = [o for o in same if o["namespace"] == owner]
+            shared[lan_id(lan)] = [lan_id(o) for o in peers]
+    return shared
 
 
 def build(sources: Sources, namespace: str | None = None) -> dict:

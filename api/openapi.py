@@ -34,6 +34,11 @@ _NODE_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9]
               "maxLength": 253, "example": "node-1"}
 _NAMESPACE = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
               "maxLength": 63, "example": "sebje0xn5pjx6sqombfcfg"}
+# A namespace as a VNI's claim names it: '' is the namespace of requests that name none.
+_CLAIMANT = {"type": "string", "pattern": r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+             "maxLength": 63, "example": "sebje0xn5pjx6sqombfcfg"}
+_OWNER = _nullable({**_CLAIMANT, "description": "the namespace that owns the VNI (the earliest "
+                    "claim: docs/architecture.md, Tenancy); null while none claims it"})
 
 _PARAMETERS = {
     "vni": {"name": "vni", "in": "path", "required": True,
@@ -79,10 +84,20 @@ def _params(*names: str) -> list[dict]:
 _SCHEMAS = {
     "Error": {"type": "object", "required": ["error", "status"],
               "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
-    "VniSummary": {"type": "object", "required": ["vni", "vteps", "macs"],
+    "VniSummary": {"type": "object", "required": ["vni", "vteps", "macs", "owner", "others"],
                    "properties": {"vni": {"type": "integer"},
                                   "vteps": {**_INT, "description": "VTEPs hosting the VNI"},
-                                  "macs": {**_INT, "description": "distinct MACs announced"}}},
+                                  "macs": {**_INT, "description": "distinct MACs announced"},
+                                  "owner": _OWNER,
+                                  "others": {"type": "array", "items": _CLAIMANT, "description":
+                                             "other namespaces claiming the VNI too (a "
+                                             "collision: they share its wire)"}}},
+    "VniClaim": {"type": "object", "required": ["namespace", "since", "vteps"],
+                 "properties": {"namespace": _CLAIMANT,
+                                "since": {**_INT, "description": "when the namespace first used "
+                                          "the VNI, ms since the epoch"},
+                                "vteps": {"type": "array", "items": _IP,
+                                          "description": "the VTEPs claiming it for it"}}},
     "VniList": {"type": "object", "required": ["vnis", "total", "next"],
                 "properties": {"vnis": {"type": "array", "items": _ref("VniSummary")},
                                "total": {**_INT, "description": "VNIs matching the filter"},
@@ -95,10 +110,19 @@ _SCHEMAS = {
                                 "vtep": _IP, "node": _nullable({"type": "string"}),
                                 "ip": _nullable({"type": "string"}),
                                 "ips": {"type": "array", "items": {"type": "string"}},
-                                "first_seen": _TIME, "last_changed": _TIME}},
-    "VniDetail": {"type": "object", "required": ["vni", "vteps", "mac_count", "macs", "next"],
+                                "first_seen": _TIME, "last_changed": _TIME,
+                                "pod": _nullable({"type": "string", "pattern": "^[0-9a-f]{12}$",
+                                                  "description": "the pod holding the MAC, as "
+                                                  "its route names it (a hash of namespace and "
+                                                  "device); null: none named"})}},
+    "VniDetail": {"type": "object", "required": ["vni", "vteps", "owner", "claims", "mac_count",
+                                                 "macs", "next"],
                   "properties": {"vni": {"type": "integer"},
                                  "vteps": {"type": "array", "items": _ref("Vtep")},
+                                 "owner": _OWNER,
+                                 "claims": {"type": "array", "items": _ref("VniClaim"),
+                                            "description": "one per namespace claiming the VNI, "
+                                            "the owner first; more than one is a collision"},
                                  "mac_count": {**_INT, "description": "distinct MACs in the VNI"},
                                  "macs": {"type": "array", "items": _ref("MacEntry")},
                                  "next": _nullable({"type": "string"})}},
@@ -128,7 +152,9 @@ _SCHEMAS = {
                               "type": {"type": "string", "enum": ["vtep", "mac"]},
                               "action": {"type": "string", "enum": ["add", "del"]},
                               "vni": {"type": "integer"}, "vtep": _IP,
-                              "mac": {"type": "string"}, "ip": _nullable({"type": "string"})}},
+                              "mac": {"type": "string"}, "ip": _nullable({"type": "string"}),
+                              "namespace": {**_CLAIMANT, "description": "a VTEP's claim on "
+                                            "the VNI"}}},
     "Events": {"type": "object", "required": ["seq", "epoch", "changes", "next", "truncated"],
                "properties": {"seq": {**_INT, "description": "the latest sequence number"},
                               "epoch": {**_TIME, "description": "when this reflector's log "
@@ -166,7 +192,11 @@ _SCHEMAS = {
                            "vni": {"type": "integer", "minimum": 1, "maximum": MAX_VNI},
                            "members": {"type": "array", "items": _ref("LanMember")},
                            "converged": {"type": "boolean", "description": "every member "
-                                         "attached and its MAC announced"}}},
+                                         "attached and its MAC announced"},
+                           "vni_owner": _OWNER,
+                           "vni_claimed_by": {"type": "array", "items": _CLAIMANT,
+                                              "description": "every namespace claiming the VNI, "
+                                              "the owner first"}}},
     "LanList": {"type": "object",
                 "required": ["namespace", "watching", "synced", "converged", "lans"],
                 "properties": {"namespace": _nullable({"type": "string"}),
@@ -197,9 +227,13 @@ _SCHEMAS = {
                               "members": {"type": "array", "items": {"type": "object"}},
                               "frozen_macs": {"type": "array", "items": {"type": "string"},
                                               "description": "MACs frozen by duplicate detection"},
+                              "vni_owner": _OWNER,
                               "vni_shared_with": {"type": "array", "items": {"type": "string"},
-                                                  "description": "LANs of other namespaces on "
-                                                  "the same VNI"}}},
+                                                  "description": "LANs of other namespaces this "
+                                                  "one shares its VNI with: the owner's (this LAN "
+                                                  "cannot attach), those claiming it too (one "
+                                                  "wire), or, while nobody claims it, every other "
+                                                  "namespace's LAN on it"}}},
     "LanMap": {"type": "object",
                "required": ["version", "namespace", "watching", "synced", "reflector",
                             "namespaces", "summary", "nodes", "devices", "lans"],

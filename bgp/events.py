@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from bgp import claims
 from bgp.protocol import ADD, DEL, MacRoute, PeerSummary, VtepRoute
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ def mobility_seq(path) -> int:
     return 0
 
 
+def _claims(path) -> dict[int, bytes]:
+    """Our communities on a path (bgp.claims), by sub-type."""
+    return claims.from_osken(path.get_pattr(PATH_ATTR_EXTENDED_COMMUNITIES))
+
+
 def route_event(path, is_withdraw: bool, own_router_id: str | None = None) -> MacRoute | VtepRoute | None:
     """The route event of an os-ken EVPN path (`nlri` with ROUTE_TYPE_NAME, `nexthop`,
     `get_pattr(type)`), or None: other route types, no VNI, or our own VTEP."""
@@ -38,7 +44,9 @@ def route_event(path, is_withdraw: bool, own_router_id: str | None = None) -> Ma
         vtep = path.nexthop
         if vtep == own_router_id or nlri.vni is None:
             return None
-        return MacRoute(action, nlri.vni, nlri.mac_addr, vtep, nlri.ip_addr or None, mobility_seq(path))
+        pod = None if is_withdraw else claims.read_pod(_claims(path))
+        return MacRoute(action, nlri.vni, nlri.mac_addr, vtep, nlri.ip_addr or None, mobility_seq(path),
+                        pod)
     if kind == TYPE3:
         pmsi = path.get_pattr(PATH_ATTR_PMSI_TUNNEL)
         if pmsi is None or not pmsi.vni:
@@ -47,7 +55,8 @@ def route_event(path, is_withdraw: bool, own_router_id: str | None = None) -> Ma
         vtep = getattr(pmsi.tunnel_id, "tunnel_endpoint_ip", None) or nlri.ip_addr
         if vtep == own_router_id:
             return None
-        return VtepRoute(action, pmsi.vni, vtep)
+        claim = None if is_withdraw else claims.read_vni_claim(_claims(path))
+        return VtepRoute(action, pmsi.vni, vtep, *((claim.namespace, claim.since) if claim else ()))
     return None
 
 

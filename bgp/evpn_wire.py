@@ -18,6 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from bgp import claims
 from bgp.protocol import ADD, DEL, MacRoute, VtepRoute
 
 MARKER = b"\xff" * 16
@@ -234,6 +235,11 @@ def mobility_seq(update: EvpnUpdate) -> int:
     return 0
 
 
+def _claims(update: EvpnUpdate) -> dict[int, bytes]:
+    """Our communities in the UPDATE (bgp.claims), by sub-type."""
+    return claims.ours(update.attributes.get(EXT_COMMUNITIES, (0, b""))[1])
+
+
 def _ip_text(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
@@ -247,7 +253,9 @@ def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> MacRoute | V
         ip_bytes = value[29] // 8
         vni = int.from_bytes(value[30 + ip_bytes:33 + ip_bytes], "big")
         ip = _ip_text(value[30:30 + ip_bytes]) if ip_bytes else None
-        return MacRoute(action, vni, value[23:29].hex(":"), update.next_hop_text, ip, mobility_seq(update))
+        pod = None if withdraw else claims.read_pod(_claims(update))
+        return MacRoute(action, vni, value[23:29].hex(":"), update.next_hop_text, ip, mobility_seq(update),
+                        pod)
     pmsi = update.attributes.get(PMSI_TUNNEL)
     if pmsi is None or len(pmsi[1]) < 5:
         return None
@@ -257,4 +265,5 @@ def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> MacRoute | V
     endpoint = pmsi[1][5:]
     vtep = (_ip_text(endpoint) if pmsi[1][1] == PMSI_INGRESS_REPLICATION and len(endpoint) in (4, 16)
             else _ip_text(value[13:]))
-    return VtepRoute(action, vni, vtep)
+    claim = None if withdraw else claims.read_vni_claim(_claims(update))
+    return VtepRoute(action, vni, vtep, *((claim.namespace, claim.since) if claim else ()))

@@ -17,25 +17,34 @@ start-up, before the BGPSpeaker exists):
 - `patch_peer_up_address`: peer_up_handler gets the router id.
 - `patch_route_refresh_without_med`: a ROUTE-REFRESH kills the session.
 - `patch_originator_id_loop_check`: our own routes reflected back are kept.
+- `patch_pending_paths_replaced`: a route announced twice before its destination is processed
+  keeps the first version, and a stale copy that outlives its withdrawal.
 
 Reflector role only (`apply_reflector_fixes`): `patch_evpn_next_hop_local` (EVPN routes whose VTEP
 is the session's local address are dropped) and the NLRI wire cache; `enable_restart_grace`
 (os-ken has no graceful restart: keep a peer's routes a while when its session closes).
 
 Helpers: `delete_neighbor` (neighbor_del leaves the peer's routes in the RIB), `connect_mode`
-(compared with `is`), `set_hold_time` and `set_connect_retry` (not settable through BGPSpeaker).
+(compared with `is`), `set_hold_time` and `set_connect_retry` (not settable through BGPSpeaker),
+`originate_evpn` (evpn_prefix_add with extended communities of our own: the claims of
+bgp.claims).
 """
 from __future__ import annotations
 
 import logging
 
 from os_ken.lib import sockopt
-from os_ken.lib.packet.bgp import BGP_ATTR_TYPE_MP_REACH_NLRI, BGP_ATTR_TYPE_ORIGINATOR_ID, RF_L2_EVPN
+from os_ken.lib.packet.bgp import (BGP_ATTR_TYPE_EXTENDED_COMMUNITIES, BGP_ATTR_TYPE_MP_REACH_NLRI,
+                                    BGP_ATTR_TYPE_ORIGINATOR_ID, RF_L2_EVPN,
+                                    BGPPathAttributeExtendedCommunities, _ExtendedCommunity)
 from os_ken.services.protocols.bgp import bgpspeaker
 from os_ken.services.protocols.bgp import peer as bgp_peer
 from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
 from os_ken.services.protocols.bgp.core_managers import peer_manager
 from os_ken.services.protocols.bgp.core_managers.peer_manager import PeerManager
+from os_ken.services.protocols.bgp.info_base.base import Destination
+from os_ken.services.protocols.bgp.info_base.vrf import VrfDest
+from os_ken.services.protocols.bgp.info_base.vrfevpn import VrfEvpnTable
 from os_ken.services.protocols.bgp.peer import Peer
 from os_ken.services.protocols.bgp.rtconf import neighbors
 from os_ken.services.protocols.bgp.rtconf.base import HOLD_TIME
@@ -155,9 +164,47 @@ def patch_originator_id_loop_check() -> bool:
     return replace(Peer, '_is_looped_path_attrs', _is_looped_path_attrs_own_originator)
 
 
+def _same_origin(dest, pending, newer) -> bool:
+    """Whether `newer` replaces `pending` in `dest`, by the destination's own rule (its
+    _remove_old_paths and _remove_withdrawals): the source, or in a VRF the path's puid."""
+    if isinstance(dest, VrfDest):
+        return pending.puid == newer.puid
+    return pending.source == newer.source
+
+
+def _add_new_path_replacing_pending(self, new_path):
+    original(Destination, 'add_new_path')(self, new_path)
+    self._new_path_list[:-1] = [p for p in self._new_path_list[:-1]
+                                if not _same_origin(self, p, new_path)]
+
+
+def _add_withdraw_cancelling_pending(self, withdraw):
+    original(Destination, 'add_withdraw')(self, withdraw)
+    self._new_path_list[:] = [p for p in self._new_path_list if not _same_origin(self, p, withdraw)]
+
+
+def patch_pending_paths_replaced() -> bool:
+    """A path (or a withdrawal) replaces the path of the same origin still waiting in its
+    destination's list of new paths.
+
+    ``Destination.add_new_path`` appends to ``_new_path_list`` and the destination is processed
+    later (``_process_paths``): a known path is replaced by a new one of the same source
+    (``_remove_old_paths``), but two new ones of the same source both become known paths, and
+    the best-path run keeps the first. A route originated twice in one slice of the hub (a MAC
+    announced when the bridge learned it, then again naming its pod) went out with the first
+    version; worse, a withdrawal removes one known path of its source only, so the other copy
+    stayed announced after the route was withdrawn. A withdrawal queued after a new path is
+    processed before it (``_remove_withdrawals`` runs first) and was lost the same way: here it
+    cancels the pending path. The rule for "the same origin" is each destination's own.
+    """
+    replaced = replace(Destination, 'add_new_path', _add_new_path_replacing_pending)
+    return replace(Destination, 'add_withdraw', _add_withdraw_cancelling_pending) or replaced
+
+
 def apply_all() -> None:
     """Apply every in-place fix of every role (idempotent)."""
     patch_originator_id_loop_check()
+    patch_pending_paths_replaced()
     patch_route_refresh_without_med()
     patch_md5_str_password()
     patch_peer_up_address()
@@ -257,6 +304,46 @@ def set_connect_retry(seconds: int) -> None:
     if seconds < 1:
         raise ValueError(f"connect retry must be at least 1 s, not {seconds}")
     CORE_MANAGER.common_conf._settings['bgp_conn_retry_time'] = seconds
+
+
+# --- extended communities of our own on the routes we originate ---------------
+
+_ORIGINATING: dict = {}  # while originate_evpn runs: route_dist and the communities to add
+
+
+def _insert_with_our_communities(self, path):
+    """VrfEvpnTable.insert, adding the communities `originate_evpn` was given to the path it
+    inserts (only that VRF's, and not to a withdrawal)."""
+    extra = _ORIGINATING.get("communities")
+    if extra and not path.is_withdraw and path.nlri.route_dist == _ORIGINATING["route_dist"]:
+        attrs = path._path_attr_map  # the path's own map: `pathattr_map` is a copy
+        have = attrs.get(BGP_ATTR_TYPE_EXTENDED_COMMUNITIES)
+        attrs[BGP_ATTR_TYPE_EXTENDED_COMMUNITIES] = BGPPathAttributeExtendedCommunities(
+            communities=list(have.communities if have else ()) + list(extra))
+    return original(VrfEvpnTable, 'insert')(self, path)
+
+
+def originate_evpn(speaker, communities: list[bytes], **route) -> None:
+    """``speaker.evpn_prefix_add(**route)``, the route also carrying ``communities`` (extended
+    communities, 8 octets each, after os-ken's own).
+
+    ``BGPSpeaker.evpn_prefix_add`` takes no communities: ``VrfTable.insert_vrf_path`` builds the
+    route's EXTENDED_COMMUNITIES from the VRF's export RTs, the encapsulation and the MAC
+    mobility sequence only, and ``TableCoreManager.update_vrf_table`` passes nothing else on.
+    The new path goes into the VRF table through ``VrfEvpnTable.insert`` (inherited from
+    ``Table``), before any best-path run or export sees it: that is where ours are added. The
+    path keeps them when it is copied into the global table and sent (os-ken keeps a community
+    it does not know as BGPUnknownExtendedCommunity and serialises it back as it was).
+    ``evpn_prefix_add`` does not yield to the hub between the call and the insert (no I/O), so
+    no other origination can run while ours are pending.
+    """
+    parsed = [_ExtendedCommunity.parse(bytes(value))[0] for value in communities]
+    replace(VrfEvpnTable, 'insert', _insert_with_our_communities)
+    _ORIGINATING.update(route_dist=route["route_dist"], communities=parsed)
+    try:
+        speaker.evpn_prefix_add(**route)
+    finally:
+        _ORIGINATING.clear()
 
 
 # --- restart grace (reflector role) -------------------------------------------

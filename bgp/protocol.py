@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from base.primitives import MAX_VNI, normalize_mac, parse_vni
+from base.tenancy import MAX_SINCE, VniClaim, parse_namespace, parse_pod_id
 
 ROLE_SPEAKER, ROLE_REFLECTOR = "speaker", "reflector"
 ROLES = (ROLE_SPEAKER, ROLE_REFLECTOR)
@@ -113,6 +114,29 @@ def _action(args: dict) -> str:
 
 
 _CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def _claim(args: dict) -> tuple[str | None, int]:
+    """(namespace, since) of a VTEP route's claim: (None, 0) when it claims nothing."""
+    namespace = _field(args, "namespace", str, None)
+    if namespace is None:
+        return None, 0
+    try:
+        return parse_namespace(namespace), _int_in(args, "since", 0, MAX_SINCE)
+    except ValueError as exc:
+        raise ProtocolError(f'"namespace": {exc}') from None
+
+
+def _pod(args: dict) -> str | None:
+    pod = _field(args, "pod", str, None)
+    try:
+        return None if pod is None else parse_pod_id(pod)
+    except ValueError as exc:
+        raise ProtocolError(f'"pod": {exc}') from None
+
+
+def _vni_claim(namespace: str | None, since: int) -> VniClaim | None:
+    return None if namespace is None else VniClaim(since, namespace)
 
 
 def _mac(args: dict) -> str:
@@ -217,14 +241,22 @@ class VtepAdd(Command):
     """Take part in a VNI (speaker role): an EVPN VRF with RD <router_id>:<rd_index> (a VNI above
     65535 cannot be a Type-1 RD number) and export RT <asn>:<vni>, and its VTEP route (Type-3:
     ethernet tag 0, originator = next hop = router_id, PMSI tunnel type 6 with the VNI, the VXLAN
-    encapsulation community). The same again is a no-op. Result: True if added."""
+    encapsulation community). With `namespace` (and `since`) the route claims the VNI for that
+    namespace (bgp.claims). The same again is a no-op; the same VNI with another claim announces
+    the route again with it. Result: True if added (or announced again)."""
     op: ClassVar[str] = "vtep_add"
     vni: int
     rd_index: int
+    namespace: str | None = None
+    since: int = 0
+
+    @property
+    def claim(self) -> VniClaim | None:
+        return _vni_claim(self.namespace, self.since)
 
     @classmethod
     def decode(cls, args: dict) -> "VtepAdd":
-        return cls(_vni(args), _int_in(args, "rd_index", 0, MAX_RD_INDEX))
+        return cls(_vni(args), _int_in(args, "rd_index", 0, MAX_RD_INDEX), *_claim(args))
 
 
 @dataclass(frozen=True)
@@ -243,16 +275,19 @@ class MacAdd(Command):
     """A MAC route (Type-2) in the VNI's VRF, keyed by (mac, ip): ethernet tag 0, ESI 0, label =
     VNI, next hop = router_id. `seq` > 0 adds the MAC Mobility community (RFC 7432 15): the route
     then wins over an older announcement of the MAC from another node; adding it again with
-    another seq re-announces it. Result: True if announced (again)."""
+    another seq re-announces it. `pod` (base.tenancy.pod_id): the route says that pod holds the
+    MAC (bgp.claims); another pod re-announces it. Result: True if announced (again)."""
     op: ClassVar[str] = "mac_add"
     vni: int
     mac: str
     ip: str | None = None
     seq: int = 0
+    pod: str | None = None
 
     @classmethod
     def decode(cls, args: dict) -> "MacAdd":
-        return cls(_vni(args), _mac(args), _ip(args, "ip", None), _int_in(args, "seq", 0, MAX_SEQ, 0))
+        return cls(_vni(args), _mac(args), _ip(args, "ip", None), _int_in(args, "seq", 0, MAX_SEQ, 0),
+                   _pod(args))
 
 
 @dataclass(frozen=True)
@@ -394,7 +429,8 @@ class MacRoute:
     `seq` its MAC mobility sequence number (0 without the community). A MAC that moves is two
     routes (each node has its own RD): an add from the new VTEP, a del from the old, in either
     order: key forwarding state on (vni, mac, vtep). An add may repeat without a del between (the
-    same route from two reflectors): adds are idempotent."""
+    same route from two reflectors): adds are idempotent. `pod`: the pod holding the MAC
+    (bgp.claims), None when the route names none."""
     event: ClassVar[str] = "mac"
     action: str
     vni: int
@@ -402,6 +438,7 @@ class MacRoute:
     vtep: str
     ip: str | None = None
     seq: int = 0
+    pod: str | None = None
 
     @property
     def added(self) -> bool:
@@ -410,25 +447,32 @@ class MacRoute:
     @classmethod
     def decode(cls, message: dict) -> "MacRoute":
         return cls(_action(message), _vni(message), _mac(message), _ip(message, "vtep"),
-                   _ip(message, "ip", None), _int_in(message, "seq", 0, MAX_SEQ, 0))
+                   _ip(message, "ip", None), _int_in(message, "seq", 0, MAX_SEQ, 0), _pod(message))
 
 
 @dataclass(frozen=True)
 class VtepRoute:
     """A VTEP route (Type-3) learned from a peer was added or withdrawn: `vtep` takes part in
-    `vni` (from the PMSI attribute, as FRR reads it)."""
+    `vni` (from the PMSI attribute, as FRR reads it). With `namespace` (and `since`) it claims
+    the VNI for that namespace (bgp.claims); a withdrawal carries no claim."""
     event: ClassVar[str] = "vtep"
     action: str
     vni: int
     vtep: str
+    namespace: str | None = None
+    since: int = 0
 
     @property
     def added(self) -> bool:
         return self.action == ADD
 
+    @property
+    def claim(self) -> VniClaim | None:
+        return _vni_claim(self.namespace, self.since)
+
     @classmethod
     def decode(cls, message: dict) -> "VtepRoute":
-        return cls(_action(message), _vni(message), _ip(message, "vtep"))
+        return cls(_action(message), _vni(message), _ip(message, "vtep"), *_claim(message))
 
 
 @dataclass(frozen=True)

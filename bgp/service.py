@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from bgp import claims
 from bgp.events import peer_summary, route_event
 from bgp.protocol import (ROLE_REFLECTOR, Command, MacAdd, MacDel, Originated, PeerAdd, PeerDel,
                           Peers, PeerState, ProtocolError, Reply, Rib, Start, Stop, VtepAdd,
@@ -24,7 +25,9 @@ log = logging.getLogger("megalos.bgp.service")
 class _LocalVni:
     rd_index: int
     route_dist: str
+    claim: object = None                      # base.tenancy.VniClaim the VTEP route carries
     macs: dict = field(default_factory=dict)  # (mac, ip) -> mobility seq
+    pods: dict = field(default_factory=dict)  # (mac, ip) -> the pod its route names, or None
 
 
 class BgpService:
@@ -116,13 +119,16 @@ class BgpService:
         if known is not None:
             if known.rd_index != command.rd_index:
                 raise ProtocolError(f"vni {command.vni} already has rd_index {known.rd_index}")
-            return False
+            if known.claim == command.claim:
+                return False
+            self._announce_vtep(known.route_dist, command)  # the VNI changed hands: claim again
+            known.claim = command.claim
+            return True
         for other_vni, other in self._vnis.items():
             if other.rd_index == command.rd_index:
                 raise ProtocolError(f"rd_index {command.rd_index} is used by vni {other_vni}")
         bgpspeaker = self._osken.bgpspeaker
-        router_id = self._config.router_id
-        route_dist = route_distinguisher(router_id, command.rd_index)
+        route_dist = route_distinguisher(self._config.router_id, command.rd_index)
         # Export only: what we receive is reported from the global EVPN table
         # (_on_best_path_change) and the agent filters it by VNI; importing every received route
         # into a VRF as well only cost CPU (a fifth of this process's for 10k MACs) and memory.
@@ -130,16 +136,21 @@ class BgpService:
                               export_rts=[route_target(self._config.asn, command.vni)],
                               route_family=bgpspeaker.RF_L2_EVPN)
         try:
-            self._speaker.evpn_prefix_add(
-                route_type=bgpspeaker.EVPN_MULTICAST_ETAG_ROUTE, route_dist=route_dist,
-                ethernet_tag_id=0, ip_addr=router_id, vni=command.vni, next_hop=router_id,
-                tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN,
-                pmsi_tunnel_type=bgpspeaker.PMSI_TYPE_INGRESS_REP)
+            self._announce_vtep(route_dist, command)
         except Exception:
             self._speaker.vrf_del(route_dist)
             raise
-        self._vnis[command.vni] = _LocalVni(command.rd_index, route_dist)
+        self._vnis[command.vni] = _LocalVni(command.rd_index, route_dist, command.claim)
         return True
+
+    def _announce_vtep(self, route_dist: str, command: VtepAdd) -> None:
+        bgpspeaker = self._osken.bgpspeaker
+        router_id = self._config.router_id
+        self._osken.compat.originate_evpn(
+            self._speaker, claims.vtep_claim(command.claim) if command.claim else [],
+            route_type=bgpspeaker.EVPN_MULTICAST_ETAG_ROUTE, route_dist=route_dist,
+            ethernet_tag_id=0, ip_addr=router_id, vni=command.vni, next_hop=router_id,
+            tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN, pmsi_tunnel_type=bgpspeaker.PMSI_TYPE_INGRESS_REP)
 
     def _vtep_del(self, command: VtepDel) -> bool:
         known = self._vnis.pop(command.vni, None)
@@ -157,17 +168,19 @@ class BgpService:
         self._check_originates()
         known = self._local_vni(command.vni)
         key = (command.mac, command.ip)
-        if known.macs.get(key) == command.seq:
+        if key in known.macs and (known.macs[key], known.pods[key]) == (command.seq, command.pod):
             return False
         bgpspeaker = self._osken.bgpspeaker
         # A sequence number (RFC 7432 MAC mobility) only once the MAC has moved: the route then
         # wins over the one its old node may still announce.
         mobility = {"mac_mobility": command.seq} if command.seq else {}
-        self._speaker.evpn_prefix_add(
+        self._osken.compat.originate_evpn(
+            self._speaker, claims.mac_holder(command.pod) if command.pod else [],
             route_type=bgpspeaker.EVPN_MAC_IP_ADV_ROUTE, route_dist=known.route_dist, esi=0,
             ethernet_tag_id=0, mac_addr=command.mac, ip_addr=command.ip, vni=command.vni,
             next_hop=self._config.router_id, tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN, **mobility)
         known.macs[key] = command.seq
+        known.pods[key] = command.pod
         return True
 
     def _mac_del(self, command: MacDel) -> bool:
@@ -176,7 +189,7 @@ class BgpService:
         if key not in known.macs:
             return False
         self._withdraw_mac(known.route_dist, command.mac, command.ip)
-        del known.macs[key]
+        del known.macs[key], known.pods[key]
         return True
 
     def _check_originates(self) -> None:

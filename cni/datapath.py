@@ -17,11 +17,13 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from base.tenancy import Tenant, VniClaim
 from cni import naming, netns
 from cni.netlink import (IFLA_ADDRESS, IFLA_BR_FDB_MAX_LEARNED, IFLA_BR_NF_CALL_ARPTABLES,
                          IFLA_BR_NF_CALL_IP6TABLES, IFLA_BR_NF_CALL_IPTABLES, IFLA_IFALIAS, IFLA_MASTER,
                          IFLA_MTU, IFLA_NET_NS_FD, IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK,
-                         IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NUD_NOARP,
+                         IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT, NTF_MASTER, NTF_STICKY,
+                         NUD_NOARP,
                          NUD_PERMANENT, VETH_INFO_PEER, FdbEntry, Link, Netlink, NetlinkError, attr, be16,
                          ip, link_body, linkinfo, mac, u8)
 
@@ -70,19 +72,36 @@ class Lan:
 
 @dataclass(frozen=True)
 class Port:
-    """A pod attachment as seen from the host: the veth's host end, the pod MACs behind it, and
-    its mark (naming.port_mark of its network; '' on a port an older agent made)."""
+    """A pod attachment as seen from the host: the veth's host end, the pod MACs behind it, its
+    mark (naming.port_mark of its network; '' on a port an older agent made) and its pod
+    ('namespace/name', '#<pod id>', or '' when the request named none)."""
 
     name: str
     index: int
     vni: int
     macs: tuple
     mark: str = ""
+    pod: str = ""
+
+    @classmethod
+    def of(cls, link: Link, vni: int, macs: tuple) -> "Port":
+        mark, pod = naming.split_port_alias(link.alias)
+        return cls(link.name, link.index, vni, macs, mark, pod)
+
+    @property
+    def pod_id(self) -> str | None:
+        """The pod's base.tenancy.pod_id, None if the port records no pod."""
+        if not self.pod:
+            return None
+        if self.pod.startswith("#"):
+            return self.pod[1:]
+        namespace, _, name = self.pod.partition("/")
+        return Tenant(namespace, name).pod_id
 
 
 def _ours(link: Link | None, kind: str, mark: str) -> bool:
     """Whether `link` is a device Megalos made: of `kind`, carrying `mark` as its alias."""
-    return link is not None and link.kind == kind and link.alias == mark
+    return link is not None and link.kind == kind and naming.has_mark(link.alias, mark)
 
 
 def _foreign(link: Link, mark: str) -> ConflictError:
@@ -178,15 +197,25 @@ class Datapath:
                 return None
             return Lan(vni, vtep.index, bridge.index, vtep.mtu)
 
-    def ensure_lan(self, vni: int, port: int, underlay: Underlay, mtu: int = 0) -> tuple[Lan, bool]:
+    def lan_claim(self, vni: int) -> tuple[int, VniClaim | None] | None:
+        """(the VNI's bridge's ifindex, the claim it records: the namespace whose pods use the
+        VNI on this node, None on a bridge an older agent made), or None: no bridge."""
+        bridge = self._link(name=naming.bridge_name(vni))
+        if not _ours(bridge, "bridge", naming.BRIDGE_MARK):
+            return None
+        return bridge.index, naming.bridge_claim(bridge.alias)
+
+    def ensure_lan(self, vni: int, port: int, underlay: Underlay, mtu: int = 0,
+                   claim: VniClaim | None = None) -> tuple[Lan, bool]:
         """The VNI's bridge and VTEP, created if missing; (lan, created). Two lookups when the
-        LAN exists, which also check it: a VXLAN device with our parameters, up, on the bridge."""
+        LAN exists, which also check it: a VXLAN device with our parameters, up, on the bridge.
+        `claim` is recorded on a bridge that records none (cni.plugin checked it first)."""
         limit = underlay.overlay_mtu
         if mtu > limit:
             raise ConflictError(f"mtu {mtu} is above the overlay limit {limit} "
                                 f"(underlay {underlay.name} mtu {underlay.mtu} minus VXLAN overhead)")
         with self._lock:
-            bridge, created_bridge = self.ensure_bridge(vni, underlay)
+            bridge, created_bridge = self.ensure_bridge(vni, underlay, claim)
             try:
                 vtep, created_vtep = self.ensure_vtep(vni, port, underlay, mtu or limit, bridge)
             except Exception:
@@ -195,8 +224,9 @@ class Datapath:
                 raise
             return Lan(vni, vtep, bridge, mtu or limit), created_bridge or created_vtep
 
-    def ensure_bridge(self, vni: int, underlay: Underlay) -> tuple[int, bool]:
-        """(bridge ifindex, created)."""
+    def ensure_bridge(self, vni: int, underlay: Underlay,
+                      claim: VniClaim | None = None) -> tuple[int, bool]:
+        """(bridge ifindex, created); a bridge made, or found without a claim, records `claim`."""
         name = naming.bridge_name(vni)
         with self._lock:
             link = self._nl.link(name=name)
@@ -204,8 +234,10 @@ class Datapath:
                 if link.kind != "bridge":
                     raise ConflictError(f"{name} exists and is a {link.kind or 'plain'} device, "
                                         "not a bridge")
-                if link.alias != naming.BRIDGE_MARK:
+                if not naming.has_mark(link.alias, naming.BRIDGE_MARK):
                     raise _foreign(link, naming.BRIDGE_MARK)
+                if claim is not None and naming.bridge_claim(link.alias) is None:
+                    self._set_alias(link.index, naming.bridge_mark(claim))
                 if not link.up:
                     self._nl.set_link(link_body(index=link.index, up=True))
                 return link.index, False
@@ -217,7 +249,7 @@ class Datapath:
                 linkinfo("bridge", [attr(IFLA_BR_NF_CALL_IPTABLES, u8(0)),
                                     attr(IFLA_BR_NF_CALL_IP6TABLES, u8(0)),
                                     attr(IFLA_BR_NF_CALL_ARPTABLES, u8(0)), *cap])])
-            return self._create_marked(name, body, naming.BRIDGE_MARK), True
+            return self._create_marked(name, body, naming.bridge_mark(claim)), True
 
     def ensure_vtep(self, vni: int, port: int, underlay: Underlay, mtu: int,
                     bridge_index: int) -> tuple[int, bool]:
@@ -229,7 +261,7 @@ class Datapath:
             link = self._nl.link(name=name)
             if link is not None:
                 self._check_vtep(link, vni, port, underlay, mtu)
-                if link.alias != naming.VTEP_MARK:
+                if not naming.has_mark(link.alias, naming.VTEP_MARK):
                     raise _foreign(link, naming.VTEP_MARK)
                 if link.master != bridge_index or not link.up:
                     self._nl.set_link(link_body(index=link.index, up=True,
@@ -386,8 +418,7 @@ class Datapath:
                 bridge_index = bridge.index
             links = [link for link in self._nl.links(master=bridge_index)
                      if naming.is_port_name(link.name)]
-            return [Port(link.name, link.index, vni, self._static_macs(link.index), link.alias)
-                    for link in links]
+            return [Port.of(link, vni, self._static_macs(link.index)) for link in links]
 
     def _static_macs(self, index: int) -> tuple:
         with self._lock:
@@ -398,18 +429,30 @@ class Datapath:
             link = self._nl.link(name=name)
             if link is None:
                 return None
-            return Port(name, link.index, port_vni(self._nl, link) or 0,
-                        self._static_macs(link.index), link.alias)
+            return Port.of(link, port_vni(self._nl, link) or 0, self._static_macs(link.index))
+
+    def mac_holder(self, vni: int, bridge_index: int, pod_mac: str) -> Port | None:
+        """The pod port of the VNI's bridge that holds `pod_mac` (ADD recorded it there), or
+        None. One lookup in the bridge's FDB, one of the port: not a walk of the LAN."""
+        with self._lock:
+            entry = self._nl.fdb_get(bridge_index, pod_mac)
+            if entry is None or not entry.state & NUD_NOARP or entry.state & NUD_PERMANENT:
+                return None
+            link = self._nl.link(index=entry.ifindex)
+            if link is None or not naming.is_port_name(link.name):
+                return None
+            return Port.of(link, vni, (pod_mac,))
 
     def mark_port(self, port: Port, network: str) -> None:
         """Mark a port an older agent made (no mark) as `network`'s: GC proved it is."""
         self._set_alias(port.index, naming.port_mark(network))
 
     def add_port(self, lan: Lan, name: str, netns_fd: int, ifname: str, pod_mac: str,
-                 network: str) -> str:
+                 network: str, tenant: Tenant | None = None) -> str:
         """Create the pod's veth in one request (the pod end inside the netns of `netns_fd`,
-        from netns.open_fd), mark the host end as `network`'s and bring both ends up; returns
-        the host MAC."""
+        from netns.open_fd), mark the host end as `network`'s and `tenant`'s pod's, bring both
+        ends up, and record the pod MAC on the port as a sticky static entry (a frame another
+        port sends from that MAC cannot move it there); returns the host MAC."""
         host_mac = naming.derived_mac("port", name)
         body = link_body(name=name, up=True, attrs=[
             attr(IFLA_ADDRESS, mac(host_mac)), attr(IFLA_MTU, lan.mtu),
@@ -429,14 +472,14 @@ class Datapath:
                     what = f"interface {ifname} already exists in the pod"
                 raise ExistsError(what) from None
         try:
-            self._set_alias(index, naming.port_mark(network))
+            self._set_alias(index, naming.port_mark(network, tenant))
             # The pod end cannot be created up (veth_open needs its peer): set it from inside.
             with netns.open_netlink(netns_fd) as pod:
                 pod.set_link(link_body(name=ifname, up=True))
             with self._lock:
                 # replace: the pod may have sent a frame already, and the bridge learned it
                 self._nl.fdb_replace(FdbEntry(index, pod_mac, state=NUD_NOARP,
-                                              flags=NTF_MASTER))
+                                              flags=NTF_MASTER | NTF_STICKY))
         except Exception:
             self.delete_port(name)
             raise

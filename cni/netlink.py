@@ -58,7 +58,7 @@ RTMGRP_NEIGH = 0x4           # the multicast group of neighbour (and FDB) events
 SO_RCVBUFFORCE = 33
 AF_BRIDGE = 7
 IFF_UP = 0x1
-NTF_SELF, NTF_MASTER, NTF_EXT_LEARNED = 0x02, 0x04, 0x10
+NTF_SELF, NTF_MASTER, NTF_EXT_LEARNED, NTF_STICKY = 0x02, 0x04, 0x10, 0x40
 NUD_REACHABLE, NUD_NOARP, NUD_PERMANENT = 0x02, 0x40, 0x80
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
@@ -506,6 +506,16 @@ class Netlink:
             entry = _fdb_entry(msg, 0, len(msg), want)
             if entry is not None:
                 yield entry
+
+    def fdb_get(self, bridge: int, lladdr: str) -> FdbEntry | None:
+        """The entry of `lladdr` in bridge `bridge`'s own FDB (`bridge fdb get`), or None."""
+        try:
+            (reply,) = self.request(RTM_GETNEIGH, fdb_body(FdbEntry(0, lladdr, master=bridge)))
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return None
+            raise
+        return FdbEntry.parse(reply)
 
     def fdb_replace(self, entry: FdbEntry) -> None:
         """`bridge fdb replace`: write the entry, whether or not it exists."""

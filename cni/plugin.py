@@ -13,8 +13,11 @@ import math
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 
+from base import tenancy
 from base.primitives import host_mac
+from base.tenancy import Tenant, VniClaim, namespace_text
 from cni import naming, netns, spec
 from cni.config import STANDARD_VXLAN_PORTS, NetConf, parse_netconf
 from cni.datapath import ConflictError, Datapath, DatapathError, ExistsError
@@ -27,13 +30,22 @@ log = logging.getLogger(__name__)
 
 class Announcements:
     """What the datapath tells the control plane to announce: this node's VTEP now takes part in a
-    VNI (or no longer does), a pod MAC appeared on it (or went). The node speaker overrides these;
-    without a control plane they are no-ops."""
+    VNI (or no longer does), a pod MAC appeared on it (or went; `pod`: the base.tenancy.pod_id of
+    the pod holding it). And what the control plane knows of other nodes, for the ADD's checks:
+    the claims their VTEP routes carry on a VNI, [(VTEP, claim)], and the route that wins for a
+    MAC, (VTEP, the pod it names or None). The node speaker overrides these; without a control
+    plane they are no-ops, and know nothing."""
 
     def vtep_added(self, vni: int) -> None: ...
     def vtep_removed(self, vni: int) -> None: ...
-    def mac_added(self, vni: int, mac: str) -> None: ...
+    def mac_added(self, vni: int, mac: str, pod: str | None = None) -> None: ...
     def mac_removed(self, vni: int, mac: str) -> None: ...
+
+    def vni_claims(self, vni: int) -> list[tuple[str, VniClaim]]:
+        return []
+
+    def mac_holder(self, vni: int, mac: str) -> tuple[str, str | None] | None:
+        return None
 
 
 class VniLocks:
@@ -77,6 +89,26 @@ def _requested_mac(inv: spec.Invocation, conf: NetConf) -> str:
         except ValueError as exc:
             raise CniError(spec.ERR_INVALID_ENV, f"CNI_ARGS MAC: {exc}") from None
     return ""
+
+
+def _when(claim: VniClaim) -> str:
+    return datetime.fromtimestamp(claim.since / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def _vni_owned(vni: int, owner: VniClaim, where: str, tenant: Tenant) -> CniError:
+    return CniError(spec.ERR_VNI_OWNED,
+                    f"VNI {vni} belongs to {namespace_text(owner.namespace)} (since {_when(owner)}, "
+                    f"{where}): {namespace_text(tenant.namespace)} cannot attach to it",
+                    "a VNI belongs to the first namespace that uses it, until its last pod on the "
+                    "VNI is gone from every node; give this network another vxlanId")
+
+
+def _mac_held(vni: int, pod_mac: str, holder: str, tenant: Tenant) -> CniError:
+    asking = f"pod {tenant.pod_text}" if tenant.pod else "a request without K8S_POD_NAME"
+    return CniError(spec.ERR_MAC_HELD, f"MAC {pod_mac} on VNI {vni} is held by {holder}: {asking} "
+                    "cannot take it",
+                    "a MAC moves only with its pod (the same namespace and device, e.g. a Kathara "
+                    "device made again on another node); give this interface another MAC")
 
 
 class Plugin:
@@ -139,6 +171,7 @@ class Plugin:
 
     # -- verbs -------------------------------------------------------------------------------
     def add(self, inv: spec.Invocation, conf: NetConf, deadline: float = math.inf) -> dict:
+        tenant = spec.tenant(inv.args)
         mac = _requested_mac(inv, conf) or naming.random_mac()
         if conf.vxlan_port not in self.vxlan_ports:
             raise CniError(spec.ERR_INVALID_CONFIG,
@@ -152,18 +185,47 @@ class Plugin:
         name = naming.port_name(inv.container_id, inv.ifname)
         # The pod's netns is checked and opened before the LAN is touched or its lock taken.
         with netns.opened(inv.netns) as netns_fd, self.locks.hold(conf.vni, deadline):
-            lan, created = self.datapath.ensure_lan(conf.vni, conf.vxlan_port, underlay, conf.mtu)
+            claim = self._claim(conf.vni, tenant, mac, name)
+            lan, created = self.datapath.ensure_lan(conf.vni, conf.vxlan_port, underlay, conf.mtu,
+                                                    claim)
             if created:
                 self.events.vtep_added(conf.vni)
             try:
-                host_end_mac = self.datapath.add_port(lan, name, netns_fd, inv.ifname, mac, conf.name)
+                host_end_mac = self.datapath.add_port(lan, name, netns_fd, inv.ifname, mac, conf.name,
+                                                      tenant)
             except Exception:
                 self._drop_lan_if_unused(conf.vni)
                 raise
-            self.events.mac_added(conf.vni, mac)
+            self.events.mac_added(conf.vni, mac, tenant.pod_id)
         return spec.shape_result(conf.cni_version, [
             Interface(name=name, mac=host_end_mac),
             Interface(name=inv.ifname, mac=mac, sandbox=inv.netns, mtu=lan.mtu)])
+
+    def _claim(self, vni: int, tenant: Tenant, pod_mac: str, port_name: str) -> VniClaim:
+        """The claim this ADD makes on the VNI, once it is clear it may (the VNI's lock held,
+        nothing made yet): the VNI's bridge here records no other namespace, the claims other
+        nodes announce name no other owner (base.tenancy.owner), and the MAC is held by no other
+        pod, here or in the route that wins for it elsewhere. CniError 104 or 105 otherwise."""
+        local = self.datapath.lan_claim(vni)
+        bridge_index, here = local if local else (None, None)
+        if here is not None and here.namespace != tenant.namespace:
+            raise _vni_owned(vni, here, "its pods use it on this node", tenant)
+        remote = self.events.vni_claims(vni)
+        owner = tenancy.owner([claim for _, claim in remote] + ([here] if here else []))
+        if owner is not None and owner.namespace != tenant.namespace:
+            vteps = sorted(vtep for vtep, claim in remote if claim == owner)
+            raise _vni_owned(vni, owner, f"behind VTEP {', '.join(vteps)}", tenant)
+        mine = tenant.pod_id
+        if bridge_index is not None:
+            port = self.datapath.mac_holder(vni, bridge_index, pod_mac)
+            if port is not None and port.name != port_name and port.pod_id not in (None, mine):
+                raise _mac_held(vni, pod_mac, f"pod {port.pod} on this node", tenant)
+        elsewhere = self.events.mac_holder(vni, pod_mac)
+        if elsewhere is not None and elsewhere[1] not in (None, mine):
+            raise _mac_held(vni, pod_mac, f"another pod (pod id {elsewhere[1]}) behind VTEP "
+                            f"{elsewhere[0]}", tenant)
+        return here or tenancy.claim_for(tenant.namespace, [c for _, c in remote],
+                                         int(time.time() * 1000))
 
     def _detach(self, name: str, vni: int) -> None:
         """Delete one pod port (lock held) and tell the control plane its MACs are gone."""

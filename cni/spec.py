@@ -9,6 +9,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from base.tenancy import Tenant, parse_namespace, parse_pod_name
+
 from cni import naming, shim
 
 SUPPORTED_VERSIONS = shim.SUPPORTED_VERSIONS  # the shim answers VERSION itself
@@ -29,6 +31,8 @@ ERR_DATAPATH = 100          # a netlink operation failed
 ERR_CHECK_FAILED = 101      # CHECK found the attachment different from what ADD made
 ERR_INTERFACE_EXISTS = 102  # CNI_IFNAME already exists in the pod, or the attachment exists
 ERR_VNI_CONFLICT = 103      # the VNI is already set up with different VXLAN parameters
+ERR_VNI_OWNED = 104         # the VNI belongs to another namespace (base.tenancy)
+ERR_MAC_HELD = 105          # the MAC is held by another pod on the LAN
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -140,6 +144,18 @@ def parse_environment(env: dict) -> Invocation:
                       ifname=validate_ifname(env.get("CNI_IFNAME", "")),
                       path=env.get("CNI_PATH", ""),
                       args=parse_cni_args(env.get("CNI_ARGS", "")))
+
+
+def tenant(args: dict) -> Tenant:
+    """Who a request comes from: CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME (Multus and
+    kubelet's runtimes send both; '' for one not sent). Code 4 for one that is not a Kubernetes
+    name: the namespace is who owns a LAN, it must not be ambiguous."""
+    try:
+        namespace = parse_namespace(args.get("K8S_POD_NAMESPACE", ""))
+        pod = args.get("K8S_POD_NAME", "")
+        return Tenant(namespace, pod and parse_pod_name(pod))
+    except ValueError as exc:
+        raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {exc}") from None
 
 
 def decode_config(stdin: str) -> dict:

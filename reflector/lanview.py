@@ -222,17 +222,22 @@ def pod_members(pod: PodLans, network: str) -> list[Member]:
 
 
 def lan_view(lan: LanDefinition, members: Iterable[Member],
-             announced: Callable[[int, str], list[str]]) -> dict:
+             announced: Callable[[int, str], list[str]], claims: Iterable = ()) -> dict:
     """One LAN for the API: its members, each with the VTEPs announcing its MAC in the LAN's VNI
-    (`announced(vni, mac)`), and `converged`: every member attached and announced."""
+    (`announced(vni, mac)`), `converged`: every member attached and announced, and who owns the
+    VNI (`claims`: base.tenancy.VniClaim, one per namespace, the owner first): `vni_owner`, the
+    owner's namespace (None while nobody claims the VNI), `vni_claimed_by`, every namespace
+    claiming it (more than one: two namespaces on one wire)."""
     rows = []
     for m in sorted(members, key=lambda m: (m.namespace, m.pod, m.interface or "", m.mac or "")):
         vteps = announced(lan.vni, m.mac) if m.mac else []
         rows.append({"pod": m.pod, "namespace": m.namespace, "interface": m.interface,
                      "mac": m.mac, "node": m.node or None, "attached": m.attached,
                      "vteps": vteps, "announced": bool(vteps)})
+    claimed_by = [claim.namespace for claim in claims]
     return {"namespace": lan.namespace, "name": lan.name, "link": lan.link, "vni": lan.vni,
-            "members": rows, "converged": all(r["attached"] and r["announced"] for r in rows)}
+            "members": rows, "converged": all(r["attached"] and r["announced"] for r in rows),
+            "vni_owner": claimed_by[0] if claimed_by else None, "vni_claimed_by": claimed_by}
 
 
 class LanTable:
@@ -292,9 +297,10 @@ class LanTable:
                 if not users:
                     del self._users[network]
 
-    def view(self, namespace: str | None,
-             announced: Callable[[int, str], list[str]]) -> list[dict]:
-        """The LANs of `namespace` (every namespace when None), by namespace and name."""
+    def view(self, namespace: str | None, announced: Callable[[int, str], list[str]],
+             claimants: Callable[[int], list] = lambda vni: []) -> list[dict]:
+        """The LANs of `namespace` (every namespace when None), by namespace and name;
+        `claimants(vni)`: the VNI's claims, owner first (lan_view)."""
         rows = []
         for key in sorted(self.lans):
             if namespace is not None and key[0] != namespace:
@@ -302,5 +308,5 @@ class LanTable:
             lan = self.lans[key]
             members = [m for pod_key in self._users.get(lan.network, ())
                        for m in pod_members(self.pods[pod_key], lan.network)]
-            rows.append(lan_view(lan, members, announced))
+            rows.append(lan_view(lan, members, announced, claimants(lan.vni)))
         return rows

@@ -1,8 +1,9 @@
 """The reflector's view of the cluster, built from the routes it reflects. Pure logic, in memory.
 
-VNIs, the VTEPs hosting each (from Type-3 routes), MAC tables (from Type-2 routes: where, since
-when, last change), node names (given with POST /api/v1/nodes, or from the Node objects with
---peers-from-k8s), a bounded log of changes with sequence numbers so clients can wait for
+VNIs, the VTEPs hosting each (from Type-3 routes) and the claims they carry (which namespace
+owns the VNI, and any other that claims it too: base.tenancy), MAC tables (from Type-2 routes:
+where, since when, last change, the pod holding the MAC), node names (given with
+POST /api/v1/nodes, or from the Node objects with --peers-from-k8s), a bounded log of changes with sequence numbers so clients can wait for
 convergence (`changes_since`), and the LAN table (reflector.lanview: which pod interfaces are on
 which LAN, from the Kubernetes API with --lans-from-k8s), read together with the MAC tables.
 Nothing is stored on disk: after a restart the routes come back from the speakers and so does this
@@ -23,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from base.tenancy import VniClaim
 from bgp.protocol import MacRoute, VtepRoute
 from reflector.lanview import LanTable
 
@@ -39,6 +41,7 @@ class MacRecord:
     routes: set
     first_seen: float
     last_changed: float
+    pod: str | None = None   # the pod its route names (bgp.claims), None if none
     _text: tuple | None = field(default=None, repr=False, compare=False)  # (node, JSON text)
 
     def touch(self, now: float) -> None:
@@ -60,7 +63,7 @@ class MacRecord:
         ips = self.ips
         return {"vni": self.vni, "mac": self.mac, "vtep": self.vtep, "node": node,
                 "ip": ips[0] if ips else None, "ips": ips, "first_seen": self.first_seen,
-                "last_changed": self.last_changed}
+                "last_changed": self.last_changed, "pod": self.pod}
 
 
 def mac_cursor(mac: str, vtep: str) -> str:
@@ -92,6 +95,7 @@ def page_limit(limit) -> int:
 class ReflectorState:
     max_log: int = 100_000
     vteps: dict = field(default_factory=dict)       # vni -> {vtep ip}
+    claims: dict = field(default_factory=dict)      # vni -> {vtep ip -> VniClaim its route carries}
     macs: dict = field(default_factory=dict)        # vni -> {mac -> {vtep ip -> MacRecord}}
     where: dict = field(default_factory=dict)       # mac -> {vni}
     node_names: dict = field(default_factory=dict)  # node address -> name (POST /api/v1/nodes)
@@ -108,34 +112,48 @@ class ReflectorState:
         now = time.time() if now is None else now
         with self.changed:
             if isinstance(route, VtepRoute):
-                return self._apply_vtep(route.vni, route.vtep, route.added, now)
-            return self._apply_mac(route.vni, route.mac, route.vtep, route.ip, route.added, now)
+                return self._apply_vtep(route.vni, route.vtep, route.added, now, route.claim)
+            return self._apply_mac(route.vni, route.mac, route.vtep, route.ip, route.added, now,
+                                   route.pod)
 
-    def _apply_vtep(self, vni: int, vtep: str, add: bool, now: float) -> bool:
+    def _apply_vtep(self, vni: int, vtep: str, add: bool, now: float,
+                    claim: VniClaim | None = None) -> bool:
         vteps = self.vteps.setdefault(vni, set())
-        if add == (vtep in vteps):
+        claims = self.claims.setdefault(vni, {})
+        reclaimed = add and claims.get(vtep) != claim
+        if claim is not None and add:
+            claims[vtep] = claim
+        else:
+            claims.pop(vtep, None)
+        if not claims:
+            del self.claims[vni]
+        if add == (vtep in vteps) and not reclaimed:
             if not vteps:
                 del self.vteps[vni]
             return False
         (vteps.add if add else vteps.discard)(vtep)
         if not vteps:
             del self.vteps[vni]
-        self._record({"type": "vtep", "action": "add" if add else "del", "vni": vni, "vtep": vtep}, now)
+        change = {"type": "vtep", "action": "add" if add else "del", "vni": vni, "vtep": vtep}
+        if claim is not None and add:
+            change["namespace"] = claim.namespace
+        self._record(change, now)
         return True
 
     def _apply_mac(self, vni: int, mac: str, vtep: str, ip: str | None, add: bool,
-                   now: float) -> bool:
+                   now: float, pod: str | None = None) -> bool:
         table = self.macs.get(vni, {})
         record = table.get(mac, {}).get(vtep)
         if add:
-            if record is not None and ip in record.routes:
+            if record is not None and ip in record.routes and record.pod == pod:
                 return False
             if record is None:
-                record = MacRecord(vni, mac, vtep, set(), now, now)
+                record = MacRecord(vni, mac, vtep, set(), now, now, pod)
                 self.macs.setdefault(vni, {}).setdefault(mac, {})[vtep] = record
                 self.where.setdefault(mac, set()).add(vni)
                 self._order.pop(vni, None)
             record.routes.add(ip)
+            record.pod = pod
             record.touch(now)
         else:
             if record is None or ip not in record.routes:
@@ -207,6 +225,22 @@ class ReflectorState:
     def _vnis(self) -> list[int]:
         return sorted(set(self.vteps) | set(self.macs))
 
+    def claimants(self, vni: int) -> list[VniClaim]:
+        """One claim per namespace claiming the VNI (its earliest), the owner first (caller
+        holds the lock)."""
+        first: dict[str, VniClaim] = {}
+        for claim in self.claims.get(vni, {}).values():
+            if claim.namespace not in first or claim < first[claim.namespace]:
+                first[claim.namespace] = claim
+        return sorted(first.values())
+
+    def _claims_json(self, vni: int) -> list[dict]:
+        """The VNI's claims, owner first: namespace, since, and the VTEPs claiming it for it."""
+        vteps = self.claims.get(vni, {})
+        return [{**claim.json(), "vteps": sorted(v for v, c in vteps.items()
+                                                 if c.namespace == claim.namespace)}
+                for claim in self.claimants(vni)]
+
     def vni_summary(self, limit: int | None = None, cursor: str | None = None,
                     vtep: str | None = None) -> dict:
         """A page of {vni, vteps, macs (distinct MACs)}, VNIs in order; `vtep` keeps the VNIs
@@ -220,8 +254,12 @@ class ReflectorState:
             total = len(vnis)
             start = bisect.bisect_right(vnis, parse_vni_cursor(cursor)) if cursor else 0
             page = vnis[start:start + limit]
-            items = [{"vni": vni, "vteps": len(self.vteps.get(vni, ())),
-                      "macs": len(self.macs.get(vni, ()))} for vni in page]
+            items = []
+            for vni in page:
+                claims = [c.namespace for c in self.claimants(vni)]
+                items.append({"vni": vni, "vteps": len(self.vteps.get(vni, ())),
+                              "macs": len(self.macs.get(vni, ())),
+                              "owner": claims[0] if claims else None, "others": claims[1:]})
             more = start + limit < len(vnis)
             return {"vnis": items, "total": total, "next": str(page[-1]) if more else None}
 
@@ -245,9 +283,10 @@ class ReflectorState:
         detail = self._detail(vni, limit, cursor, vtep, MacRecord.encoded)
         if detail is None:
             return None
-        return '{"vni":%d,"vteps":%s,"mac_count":%d,"macs":[%s],"next":%s}' % (
-            detail["vni"], json.dumps(detail["vteps"], separators=(",", ":")), detail["mac_count"],
-            ",".join(detail["macs"]), json.dumps(detail["next"]))
+        return '{"vni":%d,"vteps":%s,"owner":%s,"claims":%s,"mac_count":%d,"macs":[%s],"next":%s}' % (
+            detail["vni"], json.dumps(detail["vteps"], separators=(",", ":")),
+            json.dumps(detail["owner"]), json.dumps(detail["claims"], separators=(",", ":")),
+            detail["mac_count"], ",".join(detail["macs"]), json.dumps(detail["next"]))
 
     def _detail(self, vni: int, limit: int | None, cursor: str | None, vtep: str | None, row):
         limit = page_limit(limit)
@@ -265,10 +304,13 @@ class ReflectorState:
                 page = keys[start:start + limit + 1]
             more = len(page) > limit
             page = page[:limit]
+            claims = self._claims_json(vni)
             return {
                 "vni": vni,
                 "vteps": [{"address": ip, "node": self.node_names.get(ip)}
                           for ip in sorted(self.vteps.get(vni, ()))],
+                "owner": claims[0]["namespace"] if claims else None,
+                "claims": claims,
                 "mac_count": len(table),
                 "macs": [row(table[mac][at], self.node_names.get(at)) for mac, at in page],
                 "next": mac_cursor(*page[-1]) if more else None,
@@ -325,7 +367,7 @@ class ReflectorState:
         `synced`: NADs and pods have both been listed; `converged`: synced, and every LAN is."""
         with self.changed:
             table = self.lan_table
-            lans = table.view(namespace, self._announced)
+            lans = table.view(namespace, self._announced, self.claimants)
             synced = table.watching and all(table.synced.values())
             return {"namespace": namespace, "watching": table.watching, "synced": synced,
                     "converged": synced and all(lan["converged"] for lan in lans), "lans": lans}

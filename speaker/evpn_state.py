@@ -34,6 +34,7 @@ class _Announcement:
     seq: int
     ip: str | None
     order: int
+    pod: str | None = None   # the pod the route says holds the MAC (bgp.claims)
 
 
 @dataclass
@@ -54,6 +55,11 @@ class RemoteRoutes:
             return None
         pinned = self.pins.get((vni, mac))
         return pinned if pinned in candidates else self._best(candidates)
+
+    def holder(self, vni: int, mac: str) -> tuple[str, str | None] | None:
+        """(VTEP, pod it names or None) of the route that wins for the MAC; None if none."""
+        vtep = self.winner(vni, mac)
+        return None if vtep is None else (vtep, self.macs[(vni, mac)][vtep].pod)
 
     def max_seq(self, vni: int, mac: str) -> int:
         return max((a.seq for a in self.macs.get((vni, mac), {}).values()), default=0)
@@ -92,7 +98,7 @@ class RemoteRoutes:
         before = self.winner(vni, mac)
         candidates = self.macs.setdefault((vni, mac), {})
         if route.added:
-            candidates[vtep] = _Announcement(route.seq, route.ip, next(self._clock))
+            candidates[vtep] = _Announcement(route.seq, route.ip, next(self._clock), route.pod)
         else:
             candidates.pop(vtep, None)
             if not candidates:

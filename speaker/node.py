@@ -48,12 +48,13 @@ from dataclasses import dataclass
 
 from base.logs import LogLimiter
 from base.primitives import vtep_address
+from base.tenancy import VniClaim
 from bgp.client import BgpError, BgpProcess
 from bgp.mobility import DuplicateDetector, Freeze
 from bgp.protocol import MAX_SEQ, MacRoute, Originated, PeerAdd, PeerDel, PeerState, Start, VtepRoute
 from cni.plugin import Announcements
 from speaker.config import NodeConfig
-from speaker.evpn_state import MacEntry, RemoteRoutes
+from speaker.evpn_state import FloodEntry, MacEntry, RemoteRoutes
 from speaker.ledger import Ledger
 from speaker.mac_limits import MacLimits
 from speaker.macwatch import MacWatch
@@ -73,13 +74,15 @@ class LocalVtep:
 class LocalMac:
     """A pod MAC appeared (or went) on this node. `learned`: the bridge learned or aged it from
     traffic (the MAC watch), as opposed to a CNI verb or the kernel read at start. `port`: the
-    bridge port's ifindex when known; `static`: a static entry on it (the pod's own MAC)."""
+    bridge port's ifindex when known; `static`: a static entry on it (the pod's own MAC); `pod`:
+    the pod holding it (base.tenancy.pod_id), when known: its MAC route names it."""
     vni: int
     mac: str
     present: bool
     learned: bool = False
     port: int | None = None
     static: bool = False
+    pod: str | None = None
 
     @property
     def own(self) -> bool:
@@ -121,6 +124,11 @@ class NodeSpeaker(Announcements):
         self.limits = MacLimits(config.max_macs_per_port, config.max_macs_per_node)
         self.duplicates = DuplicateDetector(config.dup_max_moves, config.dup_time, config.dup_freeze)
         self.held: dict[tuple[int, str], LocalMac] = {}   # local claims of frozen MACs, not announced
+        # The claims other nodes' VTEP routes carry: {vni: {vtep: claim}}. A withdrawn claim
+        # stays as long as its flood entry does (the removal waits as theirs: see the module
+        # docstring), so a reflector outage does not make a VNI look free.
+        self.claims: dict[int, dict[str, VniClaim]] = {}
+        self._view = threading.Lock()  # `remote` and `claims`: CNI requests read them (ADD checks)
         self.peers_up: set[str] = set()
         self.up_since: float | None = None                # when the first session came up
         self.all_down_since: float | None = clock()
@@ -208,7 +216,7 @@ class NodeSpeaker(Announcements):
             self._queue.put(LocalVtep(vni, True))
             for port in self.datapath.ports(vni):
                 for mac in port.macs:
-                    self._queue.put(LocalMac(vni, mac, True, port=port.index))
+                    self._queue.put(LocalMac(vni, mac, True, port=port.index, pod=port.pod_id))
 
     # -- Announcements: called by CNI verbs (agent threads) -----------------------------------
     def vtep_added(self, vni: int) -> None:
@@ -217,8 +225,8 @@ class NodeSpeaker(Announcements):
     def vtep_removed(self, vni: int) -> None:
         self._queue.put(LocalVtep(vni, False))
 
-    def mac_added(self, vni: int, mac: str) -> None:
-        self._queue.put(LocalMac(vni, mac, True))
+    def mac_added(self, vni: int, mac: str, pod: str | None = None) -> None:
+        self._queue.put(LocalMac(vni, mac, True, pod=pod))
 
     def mac_removed(self, vni: int, mac: str) -> None:
         self._queue.put(LocalMac(vni, mac, False))
@@ -235,6 +243,15 @@ class NodeSpeaker(Announcements):
                 return
             self._backlog += 1
         self._queue.put(LocalMac(vni, mac, present, learned=True, port=port, static=static))
+
+    # -- what other nodes claim: read by CNI ADDs (agent threads) ------------------------------
+    def vni_claims(self, vni: int) -> list[tuple[str, VniClaim]]:
+        with self._view:
+            return sorted(self.claims.get(vni, {}).items())
+
+    def mac_holder(self, vni: int, mac: str) -> tuple[str, str | None] | None:
+        with self._view:
+            return self.remote.holder(vni, mac)
 
     # -- reflectors that come and go (the agent's --reflector-service) -------------------------
     def add_reflector(self, address: str) -> None:
@@ -317,9 +334,12 @@ class NodeSpeaker(Announcements):
     # -- local changes -------------------------------------------------------------------------
     def _local_vtep(self, change: LocalVtep, adds: list) -> None:
         vni = change.vni
-        if change.present and vni not in self.vnis:
-            self.ledger.add_vni(vni)
-            adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
+        if change.present:
+            local = self.datapath.lan_claim(vni)  # the claim its bridge records (base.tenancy)
+            new = vni not in self.vnis
+            self.ledger.add_vni(vni, local[1] if local else None)
+            if new:
+                adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
         elif not change.present and vni in self.vnis and self.datapath.lan(vni) is None:
             for key in [k for k in (*self.macs, *self.held) if k[0] == vni]:
                 self._forget_local(key)
@@ -345,8 +365,18 @@ class NodeSpeaker(Announcements):
             return
         if key in self.macs:
             self.limits.admit(key, change.port, change.own)  # its port, now known
+            if change.pod and change.pod != self.ledger.pods.get(key):  # another pod holds it now
+                self.ledger.set_mac(key, self.macs[key], change.pod)
             return
         if key in self.held:
+            return
+        if change.learned and not change.static and (self.mac_holder(vni, mac) or (None, None))[1]:
+            # A frame from a MAC another node's pod holds: the MAC watch learned it, no CNI verb
+            # gave it to a pod here; announcing it would take that pod's traffic.
+            self.counters["mac_held_elsewhere"] += 1
+            self._warn.warning("held", "VNI %d: MAC %s, held by a pod behind %s, was seen on a port "
+                               "here: not announced", vni, mac, self.remote.winner(vni, mac),
+                               key=("held", key))
             return
         if not self._admit(key, change):
             return
@@ -358,7 +388,7 @@ class NodeSpeaker(Announcements):
                 self.held[key] = change  # frozen where it is: no outbidding, announced once released
                 return
             seq = self._outbid(key)
-        self.ledger.set_mac(key, seq)
+        self.ledger.set_mac(key, seq, change.pod)
 
     def _admit(self, key: tuple[int, str], change: LocalMac) -> bool:
         """Whether the MAC fits in the limits; a refusal is counted and logged once."""
@@ -443,7 +473,16 @@ class NodeSpeaker(Announcements):
             return
         if isinstance(event, MacRoute) and event.added:
             self._claim_heard(event)
-        a, r = self.remote.apply(event)
+        with self._view:
+            a, r = self.remote.apply(event)
+            if isinstance(event, VtepRoute) and event.added:
+                claims = self.claims.setdefault(event.vni, {})
+                if event.claim is None:
+                    claims.pop(event.vtep, None)
+                else:
+                    claims[event.vtep] = event.claim
+                if not claims:
+                    del self.claims[event.vni]
         adds.extend(a)
         removes.extend(r)
 
@@ -543,7 +582,16 @@ class NodeSpeaker(Announcements):
             del self.pending[entry]
             if not self.remote.wants(entry):
                 due.append(entry)
+                if isinstance(entry, FloodEntry):
+                    self._forget_claim(entry.vni, entry.vtep)
         return due
+
+    def _forget_claim(self, vni: int, vtep: str) -> None:
+        """A VTEP left the VNI for good: its claim goes (the VNI may be free now)."""
+        with self._view:
+            claims = self.claims.get(vni, {})
+            if claims.pop(vtep, None) is not None and not claims:
+                del self.claims[vni]
 
     # -- periodic work -------------------------------------------------------------------------
     def _housekeeping(self) -> None:

@@ -132,7 +132,8 @@ def test_the_state_client_hands_large_tables_through_as_sent(reflector):
 
 def test_reads_go_through_the_state_socket(client):
     assert client.get("/api/v1/vnis").json == {
-        "vnis": [{"vni": 100, "vteps": 1, "macs": 1}], "total": 1, "next": None}
+        "vnis": [{"vni": 100, "vteps": 1, "macs": 1, "owner": None, "others": []}], "total": 1,
+        "next": None}
     assert client.get("/api/v1/macs/02-00-00-00-00-01").json["locations"][0]["vtep"] == "192.0.2.2"
     assert client.get("/api/v1/nodes").json["nodes"][0]["address"] == "192.0.2.2"
 
@@ -191,7 +192,7 @@ def test_lans_show_members_and_convergence(client, reflector):
                                            "mac": "02:00:00:00:00:01", "node": "n1",
                                            "attached": True, "vteps": ["192.0.2.2"],
                                            "announced": True}],
-                              "converged": True}]}
+                              "converged": True, "vni_owner": None, "vni_claimed_by": []}]}
     reflector.state.lan_event("pods", "ADDED", pod("pc2", "02:00:00:00:00:02"))
     body = client.get("/api/v1/lans").json
     assert body["namespace"] is None and not body["converged"]
@@ -482,7 +483,9 @@ def live(runtime):
         api = ApiServer(rr.socket, token=TOKEN, env={"MEGALOS_API_EVENTS_MAX_TIMEOUT": str(MAX_WAIT)})
         with api:
             live = Live(cluster, rr, n1, n2, n3, api, runtime)
-            expected = [{"vni": V1, "vteps": 2, "macs": 3}, {"vni": V2, "vteps": 2, "macs": 1}]
+            # The ADDs name no namespace: the unnamed one ('') owns both VNIs.
+            expected = [{"vni": V1, "vteps": 2, "macs": 3, "owner": "", "others": []},
+                        {"vni": V2, "vteps": 2, "macs": 1, "owner": "", "others": []}]
             converged = wait_for(lambda: live.get("/api/v1/vnis")[2].get("vnis") == expected
                                  and len(live.get(f"/api/v1/macs/{TWICE}")[2].get("locations", [])) == 2)
             assert converged, (live.get("/api/v1/vnis"), api.log()[-2000:])
@@ -493,7 +496,8 @@ def live(runtime):
 def test_vnis_lists_each_vni_with_its_vtep_and_mac_counts(live):
     status, headers, body = live.get("/api/v1/vnis")
     assert status == 200 and headers["Content-Type"] == "application/json"
-    assert body == {"vnis": [{"vni": V1, "vteps": 2, "macs": 3}, {"vni": V2, "vteps": 2, "macs": 1}],
+    assert body == {"vnis": [{"vni": V1, "vteps": 2, "macs": 3, "owner": "", "others": []},
+                             {"vni": V2, "vteps": 2, "macs": 1, "owner": "", "others": []}],
                     "total": 2, "next": None}
 
 

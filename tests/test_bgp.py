@@ -46,11 +46,15 @@ def test_commands_round_trip_through_their_lines():
     commands = [Start(router_id='192.0.2.11', asn=ASN), PeerAdd('192.0.2.1', 'passive', 'pw'),
                 PeerDel('192.0.2.1'), VtepAdd(BIG_VNI, 1), VtepDel(BIG_VNI),
                 MacAdd(BIG_VNI, '02:00:00:00:00:01', '10.0.0.1', 7), MacDel(1, '02:00:00:00:00:01'),
-                Peers(), Rib(), Stop()]
+                Peers(), Rib(), Stop(), VtepAdd(7, 2, 'lab-a', 1700000000000), VtepAdd(8, 3, '', 5),
+                MacAdd(7, '02:00:00:00:00:02', pod='0123456789ab')]
     lines = encode_commands(enumerate(commands, 1)).splitlines()
     assert [decode_command(line) for line in lines] == list(enumerate(commands, 1))
     assert json.loads(lines[5]) == {'id': 6, 'op': 'mac_add', 'vni': BIG_VNI,
-                                    'mac': '02:00:00:00:00:01', 'ip': '10.0.0.1', 'seq': 7}
+                                    'mac': '02:00:00:00:00:01', 'ip': '10.0.0.1', 'seq': 7,
+                                    'pod': None}
+    assert json.loads(lines[10])['namespace'] == 'lab-a' and commands[10].claim.since == 1700000000000
+    assert commands[11].claim.namespace == '' and commands[3].claim is None
 
 
 @pytest.mark.parametrize('line, command_id, message', [
@@ -61,6 +65,11 @@ def test_commands_round_trip_through_their_lines():
     (b'{"id": 4}', 4, '"op"'),
     (b'{"id": 5, "op": "fly"}', 5, 'unknown op'),
     (b'{"id": 6, "op": "mac_add", "vni": 1}', 6, 'missing "mac"'),
+    (b'{"id": 7, "op": "vtep_add", "vni": 1, "rd_index": 1, "namespace": "Lab"}', 7, 'namespace'),
+    (b'{"id": 8, "op": "vtep_add", "vni": 1, "rd_index": 1, "namespace": "lab"}', 8, 'since'),
+    (b'{"id": 9, "op": "vtep_add", "vni": 1, "rd_index": 1, "namespace": "lab", "since": -1}', 9,
+     'since'),
+    (b'{"id": 10, "op": "mac_add", "vni": 1, "mac": "02:00:00:00:00:01", "pod": "xyz"}', 10, 'pod'),
 ])
 def test_decode_command_rejects(line, command_id, message):
     with pytest.raises(ProtocolError, match=message) as error:
@@ -457,13 +466,14 @@ def mac(i):
     return '02:00:00:00:00:%02x' % i
 
 
-def mac_event(action, vni, i, vtep, ip=None, seq=0):
+def mac_event(action, vni, i, vtep, ip=None, seq=0, pod=None):
     return {'event': 'mac', 'action': action, 'vni': vni, 'mac': mac(i),
-            'ip': ip, 'vtep': vtep, 'seq': seq}
+            'ip': ip, 'vtep': vtep, 'seq': seq, 'pod': pod}
 
 
-def flood_event(action, vni, vtep):
-    return {'event': 'vtep', 'action': action, 'vni': vni, 'vtep': vtep}
+def flood_event(action, vni, vtep, namespace=None, since=0):
+    return {'event': 'vtep', 'action': action, 'vni': vni, 'vtep': vtep, 'namespace': namespace,
+            'since': since}
 
 
 def routes_of(node, vtep):

@@ -40,11 +40,15 @@ def veth_in_pod(runtime, node, pod):
     pod.run("ip", "link", "add", "net0", "type", "veth", "peer", "name", "other0")
 
 
+# Who the requests come from (K8S_POD_NAMESPACE: a VNI belongs to one namespace).
+LAB_ARGS = "IgnoreUnknown=true;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={pod}"
+
+
 def vtep_on_default_port(runtime, node, pod):
-    """VNI already set up on this node, by another pod, with UDP port 4789."""
+    """VNI already set up on this node, by another pod of the namespace, with UDP port 4789."""
     other = node.add_pod("other")
     reply = runtime.call("ADD", conf(), container_id="c-other", netns=other.netns_path,
-                         ifname="net0", socket=node.socket)
+                         ifname="net0", socket=node.socket, args=LAB_ARGS.format(pod="other"))
     assert reply.code == 0, reply
 
 
@@ -61,7 +65,7 @@ def fifo(runtime, node, pod):
 def same_attachment(runtime, node, pod):
     """This very container/ifname was already added."""
     reply = runtime.call("ADD", conf(), container_id="c-bad", netns=pod.netns_path, ifname="net0",
-                         socket=node.socket)
+                         socket=node.socket, args=LAB_ARGS.format(pod="p1"))
     assert reply.code == 0, reply
 
 
@@ -180,7 +184,7 @@ def test_bad_input_is_refused_cleanly(runtime, node, cluster, variables, stdin, 
     log_before = node.log_path.read_text()
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c-bad", "CNI_NETNS": pod.netns_path,
            "CNI_IFNAME": "net0", "CNI_PATH": str(runtime.bin_dir),
-           "CNI_ARGS": "IgnoreUnknown=true;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=p1",
+           "CNI_ARGS": LAB_ARGS.format(pod="p1"),
            "MEGALOS_AGENT_SOCKET": node.socket}
     env.update({k: v.format(prefix=cluster.prefix, rundir=cluster.run_dir, agent=node.agent.pid,
                             nodens=f"/var/run/netns/{node.netns}") if isinstance(v, str) else v

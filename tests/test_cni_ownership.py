@@ -44,8 +44,11 @@ def clear_aliases(node, *names: str) -> None:
 
 def test_what_megalos_makes_is_marked(runtime, node):
     port = add(runtime, node, node.add_pod("a1"), "lan_a")
-    assert aliases(node) == {naming.bridge_name(VNI): "megalos:bridge",
-                             naming.vtep_name(VNI): "megalos:vtep", port: "megalos:port:lan_a"}
+    marks = aliases(node)
+    # The bridge also records its VNI's owner: the unnamed namespace (no K8S_POD_NAMESPACE here).
+    claim = naming.bridge_claim(marks.pop(naming.bridge_name(VNI)))
+    assert claim is not None and claim.namespace == ""
+    assert marks == {naming.vtep_name(VNI): "megalos:vtep", port: "megalos:port:lan_a"}
 
 
 def test_gc_of_one_network_leaves_another_networks_ports_alone(runtime, node):

@@ -10,7 +10,8 @@ from os_ken.lib.packet import bgp as bgp_packet
 from os_ken.services.protocols.bgp.model import OutgoingRoute
 from os_ken.services.protocols.bgp.utils import bgp as bgp_utils
 
-from bgp import evpn_wire
+from base.tenancy import VniClaim
+from bgp import claims, evpn_wire
 from bgp.events import route_event as path_event
 from test_osken_compat import _attrs, _rr_client_peer, imet_route, mac_route
 
@@ -35,11 +36,20 @@ def _sent_by_a_node(paths, extra=(), communities=()):
     return bytes(bgp_packet.BGPUpdate(path_attributes=listed).serialize())
 
 
+def _ours(values):
+    """Our communities (bgp.claims) as os-ken objects: as os-ken parses them off the wire."""
+    return [bgp_packet._ExtendedCommunity.parse(value)[0] for value in values]
+
+
 VARIANTS = {
     'type-2': lambda: _sent_by_a_node([mac_route(i) for i in range(5)]),
     'type-2 with IPs': lambda: _sent_by_a_node([mac_route(1, ip='10.0.0.1'), mac_route(2, ip='fd00::2')]),
     'type-2 moved (MAC mobility)': lambda: _sent_by_a_node([mac_route(3)], communities=[_mobility(7)]),
     'type-3': lambda: _sent_by_a_node([imet_route(100)]),
+    'type-3 claiming its VNI': lambda: _sent_by_a_node(
+        [imet_route(100)], communities=_ours(claims.vtep_claim(VniClaim(1_700_000_000_000, 'kathara-lab')))),
+    'type-2 held by a pod, moved': lambda: _sent_by_a_node(
+        [mac_route(5)], communities=[_mobility(2), *_ours(claims.mac_holder('0123456789ab'))]),
     'with MED, communities and a cluster list': lambda: _sent_by_a_node(
         [mac_route(4, vni=4242)],
         extra=[bgp_packet.BGPPathAttributeMultiExitDisc(5),
@@ -91,6 +101,20 @@ def test_events_and_keys_are_what_osken_reports(monkeypatch, variant):
             assert evpn_wire.route_event(nlri, update, withdraw) == path_event(path, withdraw)
     keys = {evpn_wire.route_key(n) for n in update.reach}
     assert len(keys) == len({p.nlri.formatted_nlri_str for p in paths})
+
+
+def test_claims_are_reported_on_both_paths(monkeypatch):
+    """The variants above compare the two paths; here, what they agree on."""
+    for variant, expected in (('type-3 claiming its VNI', ('kathara-lab', 1_700_000_000_000)),
+                              ('type-2 held by a pod, moved', '0123456789ab'),
+                              ('type-3', (None, 0)), ('type-2', None)):
+        raw = VARIANTS[variant]()
+        update = evpn_wire.parse_update(raw)
+        event = evpn_wire.route_event(update.reach[0], update, False)
+        got = event.pod if hasattr(event, 'pod') else (event.namespace, event.since)
+        assert got == expected, variant
+        withdrawn = evpn_wire.route_event(update.reach[0], update, True)
+        assert getattr(withdrawn, 'pod', None) is None and getattr(withdrawn, 'namespace', None) is None
 
 
 def test_the_key_ignores_labels_and_esi_as_osken_does():

@@ -6,6 +6,10 @@
 (b) Our speakers behind an FRR route reflector configured like the original master (listen range,
     cluster-id 10.0.0.1): pods on two of our nodes reach each other, and a deleted pod's MAC
     disappears from the other node.
+
+Our routes carry claims (bgp.claims: extended communities FRR does not know): FRR installs them
+as a worker all the same (a), reflects them unchanged (b: a third node of ours refuses another
+namespace the VNI), and its own routes claim nothing (a: the reflector sees no owner for them).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from lab import frr
 from lab.frr import Frr
 from lab.runtime import kathara_conf
 from reflector.protocol import StateClient
+
+NAMESPACE = "lab-frr"  # what Multus would send for the pods of one Kathara lab
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not frr.available(), reason="FRR (zebra, bgpd, vtysh) not installed")]
@@ -35,9 +41,14 @@ def daemons():
         instance.stop()
 
 
-def attach(runtime, node, pod, mac):
-    reply = runtime.call("ADD", kathara_conf("lan", VNI), container_id=f"c-{pod.name}",
-                         netns=pod.netns_path, ifname="net0", args=f"MAC={mac}", socket=node.socket)
+def add(runtime, node, pod, mac, vni=VNI, namespace=NAMESPACE):
+    return runtime.call("ADD", kathara_conf("lan", vni), container_id=f"c-{pod.name}",
+                        netns=pod.netns_path, ifname="net0", socket=node.socket,
+                        args=f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod.name};MAC={mac}")
+
+
+def attach(runtime, node, pod, mac, vni=VNI):
+    reply = add(runtime, node, pod, mac, vni)
     assert reply.code == 0, reply
 
 
@@ -49,8 +60,12 @@ def detach(runtime, node, pod):
 
 def vtep_entries(node) -> dict[str, set[str]]:
     """{mac: {remote VTEPs}} of the `self dst` entries on the VNI's VTEP (00:00.. = flood list)."""
+    return vtep_entries_of(node, VNI)
+
+
+def vtep_entries_of(node, vni: int) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
-    for entry in node.fdb(naming.vtep_name(VNI)):
+    for entry in node.fdb(naming.vtep_name(vni)):
         if entry.get("dst") and "self" in entry.get("flags", ()):
             found.setdefault(entry["mac"], set()).add(entry["dst"])
     return found
@@ -120,6 +135,9 @@ def test_our_reflector_serves_an_frr_worker(runtime, cluster, daemons):
     detail = StateClient(rr.socket).call("vni", vni=VNI)
     assert {v["address"] for v in detail["vteps"]} == {n_frr.ip, n_ours.ip}
     assert {m["mac"]: m["vtep"] for m in detail["macs"]} == {mac_a: n_frr.ip, mac_b: n_ours.ip}
+    # Our routes claim the VNI and name the pod; FRR's claim nothing (no owner for them).
+    assert [(c["namespace"], c["vteps"]) for c in detail["claims"]] == [(NAMESPACE, [n_ours.ip])]
+    assert {m["mac"]: bool(m["pod"]) for m in detail["macs"]} == {mac_a: False, mac_b: True}
 
     # A second pod behind FRR, then its deletion: zebra advertises and withdraws, we follow.
     c = n_frr.add_pod("c")
@@ -164,3 +182,16 @@ def test_our_speakers_behind_an_frr_reflector(runtime, cluster, daemons):
     assert have.get(mac_b) == {n2.ip} and n2.ip in have.get(ZERO, ())
     assert f"[{mac_b2}]" not in reflector.vtysh("show bgp l2vpn evpn")
     assert a.ping("10.21.0.2", count=1)
+
+    # FRR reflected our claims as they were: a third node, which has heard n1 (a MAC n1
+    # announces later reached it), refuses another namespace the VNI, naming the owner.
+    n3 = cluster.add_node("n3")
+    n3.start_agent("--reflector", rr.ip, "--connect-mode", "active")
+    reflector.wait_established(3, timeout=20)
+    attach(runtime, n3, n3.add_pod("w3"), "02:00:00:f1:00:3c", vni=VNI + 1)
+    attach(runtime, n1, n1.add_pod("w1"), "02:00:00:f1:00:1c", vni=VNI + 1)
+    wait_for(lambda: vtep_entries_of(n3, VNI + 1).get("02:00:00:f1:00:1c") == {n1.ip}, 15,
+             "n3 to hear n1 through FRR")
+    reply = add(runtime, n3, n3.add_pod("x"), "02:00:00:f1:00:3d", namespace="lab-other")
+    assert reply.code == 1 and f"VNI {VNI} belongs to namespace {NAMESPACE}" in reply.stdout, reply
+    assert naming.bridge_name(VNI) not in n3.link_names()

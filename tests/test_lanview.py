@@ -10,6 +10,7 @@ import pytest
 
 from bgp.protocol import MacRoute
 from lab.cluster import wait_until
+from base.tenancy import VniClaim
 from reflector.lanview import (
     NETWORK_STATUS_ANNOTATION, NETWORKS_ANNOTATION, OLD_NETWORK_STATUS_ANNOTATION, Attachment,
     LanDefinition, LanTable, Member, PodLans, Request, lan_view, nad_lan, network_requests,
@@ -150,7 +151,7 @@ def test_a_lan_converges_when_every_member_is_attached_and_announced():
                Member(NS, "a", "net0", MAC_A, "n1", True)]
     view = lan_view(lan, members, announced)
     assert view == {"namespace": NS, "name": "kathara-a", "link": "A", "vni": 100,
-                    "converged": True,
+                    "converged": True, "vni_owner": None, "vni_claimed_by": [],
                     "members": [
                         {"pod": "a", "namespace": NS, "interface": "net0", "mac": MAC_A,
                          "node": "n1", "attached": True, "vteps": ["192.0.2.2"], "announced": True},
@@ -163,6 +164,8 @@ def test_a_lan_converges_when_every_member_is_attached_and_announced():
     row = lan_view(lan, pending, announced)
     assert row["converged"] is False and row["members"][0]["node"] is None
     assert lan_view(lan, [], announced)["converged"] is True
+    claimed = lan_view(lan, members, announced, [VniClaim(1, "other"), VniClaim(2, NS)])
+    assert (claimed["vni_owner"], claimed["vni_claimed_by"]) == ("other", ["other", NS])
 
 
 def test_the_table_follows_events_and_resets():

@@ -1,6 +1,7 @@
 """speaker.ledger.Ledger with plain values: what should be announced in, commands out, replies in."""
 from __future__ import annotations
 
+from base.tenancy import VniClaim
 from bgp.protocol import MacAdd, MacDel, OriginatedRoutes, VtepAdd, VtepDel
 from speaker.ledger import Ledger
 
@@ -91,3 +92,31 @@ def test_what_the_process_originates_replaces_what_was_believed_and_the_differen
                                                 macs={(100, MAC2, None): 0, (555, MAC, None): 4}))
     assert differ == 4  # VNI 555 and its MAC, MAC2 it holds, MAC it lost
     assert ledger.commands(0) == [MacAdd(100, MAC), MacDel(100, MAC2), VtepDel(555)]
+
+
+def test_a_new_claim_or_pod_is_announced_again_with_the_same_numbers():
+    """The LAN came back for another namespace, the MAC for another pod: the route is announced
+    again (the BGP process replaces it), never withdrawn first."""
+    ledger = Ledger()
+    lab_a, lab_b = VniClaim(1000, "lab-a"), VniClaim(2000, "lab-b")
+    ledger.add_vni(100, lab_a)
+    ledger.set_mac((100, MAC), 4, "lab-a/pc1")
+    assert accept_all(ledger) == [VtepAdd(100, 1, "lab-a", 1000), MacAdd(100, MAC, seq=4, pod="lab-a/pc1")]
+    ledger.add_vni(100, lab_a)
+    ledger.set_mac((100, MAC), 4, "lab-a/pc1")
+    assert ledger.commands(0) == []  # the same again: nothing to send
+    ledger.add_vni(100, lab_b)
+    ledger.set_mac((100, MAC), 4, "lab-b/pc1")
+    assert accept_all(ledger) == [VtepAdd(100, 1, "lab-b", 2000), MacAdd(100, MAC, seq=4, pod="lab-b/pc1")]
+    assert ledger.claims_accepted == {100: lab_b} and ledger.pods_accepted == {(100, MAC): "lab-b/pc1"}
+
+
+def test_what_the_process_originates_keeps_the_claims_where_the_numbers_match():
+    ledger = Ledger()
+    ledger.add_vni(100, VniClaim(1000, "lab-a"))
+    ledger.add_vni(200, VniClaim(1000, "lab-a"))
+    ledger.set_mac((100, MAC), 0, "lab-a/pc1")
+    accept_all(ledger)
+    # The process lost VNI 200's route and holds VNI 100's and the MAC's as accepted.
+    assert ledger.originated(OriginatedRoutes({100: 1}, {(100, MAC, None): 0})) == 1
+    assert ledger.commands(0) == [VtepAdd(200, 2, "lab-a", 1000)]

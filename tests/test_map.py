@@ -113,7 +113,8 @@ def test_a_vni_in_two_namespaces_and_frozen_macs_are_trouble():
     assert states == {"lab1/kathara-a": (TROUBLE, ["lab2/kathara-x"]),
                       "lab2/kathara-x": (TROUBLE, ["lab1/kathara-a", "lab1/alias"]),
                       "lab1/alias": (TROUBLE, ["lab2/kathara-x"])}
-    assert "VNI 100 is also used by lab2/kathara-x" in doc["lans"][0]["problems"]
+    assert ("VNI 100 is also defined by lab2/kathara-x: the first namespace to attach a pod owns "
+            "it") in doc["lans"][0]["problems"]
     # The fields issue 10's duplicate detection will fill: a member's `frozen`, a LAN's list.
     frozen = two_node_lan()
     frozen["members"][0]["frozen"] = True
@@ -122,6 +123,28 @@ def test_a_vni_in_two_namespaces_and_frozen_macs_are_trouble():
     assert a["state"] == TROUBLE and a["frozen_macs"] == [MAC1, MAC2]
     assert a["problems"] == [f"MAC {MAC1} frozen by duplicate detection",
                              f"MAC {MAC2} frozen by duplicate detection"]
+
+
+def test_the_vni_s_claims_say_who_shares_it():
+    """A VNI that lab1 owns: lab2's LAN on it cannot attach (trouble, naming the owner), lab1's
+    is fine (lab2 is refused, not on the wire). A VNI claimed by both (a race): both in trouble."""
+    def claimed(row, owner, *others):
+        return {**row, "vni_owner": owner, "vni_claimed_by": [owner, *others]}
+    ours = claimed(two_node_lan(), "lab1")
+    theirs = claimed(lan("kathara-x", 100, [], namespace="lab2"), "lab1")
+    doc = build(sources([ours, theirs]))
+    got = {x["id"]: (x["state"], x["vni_owner"], x["vni_shared_with"], x["problems"])
+           for x in doc["lans"]}
+    assert got == {
+        "lab1/kathara-a": (CONVERGED, "lab1", [], []),
+        "lab2/kathara-x": (TROUBLE, "lab1", ["lab1/kathara-a"],
+                           ["VNI 100 belongs to namespace lab1: this LAN's pods cannot attach"])}
+    doc = build(sources([claimed(two_node_lan(), "lab1", "lab2"),
+                         claimed(lan("kathara-x", 100, [], namespace="lab2"), "lab1", "lab2")]))
+    a, x = doc["lans"]
+    assert (a["state"], a["vni_shared_with"]) == (TROUBLE, ["lab2/kathara-x"])
+    assert a["problems"] == ["VNI 100 is also claimed by lab2/kathara-x: two namespaces on one wire"]
+    assert (x["state"], x["vni_shared_with"]) == (TROUBLE, ["lab1/kathara-a"])
 
 
 def test_one_namespace_keeps_the_picker_of_all():

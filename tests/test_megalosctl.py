@@ -37,6 +37,34 @@ def test_times_are_utc():
     assert cli.when(0) == "1970-01-01T00:00:00Z" and cli.when(None) == "-"
 
 
+def test_vnis_and_a_vni_say_who_owns_it_and_who_claims_it_too():
+    doc = {"vnis": [{"vni": 1, "vteps": 2, "macs": 3, "owner": "lab-a", "others": ["lab-b", ""]},
+                    {"vni": 2, "vteps": 1, "macs": 0, "owner": None, "others": []}]}
+    lines = cli.vnis_table(doc).splitlines()
+    assert lines[1].split() == ["1", "2", "3", "lab-a", "lab-b,(unnamed)"]
+    assert lines[2].split() == ["2", "1", "0", "-", "-"]
+    detail = {"vni": 1, "mac_count": 0, "owner": "lab-a", "vteps": [
+        {"address": "192.0.2.2", "node": "n1"}, {"address": "192.0.2.3", "node": None}],
+        "claims": [{"namespace": "lab-a", "since": 0, "vteps": ["192.0.2.2"]},
+                   {"namespace": "lab-b", "since": 60_000, "vteps": ["192.0.2.3"]}]}
+    text = cli.vni_text(detail, []).splitlines()
+    assert text[0] == "VNI 1: 2 VTEPs, 0 MACs, owned by lab-a since 1970-01-01T00:00:00Z"
+    assert text[1] == ("also claimed by lab-b since 1970-01-01T00:01:00Z (192.0.2.3): two "
+                       "namespaces on one wire")
+    assert text[4].split() == ["192.0.2.2", "n1", "lab-a"]
+    assert text[5].split() == ["192.0.2.3", "-", "lab-b"]
+
+
+def test_a_lan_on_a_vni_another_namespace_owns_says_so():
+    lan = {"namespace": "lab1", "name": "kathara-a", "vni": 100}
+    assert cli.vni_problem({**lan, "vni_owner": None, "vni_claimed_by": []}) == ""
+    assert cli.vni_problem({**lan, "vni_owner": "lab1", "vni_claimed_by": ["lab1"]}) == ""
+    assert "belongs to lab2: this LAN's pods cannot attach" in cli.vni_problem(
+        {**lan, "vni_owner": "lab2", "vni_claimed_by": ["lab2"]})
+    assert "also claimed by lab3: two namespaces on one wire" in cli.vni_problem(
+        {**lan, "vni_owner": "lab1", "vni_claimed_by": ["lab1", "lab3"]})
+
+
 def lan_doc(namespace="lab1") -> dict:
     def member(pod, mac, vteps, attached=True):
         return {"pod": pod, "namespace": "lab1", "interface": "net0" if attached else None,
@@ -111,10 +139,11 @@ root = pytest.mark.root
 def test_vnis_as_a_table_and_as_json(live):
     code, out, _ = ctl(live, "vnis")
     assert code == 0
-    assert out.split("\n")[0].split() == ["VNI", "VTEPS", "MACS"]
-    assert out.split("\n")[1].split() == [str(VNI), "2", "2"]
+    assert out.split("\n")[0].split() == ["VNI", "VTEPS", "MACS", "OWNER", "ALSO", "CLAIMED", "BY"]
+    assert out.split("\n")[1].split() == [str(VNI), "2", "2", "(unnamed)", "-"]
     code, out, _ = ctl(live, "vnis", "-o", "json")
-    assert code == 0 and json.loads(out) == {"vnis": [{"vni": VNI, "vteps": 2, "macs": 2}]}
+    assert code == 0 and json.loads(out) == {
+        "vnis": [{"vni": VNI, "vteps": 2, "macs": 2, "owner": "", "others": []}]}
 
 
 @root
@@ -122,7 +151,7 @@ def test_vni_shows_vteps_and_the_mac_table(live):
     n1, n2 = live["n1"], live["n2"]
     code, out, _ = ctl(live, "vni", str(VNI))
     assert code == 0
-    assert out.startswith(f"VNI {VNI}: 2 VTEPs, 2 MACs")
+    assert out.startswith(f"VNI {VNI}: 2 VTEPs, 2 MACs, owned by (unnamed) since 20")
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("02:")}
     assert rows[MAC_A][1] == n1.ip and rows[MAC_B][1] == n2.ip
     assert "FIRST SEEN" in out and rows[MAC_A][4].endswith("Z")

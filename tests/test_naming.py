@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from base.primitives import MAX_VNI, host_mac
+from base.tenancy import Tenant, VniClaim
 from cni import naming
 
 vnis = st.integers(min_value=1, max_value=MAX_VNI)
@@ -139,6 +140,41 @@ def test_port_marks_fit_an_alias_and_differ_by_network(network):
     mark = naming.port_mark(network)
     assert len(mark.encode()) <= naming.MAX_ALIAS and mark.startswith(naming.PORT_MARK)
     assert mark != naming.port_mark(network + "x")
+
+
+def test_a_port_records_its_pod_after_its_network():
+    alias = naming.port_mark("lan_a", Tenant("lab", "kathara-pc1-5d8f7b9c4a-x2x7q"))
+    assert alias == "megalos:port:lan_a pod=lab/kathara-pc1-5d8f7b9c4a-x2x7q"
+    assert naming.split_port_alias(alias) == ("megalos:port:lan_a", "lab/kathara-pc1-5d8f7b9c4a-x2x7q")
+    assert naming.split_port_alias("megalos:port:lan_a") == ("megalos:port:lan_a", "")
+    assert naming.port_mark("lan_a", Tenant("lab")) == "megalos:port:lan_a"  # no pod named
+    # Too long for the name: the pod id; too long even for that: the network's mark alone.
+    tenant = Tenant("n" * 63, "p" * 253)
+    alias = naming.port_mark("lan_a", tenant)
+    assert alias == f"megalos:port:lan_a pod=#{tenant.pod_id}"
+    network = "x" * (naming.MAX_ALIAS - len(naming.PORT_MARK) - 5)
+    assert naming.port_mark(network, tenant) == naming.port_mark(network)
+
+
+@given(st.text(min_size=1, max_size=300), st.from_regex(r"[a-z0-9]{1,63}", fullmatch=True),
+       st.from_regex(r"[a-z0-9][-a-z0-9.]{0,251}[a-z0-9]", fullmatch=True))
+def test_a_port_alias_fits_and_keeps_its_network_mark(network, namespace, pod):
+    alias = naming.port_mark(network, Tenant(namespace, pod))
+    assert len(alias.encode()) <= naming.MAX_ALIAS
+    assert naming.split_port_alias(alias)[0] == naming.port_mark(network)
+
+
+def test_a_bridge_records_its_vni_s_claim():
+    claim = VniClaim(1_700_000_000_000, "lab-a")
+    alias = naming.bridge_mark(claim)
+    assert alias == "megalos:bridge ns=lab-a since=1700000000000"
+    assert naming.bridge_claim(alias) == claim and naming.has_mark(alias, naming.BRIDGE_MARK)
+    assert naming.bridge_claim(naming.bridge_mark(VniClaim(5, ""))) == VniClaim(5, "")
+    assert naming.bridge_mark(None) == naming.BRIDGE_MARK and naming.bridge_claim(naming.BRIDGE_MARK) is None
+    for unreadable in ("megalos:bridge ns=Lab since=1", "megalos:bridge ns=lab", "megalos:bridge x",
+                       "megalos:bridge ns=lab since=x"):
+        assert naming.bridge_claim(unreadable) is None, unreadable
+    assert not naming.has_mark("megalos:bridged", naming.BRIDGE_MARK)
 
 
 def test_a_long_network_name_is_marked_by_a_digest_no_name_can_spell():

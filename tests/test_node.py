@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+from base.tenancy import VniClaim
 from bgp.client import BgpError
 from bgp.protocol import (ADD, DEL, MAX_SEQ, MacAdd, MacDel, MacRoute, Originated, OriginatedRoutes,
                           PeerAdd, PeerDel, PeerState, Reply, Start, VtepAdd, VtepDel, VtepRoute)
@@ -101,9 +102,11 @@ class Fdb:
 
 
 class Datapath:
-    def __init__(self, lans=None):
+    def __init__(self, lans=None, claims=None, pod=None):
         self.default_underlay = types.SimpleNamespace(ip=ME)
         self.local = lans or {}  # vni -> [pod MACs]
+        self.claims = claims or {}  # vni -> the claim its bridge records
+        self.pod = pod  # the pod id of every port
 
     def lans(self):
         return list(self.local)
@@ -111,8 +114,11 @@ class Datapath:
     def lan(self, vni):
         return object() if vni in self.local else None
 
+    def lan_claim(self, vni):
+        return (7, self.claims.get(vni)) if vni in self.local else None
+
     def ports(self, vni):
-        return [types.SimpleNamespace(index=5, macs=self.local.get(vni, []))]
+        return [types.SimpleNamespace(index=5, macs=self.local.get(vni, []), pod_id=self.pod)]
 
 
 class Watch:
@@ -464,3 +470,80 @@ def test_reconcile_repairs_what_the_bgp_process_holds_against_what_should_be_ann
     assert node.bgp.vteps == {100: 1, 200: 2}
     assert node.bgp.macs == {(100, MAC): 0, (100, MAC2): 0}
     assert node.counters["bgp_reconcile_repaired"] == 3
+
+
+# -- claims (base.tenancy): what CNI ADDs are checked against, what routes carry -----------------
+LAB, OTHER_LAB = VniClaim(1000, "lab"), VniClaim(500, "other-lab")
+POD, POD2 = "0123456789ab", "ba9876543210"
+
+
+def test_the_vtep_route_carries_the_claim_its_bridge_records(node):
+    node.datapath.claims[100] = LAB
+    node._start_bgp()
+    node.bgp.commands.clear()
+    node._process([LocalVtep(100, True)])
+    assert node.bgp.commands == [VtepAdd(100, 1, "lab", 1000)]
+    node._process([LocalVtep(100, True)])  # the same LAN again: nothing
+    # The LAN went and came back for another namespace before the removal was seen.
+    node.datapath.claims[100] = OTHER_LAB
+    node._process([LocalVtep(100, False), LocalVtep(100, True)])
+    assert node.bgp.commands[1:] == [VtepAdd(100, 1, "other-lab", 500)]
+
+
+def test_claims_of_other_nodes_are_known_until_their_vtep_has_left(node):
+    node._start_bgp()
+    node._process([Received(PeerState("10.0.0.9", True)),
+                   Received(VtepRoute(ADD, 100, OTHER, "lab", 1000)),
+                   Received(VtepRoute(ADD, 100, THIRD, "other-lab", 500)),
+                   Received(VtepRoute(ADD, 200, THIRD))])  # an FRR node's: no claim
+    assert node.vni_claims(100) == [(OTHER, LAB), (THIRD, OTHER_LAB)]
+    assert node.vni_claims(200) == []
+    node._process([Received(VtepRoute(ADD, 100, THIRD))])  # announced again without one
+    assert node.vni_claims(100) == [(OTHER, LAB)]
+    node._process([Received(VtepRoute(DEL, 100, OTHER))])
+    assert node.vni_claims(100) == [(OTHER, LAB)]  # until the removal is due, as its flood entry
+    node._housekeeping()
+    assert node.vni_claims(100) == [] and node.claims == {}
+
+
+def test_a_claim_outlives_a_reflector_outage(node):
+    node._start_bgp()
+    node._process([Received(PeerState("10.0.0.9", True)),
+                   Received(VtepRoute(ADD, 100, OTHER, "lab", 1000))])
+    node._process([Received(PeerState("10.0.0.9", False)), Received(VtepRoute(DEL, 100, OTHER))])
+    node._housekeeping()
+    assert node.vni_claims(100) == [(OTHER, LAB)]  # os-ken withdrew it; the VNI is not free
+
+
+def test_mac_holder_is_the_pod_of_the_winning_route(node):
+    node._start_bgp()
+    node._process([Received(MacRoute(ADD, 100, MAC2, OTHER, pod=POD))])
+    assert node.mac_holder(100, MAC2) == (OTHER, POD)
+    node._process([Received(MacRoute(ADD, 100, MAC2, THIRD, seq=1))])  # it moved; learned there
+    assert node.mac_holder(100, MAC2) == (THIRD, None)
+    assert node.mac_holder(100, MAC) is None
+
+
+def test_mac_routes_name_their_pod_and_a_learned_mac_held_elsewhere_is_not_announced(node):
+    node._start_bgp()
+    node._process([LocalVtep(100, True), Received(MacRoute(ADD, 100, MAC2, OTHER, pod=POD2))])
+    node.bgp.commands.clear()
+    node._process([LocalMac(100, MAC2, True, learned=True)])  # a frame from another pod's MAC
+    assert node.bgp.commands == [] and node.counters["mac_held_elsewhere"] == 1
+    node._process([LocalMac(100, "02:00:00:00:00:07", True, learned=True)])  # nobody's: announced
+    node._process([LocalMac(100, MAC, True, pod=POD)])
+    assert node.bgp.commands == [MacAdd(100, "02:00:00:00:00:07"), MacAdd(100, MAC, pod=POD)]
+    # A MAC the bridge learned first, then an ADD gave it to its pod: announced again, named.
+    node._process([LocalMac(100, "02:00:00:00:00:07", True, pod=POD)])
+    assert node.bgp.commands[-1] == MacAdd(100, "02:00:00:00:00:07", pod=POD)
+    # The same pod came back here (a device made again): outbids the other node, named.
+    node._process([LocalMac(100, MAC2, True, pod=POD2)])
+    assert node.bgp.commands[-1] == MacAdd(100, MAC2, seq=1, pod=POD2)
+
+
+def test_the_kernel_read_at_start_names_each_mac_s_pod(node):
+    node.datapath.pod = POD
+    node._start_bgp()
+    node._read_kernel()
+    drain(node)
+    assert node.bgp.commands[-1] == MacAdd(100, MAC, pod=POD)

@@ -47,7 +47,7 @@ def test_a_mac_record_keeps_first_seen_and_moves_last_changed(state):
     assert mac(state, V1, m(1), A, ip="10.0.0.1", now=12.0)  # its MAC/IP route
     [row] = state.vni_detail(V1)["macs"]
     assert row == {"vni": V1, "mac": m(1), "vtep": A, "node": None, "ip": "10.0.0.1",
-                   "ips": ["10.0.0.1"], "first_seen": 10.0, "last_changed": 12.0}
+                   "ips": ["10.0.0.1"], "first_seen": 10.0, "last_changed": 12.0, "pod": None}
     assert mac(state, V1, m(1), A, add=False, now=13.0)  # the MAC-only route goes: the IP stays
     [row] = state.vni_detail(V1)["macs"]
     assert (row["ip"], row["first_seen"], row["last_changed"]) == ("10.0.0.1", 10.0, 13.0)
@@ -65,7 +65,8 @@ def test_a_mac_seen_on_two_vteps_has_two_rows(state):
     assert [(r["vni"], r["vtep"]) for r in rows] == [(V1, A), (V1, B), (V2, A)]
     assert [(r["vni"], r["vtep"]) for r in state.where_is(m(1), vni=V1)] == [(V1, A), (V1, B)]
     assert [(r["vni"], r["vtep"]) for r in state.where_is(m(1), vtep=B)] == [(V1, B)]
-    assert state.vni_summary()["vnis"][0] == {"vni": V1, "vteps": 0, "macs": 1}  # distinct MACs
+    assert state.vni_summary()["vnis"][0] == {"vni": V1, "vteps": 0, "macs": 1,  # distinct MACs
+                                              "owner": None, "others": []}
     assert state.where_is(m(2)) == []
 
 
@@ -87,7 +88,7 @@ def test_vni_summary_pages_and_filters(state):
     assert seen == list(range(1, 8))
     only_b = state.vni_summary(vtep=B)
     assert [v["vni"] for v in only_b["vnis"]] == [1, 3, 5, 7] and only_b["total"] == 4
-    assert only_b["vnis"][0] == {"vni": 1, "vteps": 2, "macs": 1}
+    assert only_b["vnis"][0] == {"vni": 1, "vteps": 2, "macs": 1, "owner": None, "others": []}
     assert state.vni_summary(limit=7)["next"] is None
     with pytest.raises(ValueError):
         state.vni_summary(cursor="seven")

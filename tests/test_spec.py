@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from base.tenancy import Tenant
 from cni import shim, spec
 from cni.spec import CniError, Interface
 from tests.conftest import ALL_VERSIONS
@@ -352,3 +353,19 @@ def test_error_codes_are_the_spec_ones():
             spec.ERR_TRY_AGAIN_LATER, spec.ERR_NOT_AVAILABLE) == (1, 2, 3, 4, 5, 6, 7, 11, 50)
     ours = (spec.ERR_DATAPATH, spec.ERR_CHECK_FAILED, spec.ERR_INTERFACE_EXISTS, spec.ERR_VNI_CONFLICT)
     assert all(code >= 100 for code in ours) and len(set(ours)) == len(ours)
+
+
+# -- who asks: K8S_POD_NAMESPACE and K8S_POD_NAME ----------------------------------------------
+def test_the_tenant_comes_from_the_kubernetes_args():
+    assert spec.tenant({"K8S_POD_NAMESPACE": "lab", "K8S_POD_NAME": "pc1"}) == Tenant("lab", "pc1")
+    assert spec.tenant({}) == Tenant("", "")          # a runtime that sends neither
+    assert spec.tenant({"K8S_POD_NAME": "pc1"}) == Tenant("", "pc1")
+
+
+@pytest.mark.parametrize("args", [{"K8S_POD_NAMESPACE": "Lab"}, {"K8S_POD_NAMESPACE": "a" * 64},
+                                  {"K8S_POD_NAME": "pc 1"}, {"K8S_POD_NAME": "pc1;MAC=x"},
+                                  {"K8S_POD_NAMESPACE": "lab", "K8S_POD_NAME": "Pc1"}])
+def test_a_name_kubernetes_would_not_allow_is_code_4(args):
+    with pytest.raises(CniError) as error:
+        spec.tenant(args)
+    assert error.value.code == spec.ERR_INVALID_ENV and "CNI_ARGS" in error.value.msg

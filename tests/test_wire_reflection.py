@@ -3,7 +3,8 @@
 One scenario, run twice, with every BGP process on the wire path (the reflector reflects, the
 nodes report, received routes as bytes) and with it off (``MEGALOS_WIRE_PATH=0``: os-ken's own
 path): announcements with and without IPs, a MAC moving between nodes (mobility sequence
-numbers), withdrawals, a node that joins late (it must get the whole table), a route refresh (a
+numbers), the claims routes carry (bgp.claims: a VNI's namespace, a VNI changing hands, a MAC's
+pod), withdrawals, a node that joins late (it must get the whole table), a route refresh (a
 node that adds a VRF asks for one), a node that dies. What every node and the reflector end up
 with (events folded into state, ``rib``, ``peers``) must be the same both ways. The codec's
 bytes are checked against os-ken in test_evpn_wire.py.
@@ -17,7 +18,9 @@ import threading
 import pytest
 
 from bgp.client import BgpProcess
-from bgp.protocol import MacAdd, MacDel, PeerAdd, Peers, PeerState, Rib, Start, VtepAdd, event_json
+from bgp.protocol import (MacAdd, MacDel, MacRoute, PeerAdd, Peers, PeerState, Rib, Start, VtepAdd,
+                          VtepRoute, event_json)
+from base.tenancy import VniClaim
 from lab.cluster import Cluster, unique_prefix, wait_until
 from reflector.state import ReflectorState
 from speaker.evpn_state import RemoteRoutes
@@ -36,6 +39,7 @@ class Speaker:
         self.state = ReflectorState()
         self.lock = threading.Lock()
         self.peers_up: set[str] = set()
+        self.claims: dict[str, object] = {}   # "vni vtep" or "vni mac" -> namespace or pod
         self.bgp = BgpProcess(on_event=self._on_event, name=node.name,
                               argv_prefix=["ip", "netns", "exec", node.netns],
                               env={**os.environ, **(env or {})})
@@ -50,10 +54,20 @@ class Speaker:
             else:
                 self.remote.apply(event)
                 self.state.apply(event, now=0.0)
+                key = f"{event.vni} {event.vtep if isinstance(event, VtepRoute) else event.mac}"
+                claim = event.claim if isinstance(event, VtepRoute) else event.pod
+                if event.added and claim:
+                    self.claims[key] = claim
+                else:
+                    self.claims.pop(key, None)
 
     def macs(self) -> dict:
         with self.lock:
             return {f"{vni} {mac}": self.remote.winner(vni, mac) for vni, mac in self.remote.macs}
+
+    def claimed(self) -> dict:
+        with self.lock:
+            return dict(self.claims)
 
     def floods(self) -> dict:
         with self.lock:
@@ -62,6 +76,11 @@ class Speaker:
 
 def mac(i: int) -> str:
     return f"02:77:00:00:{i >> 8:02x}:{i & 255:02x}"
+
+
+def pod(i: int) -> str | None:
+    """One MAC in four is held by a pod (the others were learned from traffic)."""
+    return f"{i:012x}" if i % 4 == 0 else None
 
 
 def ip(i: int) -> str | None:
@@ -84,8 +103,8 @@ def _scenario(wire: bool) -> dict:
             rr.bgp.call(PeerAdd(node.node.ip, connect_mode="active"))
         wait_until(lambda: {a_node.ip, b_node.ip} <= rr.peers_up, 20, "sessions a, b")
         for node in (a, b):
-            node.bgp.call(VtepAdd(VNI, 1))
-        a.bgp.call_many([MacAdd(VNI, mac(i), ip(i)) for i in range(1, 121)])
+            node.bgp.call(VtepAdd(VNI, 1, "lab-a", 1_700_000_000_000))
+        a.bgp.call_many([MacAdd(VNI, mac(i), ip(i), pod=pod(i)) for i in range(1, 121)])
         b.bgp.call_many([MacAdd(VNI, mac(500 + i)) for i in range(40)])
         wait_until(lambda: len(b.macs()) == 120 and len(a.macs()) == 40, 20, "first routes")
         # Withdrawals, and a MAC moving from b to a (the new owner outbids with a sequence number).
@@ -98,9 +117,12 @@ def _scenario(wire: bool) -> dict:
         c.bgp.call(PeerAdd(rr_node.ip, connect_mode="passive"))
         rr.bgp.call(PeerAdd(c_node.ip, connect_mode="active"))
         wait_until(lambda: len(c.macs()) == 140, 20, "the late node's table")
-        c.bgp.call(VtepAdd(OTHER_VNI, 2))
+        c.bgp.call(VtepAdd(OTHER_VNI, 2, "lab-c", 2))
         c.bgp.call(MacAdd(OTHER_VNI, mac(900)))
         wait_until(lambda: f"{OTHER_VNI} {mac(900)}" in a.macs(), 20, "c's route")
+        assert c.bgp.call(VtepAdd(OTHER_VNI, 2, "lab-d", 3)) is True     # the VNI changed hands
+        wait_until(lambda: a.claims.get(f"{OTHER_VNI} {c_node.ip}") == VniClaim(3, "lab-d"), 20,
+                   "c's new claim")
         refreshed = {p.address: p for p in rr.bgp.call(Peers())}
         # A node that dies: its routes go everywhere.
         b.bgp.kill()
@@ -108,7 +130,8 @@ def _scenario(wire: bool) -> dict:
         wait_until(lambda: len(rr.macs()) == 101 + 1, 20, "the reflector's view")
         peers = rr.bgp.call(Peers())
         return {
-            "a": (a.macs(), a.floods()), "c": (c.macs(), c.floods()), "rr": (rr.macs(), rr.floods()),
+            "a": (a.macs(), a.floods(), a.claimed()), "c": (c.macs(), c.floods(), c.claimed()),
+            "rr": (rr.macs(), rr.floods(), rr.claimed()),
             "rr_state": rr.state.totals() | {"seq": None, "epoch": None},
             "rib": sorted(json.dumps(event_json(e), sort_keys=True) for e in rr.bgp.call(Rib())),
             "peers": [(p.address, p.state, p.received, p.sent) for p in peers],
@@ -123,7 +146,13 @@ def _scenario(wire: bool) -> dict:
 def test_the_wire_path_ends_where_osken_ends():
     wire, osken = _scenario(wire=True), _scenario(wire=False)
     assert wire == osken
-    macs_at_c, floods_at_c = wire["c"]
+    macs_at_c, floods_at_c, claims_at_c = wire["c"]
     assert macs_at_c[f"4200 {mac(500)}"] == "192.0.2.2"          # moved to a
     assert floods_at_c == {VNI: ["192.0.2.2"]}                     # b's flood entry gone
     assert len(wire["rib"]) == 101 + 1 + 1 + 1                     # MACs, a's, c's IMET routes
+    # The claims crossed the reflector both ways: a's VNI claim, the pods of its MACs.
+    assert claims_at_c[f"{VNI} 192.0.2.2"] == VniClaim(1_700_000_000_000, "lab-a")
+    assert {k: v for k, v in claims_at_c.items() if ":" in k} == {
+        f"{VNI} {mac(i)}": pod(i) for i in range(21, 121) if pod(i)}
+    assert wire["a"][2][f"{OTHER_VNI} 192.0.2.4"] == VniClaim(3, "lab-d")
+    assert sum('"namespace":"lab-a"' in r.replace(" ", "") for r in wire["rib"]) == 1
