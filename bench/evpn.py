@@ -56,6 +56,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODULE_LABELS = {"speaker.agent": "agent", "bgp.process": "bgp", "reflector.main": "reflector"}
 SETUPS = ("ours", "frr-rr", "frr")
 VNI = 71000
+# The scale run's MACs come from one pod per node: above the agents' default MAC limits
+# (speaker.mac_limits), which this benchmark is not about.
+AGENT_LIMITS = ("--max-macs-per-port", "1000000", "--max-macs-per-node", "1000000")
 
 class FdbWatch:
     """Remote entries (`self`, with a destination) appearing on one VTEP, with their times.
@@ -277,9 +280,9 @@ class Testbed:
                 self.frr.append(Frr.worker(node, self.rr.ip))
                 node.start_agent()                          # datapath only
             elif self.setup == "frr-rr":
-                node.start_agent("--reflector", self.rr.ip, "--connect-mode", "active")
+                node.start_agent("--reflector", self.rr.ip, "--connect-mode", "active", *AGENT_LIMITS)
             else:
-                node.start_agent("--reflector", self.rr.ip)
+                node.start_agent("--reflector", self.rr.ip, *AGENT_LIMITS)
             self.watches[node.name] = FdbWatch(node, naming.vtep_name(VNI))
             self.pods[node.name] = []
 
