@@ -217,6 +217,54 @@ def reflected(update: EvpnUpdate, originator: bytes, cluster_id: bytes, local_pr
     return Reflected(before, after, update.next_hop)
 
 
+# -- originating (a peer made of bytes: lab.rogue_bgp, and the tests) -------------------------------
+
+def route_distinguisher(router_id: str, number: int) -> bytes:
+    """A Type-1 RD, `<router id>:<number>`."""
+    return struct.pack("!H4sH", 1, socket.inet_aton(router_id), number)
+
+
+def mac_nlri(rd: bytes, mac: str, vni: int, ip: str | None = None) -> bytes:
+    """A Type-2 NLRI: ESI 0, ethernet tag 0, the VNI as its one label."""
+    address = socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip) if ip else b""
+    value = (rd + bytes(10) + bytes(4) + b"\x30" + bytes.fromhex(mac.replace(":", ""))
+             + bytes([8 * len(address)]) + address + vni.to_bytes(3, "big"))
+    return bytes([TYPE2, len(value)]) + value
+
+
+def imet_nlri(rd: bytes, originator: str) -> bytes:
+    """A Type-3 NLRI: ethernet tag 0, the originating router's (IPv4) address."""
+    value = rd + bytes(4) + b"\x20" + socket.inet_aton(originator)
+    return bytes([TYPE3, len(value)]) + value
+
+
+def extended_communities(asn: int, vni: int, seq: int | None = None) -> bytes:
+    """What a node's routes carry: the VXLAN encapsulation, the route target `<asn>:<vni>` and,
+    for a MAC that moved, the MAC mobility sequence number."""
+    value = struct.pack("!BBIH", 0x03, 0x0C, 0, 8) + struct.pack("!BBHI", 0x00, 0x02, asn, vni)
+    if seq is not None:
+        value += struct.pack("!BBBBI", 0x06, 0x00, 0, 0, seq)
+    return value
+
+
+def pmsi_ingress_replication(vni: int, endpoint: str) -> bytes:
+    """A PMSI tunnel attribute's value: ingress replication to `endpoint`, the VNI as label."""
+    return bytes([0, PMSI_INGRESS_REPLICATION]) + vni.to_bytes(3, "big") + socket.inet_aton(endpoint)
+
+
+def announcements(next_hop: str, nlris: list[bytes], communities: bytes = b"",
+                  pmsi: bytes | None = None) -> list[bytes]:
+    """UPDATE messages announcing `nlris` from an iBGP client (ORIGIN IGP, an empty AS_PATH), as
+    few as fit in 4096 octets each."""
+    after = attribute(TRANSITIVE, ORIGIN, b"\0") + attribute(TRANSITIVE, AS_PATH, b"")
+    after += attribute(TRANSITIVE, LOCAL_PREF, struct.pack("!I", 100))
+    if communities:
+        after += attribute(OPTIONAL | TRANSITIVE, EXT_COMMUNITIES, communities)
+    if pmsi is not None:
+        after += attribute(OPTIONAL | TRANSITIVE, PMSI_TUNNEL, pmsi)
+    return Reflected(b"", after, socket.inet_aton(next_hop)).updates(nlris)
+
+
 def withdrawals(nlris: list[bytes]) -> list[bytes]:
     """UPDATE messages withdrawing `nlris` (MP_UNREACH only)."""
     room = MAX_MESSAGE - 23 - 4 - 3
@@ -242,6 +290,16 @@ def _claims(update: EvpnUpdate) -> dict[int, bytes]:
 
 def _ip_text(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def imet_claims(nlri: bytes, update: EvpnUpdate) -> tuple[str | None, str | None]:
+    """The VTEP addresses a route names besides its next hop: a Type-3's originator and PMSI
+    tunnel endpoint (ingress replication only; None when absent); (None, None) for a Type-2."""
+    if nlri[0] != TYPE3:
+        return None, None
+    pmsi = update.attributes.get(PMSI_TUNNEL, (0, b""))[1]
+    endpoint = pmsi[5:] if len(pmsi) >= 5 and pmsi[1] == PMSI_INGRESS_REPLICATION else b""
+    return _ip_text(nlri[15:]), _ip_text(endpoint) if len(endpoint) in (4, 16) else None
 
 
 def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> MacRoute | VtepRoute | None:

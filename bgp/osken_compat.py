@@ -380,11 +380,20 @@ def _clean_learned_paths(table_manager, peer):
         clean(peer)
 
 
+def withdraw_at_once(peer) -> None:
+    """The session `peer` is about to lose gets no restart grace: we close it ourselves
+    (bgp.osken_guard: too many routes), so its routes go at once."""
+    peer._megalos_withdraw_at_once = True
+
+
 def _on_peer_down_with_grace(self, peer):
-    """Clean the peer's routes now after a hold-timer expiry, later after a closed session."""
+    """Clean the peer's routes now after a hold-timer expiry (or a session we cut), later after
+    a closed session."""
     reason = getattr(peer, '_megalos_lost_reason', '')
+    at_once = getattr(peer, '_megalos_withdraw_at_once', False)
+    peer._megalos_withdraw_at_once = False
     seconds = _restart_grace['seconds']
-    if not seconds or reason.startswith(HOLD_TIMER_EXPIRED_REASON):
+    if not seconds or at_once or reason.startswith(HOLD_TIMER_EXPIRED_REASON):
         return original(PeerManager, 'on_peer_down')(self, peer)
     log.info('peer %s closed its session: keeping its routes %.0f s for a restart',
              peer.ip_address, seconds)

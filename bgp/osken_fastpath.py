@@ -94,9 +94,10 @@ class WireTable:
     A reflector (`reflect`) sends each change on to its other clients; a node only reports it."""
 
     def __init__(self, emit, router_id: str, cluster_id: str, local_pref: int, peers,
-                 reflect: bool = True):
+                 reflect: bool = True, guard=None):
         self.emit = emit
         self.reflect = reflect
+        self.guard = guard                         # bgp.osken_guard.PeerGuard: limit, VTEP rule
         self.router_id = router_id
         self.router_id_bytes = socket.inet_aton(router_id)
         self.cluster_id = socket.inet_aton(cluster_id)
@@ -118,23 +119,40 @@ class WireTable:
         if self._looped(update):
             LOG.debug("ignoring an UPDATE from %s: it went round a loop", peer.ip_address)
             return True
+        reach, withdrawn = self._checked(peer, update)
         changes: list[tuple[Route | None, Route | None]] = []   # (new best, old best)
-        for nlri in update.unreach:
+        for nlri in withdrawn:
             change = self._forget(evpn_wire.route_key(nlri), peer)
             if change:
                 changes.append(change)
-        if update.reach:
-            peer.state.incr(PeerCounterNames.RECV_PREFIXES, len(update.reach))
+        if reach:
+            peer.state.incr(PeerCounterNames.RECV_PREFIXES, len(reach))
             out = evpn_wire.reflected(update, socket.inet_aton(peer.ip_address), self.cluster_id,
                                       self.local_pref) if self.reflect else None
             version = peer.version_num
-            for nlri in update.reach:
+            for nlri in reach:
                 change = self._learn(evpn_wire.route_key(nlri),
                                      Route(nlri, peer, update, out, version))
                 if change:
                     changes.append(change)
+        if self.guard is not None:
+            self.guard.check_limit(peer)  # raises past the limit: nothing of it is sent on
         self._announce(changes)
         return True
+
+    def _checked(self, peer: Peer, update: evpn_wire.EvpnUpdate) -> tuple[list[bytes], list[bytes]]:
+        """(routes to learn, routes to withdraw): a reflector's client's routes that break the
+        VTEP rule (bgp.peer_rules) are treated as withdrawn."""
+        guard = self.guard
+        if guard is None or not guard.check_vteps or not update.reach:
+            return update.reach, update.unreach
+        refused, why = guard.refused(peer.ip_address, update.next_hop_text, update.reach,
+                                     lambda nlri: evpn_wire.imet_claims(nlri, update))
+        if not refused:
+            return update.reach, update.unreach
+        guard.report_refused(peer.ip_address, len(refused), why)
+        gone = {id(nlri) for nlri in refused}
+        return [n for n in update.reach if id(n) not in gone], [*update.unreach, *refused]
 
     def _looped(self, update: evpn_wire.EvpnUpdate) -> bool:
         """The UPDATEs os-ken drops whole: our cluster id in the CLUSTER_LIST (RFC 4456), our
@@ -349,16 +367,20 @@ def clean_stale(peer, route_family=None) -> None:
         wire.clean_stale(peer)
 
 
-def enable_wire_path(emit, reflect: bool) -> WireTable:
+def enable_wire_path(emit, reflect: bool, guard=None) -> WireTable:
     """Take received EVPN Type-2/Type-3 routes on the wire path (call once the speaker exists).
-    `emit` takes the BGP process's events; `reflect`: the reflector role (send them on)."""
+    `emit` takes the BGP process's events; `reflect`: the reflector role (send them on);
+    `guard`: the route limit and VTEP rule to apply (bgp.osken_guard)."""
     conf = CORE_MANAGER.common_conf
     replace(BgpProtocol, "_data_received", _data_received_wire)
     replace(Peer, "comm_all_best_paths", _comm_all_best_paths_and_ours)
     replace(Peer, "_handle_route_refresh_req", _route_refresh_and_ours)
     replace(TableCoreManager, "clean_stale_routes", _clean_stale_routes_and_ours)
     wire = WireTable(emit, conf.router_id, conf.cluster_id or conf.router_id, conf.local_pref,
-                     lambda: CORE_MANAGER.get_core_service().peer_manager.iterpeers, reflect)
+                     lambda: CORE_MANAGER.get_core_service().peer_manager.iterpeers, reflect,
+                     guard)
+    if guard is not None:
+        guard.wire = wire
     if clean_stale not in compat.LEARNED_PATH_CLEANERS:
         compat.LEARNED_PATH_CLEANERS.append(clean_stale)
     _tables["on"] = wire

@@ -121,12 +121,16 @@ class OsKen:
         from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
         from os_ken.services.protocols.bgp.peer import PeerCounterNames
 
-        from bgp import osken_compat, osken_fastpath
+        from bgp import osken_compat, osken_fastpath, osken_guard
+        from bgp.peer_rules import Backoff
 
         osken_compat.apply_all()
         osken_fastpath.apply_both_roles()
+        osken_guard.apply()
         self.compat = osken_compat
         self.fastpath = osken_fastpath
+        self.guard = osken_guard
+        self.Backoff = Backoff
         self.bgpspeaker = bgpspeaker
         self.CORE_MANAGER = CORE_MANAGER
         self.PeerCounterNames = PeerCounterNames
@@ -145,9 +149,8 @@ def main() -> int:
 
     logging.basicConfig(stream=sys.stderr, level=os.environ.get("MEGALOS_BGP_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s bgp[%(process)d] %(levelname)s %(name)s: %(message)s")
-    if log.getEffectiveLevel() > logging.DEBUG:
-        # One INFO line per API call, neighbour passwords included.
-        logging.getLogger("bgpspeaker.api.base").setLevel(logging.WARNING)
+    # One INFO line per API call, neighbour (TCP MD5) passwords included: never, whatever the level.
+    logging.getLogger("bgpspeaker.api.base").setLevel(logging.WARNING)
     make_nonblocking_if_private(1)
     writer = LineWriter(1, eventlet)
     service = BgpService(OsKen(eventlet), lambda event: writer.emit(encode_event(event)))

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from base.primitives import MAX_VNI, normalize_mac, parse_vni
 from base.tenancy import MAX_SINCE, VniClaim, parse_namespace, parse_pod_id
+from base.secrets import MAX_MD5_PASSWORD
 
 ROLE_SPEAKER, ROLE_REFLECTOR = "speaker", "reflector"
 ROLES = (ROLE_SPEAKER, ROLE_REFLECTOR)
@@ -40,7 +41,9 @@ CONNECT_MODES = ("active", "passive", "both")
 MAX_RD_INDEX = 2**16 - 1
 MAX_ASN = 2**16 - 1       # the RT <asn>:<vni> is a 2-octet-AS route target
 MAX_SEQ = 2**32 - 1       # the MAC mobility sequence number is 32 bits
+MAX_ROUTES_PER_PEER = 10_000_000
 ADD, DEL = "add", "del"
+ROUTE_LIMIT = "route_limit"  # PeerState.reason: the peer sent more routes than it may
 
 
 class ProtocolError(ValueError):
@@ -137,6 +140,14 @@ def _pod(args: dict) -> str | None:
 
 def _vni_claim(namespace: str | None, since: int) -> VniClaim | None:
     return None if namespace is None else VniClaim(since, namespace)
+MAX_TEXT = 300
+
+
+def _short_text(args: dict, name: str) -> str:
+    value = _field(args, name, str, "")
+    if len(value) > MAX_TEXT:
+        raise ProtocolError(f'"{name}" must be at most {MAX_TEXT} characters')
+    return value
 
 
 def _mac(args: dict) -> str:
@@ -173,6 +184,9 @@ class Start(Command):
     `connect_retry`: seconds between attempts to connect to an active/both peer (os-ken's own
     30 s delays every re-connection). `restart_grace`: seconds a peer's routes are kept after its
     session closes (0: upstream behaviour; a hold-timer expiry still withdraws at once).
+    `max_routes_per_peer` (0: no limit): a peer holding more routes here is sent a NOTIFICATION
+    (Cease, Maximum Number of Prefixes Reached), its routes are dropped and it may come back only
+    after `route_limit_backoff` seconds, doubled at each new cut (bgp.client_routes.Backoff).
     Result: None. A start that fails leaves the process unusable: close it."""
     op: ClassVar[str] = "start"
     router_id: str
@@ -184,6 +198,8 @@ class Start(Command):
     hold_time: int = 9
     connect_retry: int = 1
     restart_grace: int = 0
+    max_routes_per_peer: int = 0
+    route_limit_backoff: int = 30
 
     @classmethod
     def decode(cls, args: dict) -> "Start":
@@ -203,7 +219,9 @@ class Start(Command):
                    listen_host=_ip(args, "listen_host", None),
                    listen_port=_int_in(args, "listen_port", 0, 65535, 179), hold_time=hold_time,
                    connect_retry=_int_in(args, "connect_retry", 1, 3600, 1),
-                   restart_grace=_int_in(args, "restart_grace", 0, 3600, 0))
+                   restart_grace=_int_in(args, "restart_grace", 0, 3600, 0),
+                   max_routes_per_peer=_int_in(args, "max_routes_per_peer", 0, MAX_ROUTES_PER_PEER, 0),
+                   route_limit_backoff=_int_in(args, "route_limit_backoff", 1, 3600, 30))
 
 
 @dataclass(frozen=True)
@@ -214,7 +232,7 @@ class PeerAdd(Command):
     op: ClassVar[str] = "peer_add"
     address: str
     connect_mode: str = "both"
-    password: str | None = None  # TCP MD5
+    password: str | None = dataclasses.field(default=None, repr=False)  # TCP MD5: never logged
 
     @classmethod
     def decode(cls, args: dict) -> "PeerAdd":
@@ -222,7 +240,10 @@ class PeerAdd(Command):
         if mode not in CONNECT_MODES:
             raise ProtocolError(f'"connect_mode" must be one of {", ".join(CONNECT_MODES)}, '
                                 f"not {mode!r}")
-        return cls(_ip(args, "address"), mode, _field(args, "password", str, None) or None)
+        password = _field(args, "password", str, None) or None
+        if password is not None and len(password.encode()) > MAX_MD5_PASSWORD:
+            raise ProtocolError(f'"password" must be at most {MAX_MD5_PASSWORD} octets')
+        return cls(_ip(args, "address"), mode, password)
 
 
 @dataclass(frozen=True)
@@ -477,17 +498,36 @@ class VtepRoute:
 
 @dataclass(frozen=True)
 class PeerState:
-    """A session came up or went down."""
+    """A session came up or went down. `reason` says why we closed it ourselves: ROUTE_LIMIT
+    (the peer sent more routes than Start.max_routes_per_peer), else ""."""
     event: ClassVar[str] = "peer"
     address: str
     up: bool
+    reason: str = ""
 
     @classmethod
     def decode(cls, message: dict) -> "PeerState":
         up = message.get("up")
         if not isinstance(up, bool):
             raise ProtocolError('"up" must be true or false')
-        return cls(_ip(message, "address"), up)
+        return cls(_ip(message, "address"), up, _short_text(message, "reason"))
+
+
+@dataclass(frozen=True)
+class RoutesRefused:
+    """Routes of one UPDATE from `peer` were refused and treated as withdrawn (RFC 7606): a
+    reflector takes a client's routes only with the client's own address as their VTEP.
+    `routes`: how many; `reason`: why the first of them was (one event per UPDATE at most, so
+    a peer sending many pays for them, not the pipe)."""
+    event: ClassVar[str] = "refused"
+    peer: str
+    routes: int
+    reason: str
+
+    @classmethod
+    def decode(cls, message: dict) -> "RoutesRefused":
+        return cls(_ip(message, "peer"), _int_in(message, "routes", 1, 2**31 - 1),
+                   _short_text(message, "reason"))
 
 
 @dataclass(frozen=True)
@@ -502,8 +542,9 @@ class Ready:
 
 
 Route = MacRoute | VtepRoute
-Event = MacRoute | VtepRoute | PeerState | Ready
-EVENTS: dict[str, type] = {cls.event: cls for cls in (MacRoute, VtepRoute, PeerState, Ready)}
+Event = MacRoute | VtepRoute | PeerState | RoutesRefused | Ready
+EVENTS: dict[str, type] = {cls.event: cls for cls in (MacRoute, VtepRoute, PeerState, RoutesRefused,
+                                                      Ready)}
 
 
 def event_json(event: Event) -> dict:

@@ -39,6 +39,7 @@ class BgpService:
         self._peers: dict[str, PeerAdd] = {}
         self._vnis: dict[int, _LocalVni] = {}
         self._wire = None  # bgp.osken_fastpath.WireTable: received EVPN routes
+        self._guard = None  # bgp.osken_guard.PeerGuard: what peers may send
         self.stopped = False
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Start: self._start, PeerAdd: self._peer_add, PeerDel: self._peer_del,
@@ -75,9 +76,12 @@ class BgpService:
             compat.apply_reflector_fixes()
         if config.restart_grace:
             compat.enable_restart_grace(config.restart_grace)
+        self._guard = self._osken.guard.enable(
+            self._emit, config.max_routes_per_peer, self._osken.Backoff(config.route_limit_backoff),
+            check_vteps=config.role == ROLE_REFLECTOR)
         if os.environ.get("MEGALOS_WIRE_PATH", "1") != "0":  # "0": os-ken's own path (tests)
-            self._wire = self._osken.fastpath.enable_wire_path(self._emit,
-                                                               reflect=config.role == ROLE_REFLECTOR)
+            self._wire = self._osken.fastpath.enable_wire_path(
+                self._emit, reflect=config.role == ROLE_REFLECTOR, guard=self._guard)
         if config.listen_port and not self._wait_listening():
             raise ProtocolError(f"cannot listen on {hosts[0]} port {config.listen_port} (see log)")
         log.info("started %s %s AS %d", config.role, config.router_id, config.asn)
@@ -266,4 +270,5 @@ class BgpService:
         self._emit(PeerState(address, True))
 
     def _on_peer_down(self, address: str, remote_as: int) -> None:
-        self._emit(PeerState(address, False))
+        reason = self._guard.down_reason(address) if self._guard is not None else ""
+        self._emit(PeerState(address, False, reason))
