@@ -12,15 +12,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from base.logs import LogLimiter
 from base.primitives import normalize_ip
 from bgp.client import BgpProcess
-from bgp.protocol import (ROLE_REFLECTOR, MacRoute, PeerAdd, PeerDel, Peers, PeerState,
-                          PeerSummary, Start, VtepRoute)
+from bgp.peer_rules import DEFAULT_PER_CLIENT
+from bgp.protocol import (ROLE_REFLECTOR, ROUTE_LIMIT, MacRoute, PeerAdd, PeerDel, Peers,
+                          PeerState, PeerSummary, RoutesRefused, Start, VtepRoute)
 from reflector.state import ReflectorState
 
 log = logging.getLogger("megalos.reflector")
+REASONS = {ROUTE_LIMIT: " (it sent more routes than --max-routes-per-peer; its routes are "
+                        "withdrawn, and it gets no session until its back-off ends)"}
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,14 @@ class ReflectorConfig:
     bgp_port: int = 179
     hold_time: int = 9
     restart_grace: int = 8      # seconds a node's routes outlive its closed session
-    md5_password: str = ""
+    md5_password: str = field(default="", repr=False)  # TCP MD5 with every node; never logged
+    max_routes_per_peer: int = DEFAULT_PER_CLIENT      # 0: no limit (bgp.peer_rules)
 
     def start_command(self) -> Start:
         return Start(router_id=self.router_id, asn=self.asn, role=ROLE_REFLECTOR,
                      cluster_id=self.cluster_id, listen_host=self.listen_host or self.router_id,
                      listen_port=self.bgp_port, hold_time=self.hold_time,
-                     restart_grace=self.restart_grace)
+                     restart_grace=self.restart_grace, max_routes_per_peer=self.max_routes_per_peer)
 
 
 class Reflector:
@@ -55,8 +60,10 @@ class Reflector:
         self.started = time.time()
         self._spawn_bgp = spawn_bgp
         self.bgp: BgpProcess | None = None
-        # Events worth counting, by name: exported as metrics.
-        self.counters: Counter[str] = Counter()
+        # Events worth counting, by name: exported as metrics. The state counts its own
+        # (mac_frozen) in the same Counter.
+        self.counters: Counter[str] = self.state.counters
+        self._refusals = LogLimiter(log)
 
     def start(self) -> None:
         self.bgp = self._spawn_bgp(on_event=self.on_event, name="reflector-bgp")
@@ -70,9 +77,17 @@ class Reflector:
         """From the BGP process's reader thread: routes go into the state."""
         if isinstance(event, (MacRoute, VtepRoute)):
             self.state.apply(event)
+        elif isinstance(event, RoutesRefused):
+            self.counters["routes_refused"] += event.routes
+            self._refusals.warning("refused", "routes from %s refused (treated as withdrawn): %s",
+                                   event.peer, event.reason)
         elif isinstance(event, PeerState):
             log.info("peer %s %s", event.address, "up" if event.up else "down")
             self.counters["session_up" if event.up else "session_down"] += 1
+            if event.reason:  # we closed the session
+                log.warning("peer %s closed: %s%s", event.address, event.reason,
+                            REASONS.get(event.reason, ""))
+                self.counters[f"peer_{event.reason}"] += 1
 
     def add_peer(self, address: str, passive: bool = False) -> bool:
         """Peer with a node (dialling it, unless `passive`); True if it was not a peer yet."""

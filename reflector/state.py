@@ -9,6 +9,13 @@ which LAN, from the Kubernetes API with --lans-from-k8s), read together with the
 Nothing is stored on disk: after a restart the routes come back from the speakers and so does this
 state (the change log starts again from 1 under a new `epoch`; the LAN table is listed again).
 
+MAC mobility is watched as the nodes see it (bgp.mobility, FRR's duplicate detection): a MAC
+that moves between VTEPs `max_moves` times within the window (a claim from another VTEP with a
+higher sequence number), or that is announced at the highest sequence number (nobody can
+outbid it: the race a rogue node wins by starting there), is frozen, and shown so in its VNI
+(`frozen`) and its LANs (`frozen_macs`, and each member's `frozen`). The reflector does not
+change what it reflects: the nodes pin a frozen MAC where it was.
+
 Tables are read a page at a time: a page is `limit` rows after a `cursor`, the cursor being the
 key of the last row of the previous page (`str(vni)` for the VNI list, `"<mac>@<vtep>"` for a MAC
 table). Keys are kept sorted per VNI and re-sorted only after a change, so reading a page of a
@@ -21,11 +28,12 @@ import itertools
 import json
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from base.tenancy import VniClaim
-from bgp.protocol import MacRoute, VtepRoute
+from bgp.mobility import DuplicateDetector
+from bgp.protocol import MAX_SEQ, MacRoute, VtepRoute
 from reflector.lanview import LanTable
 
 MAX_PAGE = 10_000
@@ -42,6 +50,7 @@ class MacRecord:
     first_seen: float
     last_changed: float
     pod: str | None = None   # the pod its route names (bgp.claims), None if none
+    seq: int = 0  # the MAC mobility sequence number this VTEP announced last
     _text: tuple | None = field(default=None, repr=False, compare=False)  # (node, JSON text)
 
     def touch(self, now: float) -> None:
@@ -105,6 +114,10 @@ class ReflectorState:
     changed: threading.Condition = field(default_factory=threading.Condition)
     _order: dict = field(default_factory=dict)      # vni -> sorted [(mac, vtep)], dropped on change
     lan_table: LanTable = field(default_factory=LanTable)  # NADs and pods (reflector.lanview)
+    moves: DuplicateDetector = field(default_factory=DuplicateDetector)  # keys (vni, mac)
+    unbeatable: dict = field(default_factory=dict)  # (vni, mac) -> since when at the highest seq
+    counters: Counter = field(default_factory=Counter)  # "mac_frozen" (the Reflector's Counter)
+    _expired_at: float = 0.0
 
     # -- changes ----------------------------------------------------------------------------------
     def apply(self, route: MacRoute | VtepRoute, now: float | None = None) -> bool:
@@ -114,7 +127,7 @@ class ReflectorState:
             if isinstance(route, VtepRoute):
                 return self._apply_vtep(route.vni, route.vtep, route.added, now, route.claim)
             return self._apply_mac(route.vni, route.mac, route.vtep, route.ip, route.added, now,
-                                   route.pod)
+                                   route.pod, route.seq)
 
     def _apply_vtep(self, vni: int, vtep: str, add: bool, now: float,
                     claim: VniClaim | None = None) -> bool:
@@ -141,11 +154,16 @@ class ReflectorState:
         return True
 
     def _apply_mac(self, vni: int, mac: str, vtep: str, ip: str | None, add: bool,
-                   now: float, pod: str | None = None) -> bool:
+                   now: float, pod: str | None = None, seq: int = 0) -> bool:
         table = self.macs.get(vni, {})
-        record = table.get(mac, {}).get(vtep)
+        records = table.get(mac, {})
+        record = records.get(vtep)
         if add:
+            self._follow_moves(vni, mac, vtep, seq, records, now)
             if record is not None and ip in record.routes and record.pod == pod:
+                if record.seq != seq:
+                    record.seq = seq
+                    self._follow_sequence(vni, mac, now)
                 return False
             if record is None:
                 record = MacRecord(vni, mac, vtep, set(), now, now, pod)
@@ -154,7 +172,9 @@ class ReflectorState:
                 self._order.pop(vni, None)
             record.routes.add(ip)
             record.pod = pod
+            record.seq = seq
             record.touch(now)
+            self._follow_sequence(vni, mac, now)
         else:
             if record is None or ip not in record.routes:
                 return False
@@ -162,6 +182,7 @@ class ReflectorState:
             record.touch(now)
             if not record.routes:
                 self._drop(vni, mac, vtep)
+                self._follow_sequence(vni, mac, now)
         self._record({"type": "mac", "action": "add" if add else "del", "vni": vni, "mac": mac,
                       "vtep": vtep, "ip": ip}, now)
         return True
@@ -178,6 +199,50 @@ class ReflectorState:
         self.where[mac].discard(vni)
         if not self.where[mac]:
             del self.where[mac]
+        self.moves.clear((vni, mac))  # gone everywhere: no duplicate any more
+
+    # -- MAC mobility: duplicates and the sequence-number race ------------------------------------
+    def _follow_moves(self, vni: int, mac: str, vtep: str, seq: int, records: dict,
+                      now: float) -> None:
+        """A claim from `vtep` that outbids the MAC's current holder (another VTEP) is a move."""
+        holder = max(records.values(), key=lambda r: (r.seq, r.last_changed), default=None)
+        if holder is None or holder.vtep == vtep or seq <= holder.seq:
+            return
+        self._expire(now)
+        if self.moves.move((vni, mac), now) is not None:
+            self.counters["mac_frozen"] += 1
+
+    def _follow_sequence(self, vni: int, mac: str, now: float) -> None:
+        """Whether a VTEP announces the MAC at the highest sequence number, which cannot be
+        outbid: frozen while one does."""
+        key = (vni, mac)
+        at_max = any(r.seq >= MAX_SEQ for r in self.macs.get(vni, {}).get(mac, {}).values())
+        if at_max and key not in self.unbeatable:
+            self.unbeatable[key] = now
+            self.counters["mac_frozen"] += 1
+        elif not at_max:
+            self.unbeatable.pop(key, None)
+
+    def _expire(self, now: float) -> None:
+        if now - self._expired_at >= 1.0 or now < self._expired_at:
+            self.moves.expire(now)
+            self._expired_at = now
+
+    def _frozen(self, vni: int, now: float) -> dict[str, dict]:
+        """The VNI's frozen MACs: mac -> {mac, reason, since, until, vteps}."""
+        self._expire(now)
+        rows = {}
+        table = self.macs.get(vni, {})
+        for (at, mac), freeze in self.moves.frozen_keys().items():
+            if at == vni:
+                rows[mac] = {"mac": mac, "reason": f"moved {freeze.moves} times within "
+                             f"{self.moves.window:.0f} s", "since": freeze.since,
+                             "until": freeze.until, "vteps": sorted(table.get(mac, ()))}
+        for (at, mac), since in self.unbeatable.items():
+            if at == vni:
+                rows[mac] = {"mac": mac, "reason": "highest sequence number", "since": since,
+                             "until": None, "vteps": sorted(table.get(mac, ()))}
+        return dict(sorted(rows.items()))
 
     def _record(self, change: dict, now: float) -> None:
         self.seq += 1
@@ -283,10 +348,12 @@ class ReflectorState:
         detail = self._detail(vni, limit, cursor, vtep, MacRecord.encoded)
         if detail is None:
             return None
-        return '{"vni":%d,"vteps":%s,"owner":%s,"claims":%s,"mac_count":%d,"macs":[%s],"next":%s}' % (
+        return ('{"vni":%d,"vteps":%s,"owner":%s,"claims":%s,"mac_count":%d,"macs":[%s],"next":%s,'
+                '"frozen":%s}') % (
             detail["vni"], json.dumps(detail["vteps"], separators=(",", ":")),
             json.dumps(detail["owner"]), json.dumps(detail["claims"], separators=(",", ":")),
-            detail["mac_count"], ",".join(detail["macs"]), json.dumps(detail["next"]))
+            detail["mac_count"], ",".join(detail["macs"]), json.dumps(detail["next"]),
+            json.dumps(detail["frozen"], separators=(",", ":")))
 
     def _detail(self, vni: int, limit: int | None, cursor: str | None, vtep: str | None, row):
         limit = page_limit(limit)
@@ -314,6 +381,7 @@ class ReflectorState:
                 "mac_count": len(table),
                 "macs": [row(table[mac][at], self.node_names.get(at)) for mac, at in page],
                 "next": mac_cursor(*page[-1]) if more else None,
+                "frozen": list(self._frozen(vni, time.time()).values()),
             }
 
     def where_is(self, mac: str, vni: int | None = None, vtep: str | None = None) -> list[dict]:
@@ -368,6 +436,12 @@ class ReflectorState:
         with self.changed:
             table = self.lan_table
             lans = table.view(namespace, self._announced, self.claimants)
+            now = time.time()
+            for lan in lans:
+                frozen = self._frozen(lan["vni"], now)
+                lan["frozen_macs"] = list(frozen)
+                for member in lan["members"]:
+                    member["frozen"] = member["mac"] in frozen
             synced = table.watching and all(table.synced.values())
             return {"namespace": namespace, "watching": table.watching, "synced": synced,
                     "converged": synced and all(lan["converged"] for lan in lans), "lans": lans}

@@ -191,8 +191,9 @@ def test_lans_show_members_and_convergence(client, reflector):
                               "members": [{"pod": "pc1", "namespace": "lab1", "interface": "net0",
                                            "mac": "02:00:00:00:00:01", "node": "n1",
                                            "attached": True, "vteps": ["192.0.2.2"],
-                                           "announced": True}],
-                              "converged": True, "vni_owner": None, "vni_claimed_by": []}]}
+                                           "announced": True, "frozen": False}],
+                              "converged": True, "vni_owner": None, "vni_claimed_by": [],
+                              "frozen_macs": []}]}
     reflector.state.lan_event("pods", "ADDED", pod("pc2", "02:00:00:00:00:02"))
     body = client.get("/api/v1/lans").json
     assert body["namespace"] is None and not body["converged"]
