@@ -41,6 +41,12 @@ def add_md5_password_option(parser: argparse.ArgumentParser) -> None:
             return read_md5_password(path)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+    def refuse(_: str) -> str:  # also keeps argparse from taking it for --md5-password-file
+        raise argparse.ArgumentTypeError("a password on the command line is readable by every "
+                                         "user of the node: put it in a file, give "
+                                         "--md5-password-file")
+    parser.add_argument("--md5-password", dest="md5_password_on_command_line", type=refuse,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--md5-password-file", dest="md5_password", type=read, default="",
                         metavar="PATH", help="a file holding the TCP MD5 password of the BGP "
                         "sessions (a mounted Secret; read at start; a missing file: no MD5). "

@@ -16,9 +16,11 @@ import signal
 import sys
 import threading
 
-from base import logs
+from base import logs, secrets
 from base import metrics as metrics_endpoint
 from bgp.client import BgpError
+from bgp.peer_rules import DEFAULT_PER_CLIENT
+from bgp.protocol import MAX_ROUTES_PER_PEER
 from reflector.metrics import DEFAULT_PORT as METRICS_PORT
 from reflector.metrics import ReflectorMetrics
 from reflector.protocol import DEFAULT_SOCKET
@@ -49,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "restarting agent does not interrupt traffic (default: hold time - 1, so a "
                    "dead node is still withdrawn within the hold time; a silent node whose hold "
                    "timer expires is withdrawn at once)")
-    p.add_argument("--md5-password", default="")
+    secrets.add_md5_password_option(p)
+    p.add_argument("--max-routes-per-peer", type=int, default=DEFAULT_PER_CLIENT, metavar="N",
+                   help="routes a node may have here; past it its session is closed (Cease, "
+                   "Maximum Number of Prefixes Reached), its routes withdrawn, and it is held "
+                   "off 30 s, doubling at each new cut up to 10 min (default %(default)s: a "
+                   "node's default MAC limit, and as many LANs; 0: no limit)")
     p.add_argument("--peers-from-k8s", action="store_true",
                    help="peer with the Ready nodes, read (and watched) from the Kubernetes API, "
                    "at each node's VTEP address (annotation megalos.io/vtep-ip, else its first "
@@ -103,7 +110,7 @@ def reflector_config(args) -> ReflectorConfig:
         router_id=args.router_id, asn=args.asn, cluster_id=args.cluster_id,
         listen_host=args.listen_host, bgp_port=args.bgp_port, hold_time=args.hold_time,
         restart_grace=args.restart_grace if args.restart_grace >= 0 else max(args.hold_time - 1, 0),
-        md5_password=args.md5_password)
+        md5_password=args.md5_password, max_routes_per_peer=args.max_routes_per_peer)
 
 
 def check_args(args) -> None:
@@ -123,6 +130,8 @@ def check_args(args) -> None:
         raise ValueError(f"{' and '.join(k8s_only)} need --peers-from-k8s")
     if args.not_ready_grace is not None and args.not_ready_grace < 0:
         raise ValueError("--not-ready-grace must be >= 0")
+    if not 0 <= args.max_routes_per_peer <= MAX_ROUTES_PER_PEER:
+        raise ValueError(f"--max-routes-per-peer must be in 0..{MAX_ROUTES_PER_PEER}")
 
 
 def watch_kubernetes(args, reflector: Reflector) -> list:

@@ -12,9 +12,10 @@ import signal
 import sys
 import threading
 
-from base import logs
+from base import logs, secrets
 from base import metrics as metrics_endpoint
 from bgp import mobility
+from bgp.peer_rules import DEFAULT_PER_REFLECTOR
 from cni.config import DEFAULT_AGENT_SOCKET, STANDARD_VXLAN_PORTS
 from cni.datapath import Datapath, DatapathError
 from cni.plugin import Announcements, Plugin
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-mode", choices=("passive", "active", "both"), default="passive",
                    help="who opens BGP sessions: passive = our reflectors dial the nodes (fast "
                    "reconnects, no collisions); active for an FRR reflector with a listen range")
-    p.add_argument("--md5-password", default="", help="TCP MD5 password for BGP sessions")
+    secrets.add_md5_password_option(p)
     p.add_argument("--reconcile-interval", type=float, default=30.0,
                    help="seconds between full kernel/BGP reconciliations")
     p.add_argument("--stale-time", type=float, default=60.0,
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--dup-freeze", type=freeze_time, default=mobility.DEFAULT_FREEZE,
                         metavar="S|permanent", help="how long a duplicate MAC stays frozen "
                         "(default %(default)s s; permanent: until the agent restarts)")
+    limits.add_argument("--max-routes-per-peer", type=int, default=DEFAULT_PER_REFLECTOR,
+                        metavar="N", help="routes a reflector may have here; past it its session "
+                        "is closed (Cease, Maximum Number of Prefixes Reached), its routes "
+                        "withdrawn, and it is held off 30 s, doubling at each new cut up to 10 "
+                        "min (default %(default)s: 16 nodes at their MAC limit; 0: no limit)")
     limits.add_argument("--bgp-timeout", type=positive(float), default=10.0, metavar="S",
                         help="seconds the BGP process has to accept a batch of announcements; "
                         "then they are retried (default %(default)s)")

@@ -202,7 +202,8 @@ class NodeSpeaker(Announcements):
         self.bgp = self._spawn_bgp(on_event=lambda event: self._queue.put(Received(event)),
                                    name="speaker-bgp")
         self.bgp.call(Start(router_id=self.router_id, asn=self.config.asn, listen_host=self.router_id,
-                            listen_port=self.config.bgp_port, hold_time=self.config.hold_time))
+                            listen_port=self.config.bgp_port, hold_time=self.config.hold_time,
+                            max_routes_per_peer=self.config.max_routes_per_peer))
         for reflector in self.reflectors:
             self.bgp.call(self._peer(reflector))
         self.peers_up.clear()
@@ -467,6 +468,10 @@ class NodeSpeaker(Announcements):
     # -- received routes ------------------------------------------------------------------------
     def _received(self, event, adds: list, removes: list) -> None:
         if isinstance(event, PeerState):
+            if event.reason:  # the BGP process closed the session (ROUTE_LIMIT)
+                log.warning("reflector %s closed: %s (more routes than --max-routes-per-peer; held "
+                            "off, then dialled again)", event.address, event.reason)
+                self.counters[f"peer_{event.reason}"] += 1
             self._peer_state(event.address, event.up)
             return
         if not self._acceptable(event):

@@ -11,8 +11,10 @@ import pytest
 
 from base.tenancy import VniClaim
 from bgp.client import BgpError
+from bgp.peer_rules import DEFAULT_PER_REFLECTOR
 from bgp.protocol import (ADD, DEL, MAX_SEQ, MacAdd, MacDel, MacRoute, Originated, OriginatedRoutes,
-                          PeerAdd, PeerDel, PeerState, Reply, Start, VtepAdd, VtepDel, VtepRoute)
+                          PeerAdd, PeerDel, PeerState, Reply, ROUTE_LIMIT, Start, VtepAdd, VtepDel,
+                          VtepRoute)
 from speaker.config import NodeConfig
 from speaker.evpn_state import FloodEntry, MacEntry
 from speaker.node import (LocalMac, LocalVtep, NodeSpeaker, Received, ReflectorChange)
@@ -169,7 +171,8 @@ def test_start_peers_and_announces_what_the_kernel_holds(node):
     node._read_kernel()
     drain(node)
     assert node.bgp.commands == [
-        Start(router_id=ME, asn=65000, listen_host=ME, listen_port=179, hold_time=9),
+        Start(router_id=ME, asn=65000, listen_host=ME, listen_port=179, hold_time=9,
+              max_routes_per_peer=DEFAULT_PER_REFLECTOR),
         PeerAdd("10.0.0.9", "passive", "pw"), VtepAdd(100, 1), MacAdd(100, MAC)]
     assert node.not_ready() == ""
 
@@ -231,6 +234,16 @@ def test_withdrawals_wait_while_no_reflector_is_up(node):
                    Received(VtepRoute(DEL, 100, OTHER))])
     node._housekeeping()
     assert node.fdb.removed == [FloodEntry(100, THIRD)]  # kept: stale_time has not passed
+
+
+def test_a_reflector_cut_for_its_routes_is_counted_and_logged(node, caplog):
+    node._start_bgp()
+    node._process([Received(PeerState("10.0.0.9", True)),
+                   Received(PeerState("10.0.0.9", False, ROUTE_LIMIT))])
+    assert node.counters["peer_route_limit"] == 1 and node.peers_up == set()
+    assert "reflector 10.0.0.9 closed: route_limit" in caplog.text
+    node._process([Received(PeerState("10.0.0.9", True)), Received(PeerState("10.0.0.9", False))])
+    assert node.counters["peer_route_limit"] == 1
 
 
 def test_reflectors_are_added_and_removed_at_runtime(node):

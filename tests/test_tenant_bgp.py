@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from bgp.protocol import (MAX_SEQ, ROUTE_LIMIT, MacAdd, MacRoute, PeerAdd, PeerS
                           RoutesRefused, Start, VtepAdd, VtepRoute)
 from lab.cluster import Cluster, unique_prefix, wait_until
 from lab.rogue_bgp import RoguePeer
+from reflector.protocol import StateClient
 from reflector.route_reflector import Reflector, ReflectorConfig
 
 pytestmark = pytest.mark.root
@@ -296,3 +298,50 @@ def test_the_reflector_shows_a_mac_at_the_highest_sequence_number_or_fought_over
         rogue.close()
         a.close()
         reflector.close()
+
+
+def command_lines(*nodes) -> list[bytes]:
+    """The command line of every process in the nodes' namespaces."""
+    found = []
+    for node in nodes:
+        for pid in node.run("ip", "netns", "pids", node.netns, check=False).stdout.split():
+            try:
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                pass  # gone meanwhile
+    return found
+
+
+def test_md5_from_a_mounted_file_keeps_out_a_peer_without_the_password(cluster):
+    rr, n1, rogue_node = (cluster.add_node(n) for n in ("rr", "n1", "rogue"))
+    password = "m3galos-s3cret"
+    secret = cluster.run_dir / "md5-password"
+    secret.write_text(password + "\n")  # as `kubectl create secret --from-file` keeps it
+    secret.chmod(0o600)
+    wrong = cluster.run_dir / "wrong"
+    wrong.write_text("not-the-password")
+    rr.start_reflector("--peer", n1.ip, "--peer", rogue_node.ip, "--md5-password-file", str(secret),
+                       "--hold-time", str(HOLD))
+    n1.start_agent("--reflector", rr.ip, "--md5-password-file", str(secret),
+                   "--hold-time", str(HOLD))
+    state = StateClient(rr.socket)
+    established = lambda address: any(p["address"] == address and p["state"] == "Established"  # noqa: E731
+                                      for p in state.call("peers"))
+    wait_until(lambda: established(n1.ip), 30, "n1's session, with TCP MD5")
+
+    rogue_args = ("--router-id", rogue_node.ip, "--peer", rr.ip, "--listen", rogue_node.ip,
+                  "--hold-time", str(HOLD))
+    for key in ((), ("--md5-password-file", str(wrong))):  # no password, a wrong one
+        with RoguePeer(rogue_node.netns, *rogue_args, *key) as rogue:
+            rogue.wait_for("listening")
+            time.sleep(8)  # the reflector dials it every ~2 s meanwhile
+            assert rogue.events("established") == [] and not established(rogue_node.ip)
+    with RoguePeer(rogue_node.netns, *rogue_args, "--md5-password-file", str(secret)) as rogue:
+        rogue.wait_for("established", 30)                       # the same peer, with the password
+    # The password is on no command line and in no log.
+    daemons = [line for line in command_lines(rr, n1) if b"--md5-password-file" in line
+               or b"bgp.process" in line]
+    assert len(daemons) == 4  # the agent and the reflector, and their BGP processes
+    assert not [line for line in command_lines(rr, n1) if password.encode() in line]
+    for log in (rr.log_path, n1.log_path):
+        assert password not in log.read_text()
