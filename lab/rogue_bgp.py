@@ -168,7 +168,8 @@ class Speaker:
     def _handle(self, sock: socket.socket, message: bytes) -> None:
         kind = message[18]
         if kind == OPEN:
-            sock.sendall(_message(KEEPALIVE))
+            with self.lock:
+                sock.sendall(_message(KEEPALIVE))
         elif kind == KEEPALIVE and not self.established:
             with self.lock:
                 self.established = True
@@ -182,7 +183,8 @@ class Speaker:
         while sock.fileno() >= 0:
             time.sleep(max(1, self.args.hold_time // 3))
             try:
-                sock.sendall(_message(KEEPALIVE))
+                with self.lock:  # never inside another message
+                    sock.sendall(_message(KEEPALIVE))
             except OSError:
                 return
 

@@ -6,6 +6,7 @@ fought over; and a peer without the cluster's TCP MD5 password. The route checks
 paths a received route can take (the wire path, and os-ken's with MEGALOS_WIRE_PATH=0)."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -14,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from bgp.client import BgpProcess
+from cni import naming
 from bgp.protocol import (MAX_SEQ, ROUTE_LIMIT, MacAdd, MacRoute, PeerAdd, PeerState, Rib,
                           RoutesRefused, Start, VtepAdd, VtepRoute)
 from lab.cluster import Cluster, unique_prefix, wait_until
 from lab.rogue_bgp import RoguePeer
 from reflector.protocol import StateClient
 from reflector.route_reflector import Reflector, ReflectorConfig
+from tests.test_evpn_e2e import attach, remote_macs
 
 pytestmark = pytest.mark.root
 ASN, HOLD, VNI = 65000, 3, 3100
@@ -345,3 +348,27 @@ def test_md5_from_a_mounted_file_keeps_out_a_peer_without_the_password(cluster):
     assert not [line for line in command_lines(rr, n1) if password.encode() in line]
     for log in (rr.log_path, n1.log_path):
         assert password not in log.read_text()
+
+
+def test_a_rogue_reflectors_routes_naming_no_node_never_reach_a_nodes_kernel(cluster, runtime):
+    """The reflector refuses them from a client (above); a node checks what its reflectors send
+    (speaker.node): behind a rogue reflector, a loopback tunnel endpoint never reaches the VTEP,
+    and past the node's route limit the rogue is cut."""
+    node, rogue_node = cluster.add_node("n"), cluster.add_node("rogue")
+    node.start_agent("--reflector", rogue_node.ip, "--hold-time", str(HOLD),
+                     "--max-routes-per-peer", "100")
+    pod = node.add_pod("p")
+    attach(runtime, node, pod, VNI, "02:31:00:00:00:01")
+    with RoguePeer(rogue_node.netns, "--router-id", rogue_node.ip, "--peer", node.ip,
+                   "--connect", "--hold-time", str(HOLD)) as rogue:
+        rogue.wait_for("established", 30)
+        rogue.send("vtep", vni=VNI, next_hop="127.0.0.1", originator="127.0.0.1", endpoint="127.0.0.1")
+        rogue.send("macs", vni=VNI, count=3, next_hop="127.0.0.1", tag=0x31)
+        rogue.send("macs", vni=VNI, count=2, next_hop=rogue_node.ip, tag=0x32, rd_index=2)  # fine
+        wait_until(lambda: len(remote_macs(node, VNI)) == 2, 20, "the rogue's acceptable MACs")
+        assert set(remote_macs(node, VNI).values()) == {rogue_node.ip}
+        assert "127.0.0.1" not in json.dumps(node.fdb(naming.vtep_name(VNI)))
+        assert "tunnel endpoint 127.0.0.1 is a loopback address, not a node's" in node.log_path.read_text()
+        rogue.send("macs", vni=VNI, count=200, next_hop=rogue_node.ip, tag=0x33, rd_index=3)
+        rogue.wait_for("notification", 20, code=CEASE, subcode=MAX_PREFIXES)
+        wait_until(lambda: "closed: route_limit" in node.log_path.read_text(), 20, "the agent's log")
