@@ -125,7 +125,21 @@ _SCHEMAS = {
                                             "the owner first; more than one is a collision"},
                                  "mac_count": {**_INT, "description": "distinct MACs in the VNI"},
                                  "macs": {"type": "array", "items": _ref("MacEntry")},
-                                 "next": _nullable({"type": "string"})}},
+                                 "next": _nullable({"type": "string"}),
+                                 "frozen": {"type": "array", "items": _ref("FrozenMac"),
+                                            "description": "MACs of the VNI frozen by duplicate "
+                                            "detection (all of them, whatever the page)"}}},
+    "FrozenMac": {"type": "object", "required": ["mac", "reason", "since", "until", "vteps"],
+                  "properties": {"mac": {"type": "string"},
+                                 "reason": {"type": "string", "example": "moved 5 times within "
+                                            "180 s", "description": "or \"highest sequence "
+                                            "number\" (RFC 7432 MAC mobility: nobody can outbid "
+                                            "it)"},
+                                 "since": _TIME,
+                                 "until": _nullable({**_TIME, "description": "null: while it "
+                                                     "is announced at that sequence number"}),
+                                 "vteps": {"type": "array", "items": _IP,
+                                           "description": "the VTEPs announcing it now"}}},
     "MacLocations": {"type": "object", "required": ["mac", "locations"],
                      "properties": {"mac": {"type": "string"},
                                     "locations": {"type": "array", "minItems": 1,
@@ -181,7 +195,9 @@ _SCHEMAS = {
                                  "vteps": {"type": "array", "items": _IP, "description":
                                            "the VTEPs announcing the MAC in the LAN's VNI"},
                                  "announced": {"type": "boolean", "description": "the MAC is in "
-                                               "the VNI's MAC table"}}},
+                                               "the VNI's MAC table"},
+                                 "frozen": {"type": "boolean", "description": "the MAC is frozen "
+                                            "by duplicate detection"}}},
     "Lan": {"type": "object",
             "required": ["namespace", "name", "link", "vni", "members", "converged"],
             "properties": {"namespace": {"type": "string"},
@@ -196,7 +212,10 @@ _SCHEMAS = {
                            "vni_owner": _OWNER,
                            "vni_claimed_by": {"type": "array", "items": _CLAIMANT,
                                               "description": "every namespace claiming the VNI, "
-                                              "the owner first"}}},
+                                              "the owner first"},
+                           "frozen_macs": {"type": "array", "items": {"type": "string"},
+                                           "description": "MACs of the LAN's VNI frozen by "
+                                           "duplicate detection (members' or not)"}}},
     "LanList": {"type": "object",
                 "required": ["namespace", "watching", "synced", "converged", "lans"],
                 "properties": {"namespace": _nullable({"type": "string"}),

@@ -29,6 +29,7 @@ import json
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from base.tenancy import VniClaim
@@ -117,12 +118,13 @@ class ReflectorState:
     moves: DuplicateDetector = field(default_factory=DuplicateDetector)  # keys (vni, mac)
     unbeatable: dict = field(default_factory=dict)  # (vni, mac) -> since when at the highest seq
     counters: Counter = field(default_factory=Counter)  # "mac_frozen" (the Reflector's Counter)
+    clock: Callable[[], float] = field(default=time.time, repr=False)  # wall clock: API times
     _expired_at: float = 0.0
 
     # -- changes ----------------------------------------------------------------------------------
     def apply(self, route: MacRoute | VtepRoute, now: float | None = None) -> bool:
         """Fold one reflected route (bgp.protocol) into the state; True if it changed it."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.changed:
             if isinstance(route, VtepRoute):
                 return self._apply_vtep(route.vni, route.vtep, route.added, now, route.claim)
@@ -253,7 +255,7 @@ class ReflectorState:
 
     def forget_vtep(self, vtep: str, now: float | None = None) -> None:
         """A peer left: drop what it announced (os-ken's withdrawals normally do this first)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.changed:
             for vni in [v for v, vteps in self.vteps.items() if vtep in vteps]:
                 self._apply_vtep(vni, vtep, False, now)
@@ -381,7 +383,7 @@ class ReflectorState:
                 "mac_count": len(table),
                 "macs": [row(table[mac][at], self.node_names.get(at)) for mac, at in page],
                 "next": mac_cursor(*page[-1]) if more else None,
-                "frozen": list(self._frozen(vni, time.time()).values()),
+                "frozen": list(self._frozen(vni, self.clock()).values()),
             }
 
     def where_is(self, mac: str, vni: int | None = None, vtep: str | None = None) -> list[dict]:
@@ -436,7 +438,7 @@ class ReflectorState:
         with self.changed:
             table = self.lan_table
             lans = table.view(namespace, self._announced, self.claimants)
-            now = time.time()
+            now = self.clock()
             for lan in lans:
                 frozen = self._frozen(lan["vni"], now)
                 lan["frozen_macs"] = list(frozen)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bgp.protocol import ADD, DEL, MacRoute, VtepRoute
+from bgp.protocol import ADD, DEL, MAX_SEQ, MacRoute, VtepRoute
 from reflector.state import ReflectorState
 
 V1, V2 = 70000, 70001
@@ -232,3 +232,95 @@ def test_the_json_page_is_the_page_encoded_and_follows_changes(state):
     assert page["macs"][1]["ip"] == "10.0.0.1" and page["macs"][1]["last_changed"] == 99.0
     assert page["macs"][0]["node"] == "node-b"
     assert state.vni_detail_json(V2) is None
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def claim(state, clock, vtep, seq, mac_=None, vni=V1, add=True):
+    return state.apply(MacRoute(ADD if add else DEL, vni, mac_ or m(1), vtep, None, seq), clock.now)
+
+
+def test_a_mac_fought_over_is_frozen_after_five_moves_and_thawed_later():
+    clock = Clock()
+    state = ReflectorState(clock=clock)
+    claim(state, clock, A, 0)
+    for seq in range(1, 5):                     # B, A, B, A outbid each other: 4 moves
+        clock.now += 1
+        claim(state, clock, B if seq % 2 else A, seq)
+    assert state.vni_detail(V1)["frozen"] == []
+    clock.now += 1
+    claim(state, clock, B, 5)                   # the 5th move within 180 s
+    [row] = state.vni_detail(V1)["frozen"]
+    assert row == {"mac": m(1), "reason": "moved 5 times within 180 s", "since": 1005.0,
+                   "until": 1305.0, "vteps": [A, B]}
+    assert state.counters["mac_frozen"] == 1
+    claim(state, clock, A, 6)                   # frozen: not counted as a move
+    assert state.counters["mac_frozen"] == 1
+    import json
+    assert json.loads(state.vni_detail_json(V1))["frozen"] == [row]
+    clock.now = 1306.0                          # the freeze is over
+    assert state.vni_detail(V1)["frozen"] == []
+
+
+def test_claims_without_a_higher_sequence_number_are_no_moves():
+    clock = Clock()
+    state = ReflectorState(clock=clock)
+    for i in range(10):
+        claim(state, clock, A if i % 2 else B, 0)   # a MAC on two VTEPs, neither outbids
+    for seq in range(3, 10):
+        claim(state, clock, A, seq)                 # one move, then the holder itself
+    assert state.vni_detail(V1)["frozen"] == [] and state.counters["mac_frozen"] == 0
+
+
+def test_a_mac_at_the_highest_sequence_number_is_frozen_while_announced():
+    clock = Clock()
+    state = ReflectorState(clock=clock)
+    claim(state, clock, A, 0)
+    claim(state, clock, B, MAX_SEQ)              # nobody can outbid it
+    assert state.vni_detail(V1)["frozen"] == [{"mac": m(1), "reason": "highest sequence number",
+                                                "since": 1000.0, "until": None, "vteps": [A, B]}]
+    assert state.counters["mac_frozen"] == 1
+    clock.now += 10_000
+    assert len(state.vni_detail(V1)["frozen"]) == 1  # no timer: as long as it is announced
+    claim(state, clock, B, MAX_SEQ, add=False)
+    assert state.vni_detail(V1)["frozen"] == []
+    claim(state, clock, A, MAX_SEQ)
+    claim(state, clock, A, 7)                    # announced again, lower: over
+    assert state.vni_detail(V1)["frozen"] == []
+
+
+def test_a_mac_gone_everywhere_is_forgotten_by_the_detector():
+    clock = Clock()
+    state = ReflectorState(clock=clock)
+    for seq in range(6):
+        claim(state, clock, A if seq % 2 else B, seq)
+    assert state.vni_detail(V1)["frozen"]
+    claim(state, clock, A, 5, add=False)
+    claim(state, clock, B, 4, add=False)
+    claim(state, clock, A, 0)
+    assert state.vni_detail(V1)["frozen"] == []
+
+
+def test_the_lan_view_shows_frozen_macs_and_members():
+    import json
+    clock = Clock()
+    state = ReflectorState(clock=clock)
+    config = json.dumps({"cniVersion": "0.3.0", "name": "a", "type": "megalos", "vxlanId": V1})
+    state.lan_reset("nads", [{"metadata": {"name": "kathara-a", "namespace": "lab1",
+                                           "labels": {"name": "A"}}, "spec": {"config": config}}])
+    status = [{"name": "lab1/kathara-a", "interface": "net0", "mac": m(1), "dns": {}}]
+    state.lan_reset("pods", [{"metadata": {"name": "pc1", "namespace": "lab1", "annotations": {
+        "k8s.v1.cni.cncf.io/network-status": json.dumps(status)}}, "spec": {"nodeName": "n1"}}])
+    claim(state, clock, A, 0)
+    claim(state, clock, B, MAX_SEQ, mac_=m(2))    # not a member's MAC: still the LAN's problem
+    [lan] = state.lans("lab1")["lans"]
+    assert lan["frozen_macs"] == [m(2)] and lan["members"][0]["frozen"] is False
+    claim(state, clock, B, MAX_SEQ)
+    [lan] = state.lans("lab1")["lans"]
+    assert lan["frozen_macs"] == [m(1), m(2)] and lan["members"][0]["frozen"] is True
