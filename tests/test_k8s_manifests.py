@@ -646,3 +646,21 @@ def test_dockerignore_keeps_the_packages_and_leaves_out_the_rest():
     for left_out in (".git", ".venv", "tests/conftest.py", "lab/cluster.py", "docs/install.md",
                      "cni/__pycache__/x.pyc"):
         assert ignored(left_out), left_out
+
+
+@pytest.mark.parametrize("kind, name, main", [("DaemonSet", "megalos-agent", "agent"),
+                                              ("Deployment", "megalos-reflector", "reflector")])
+def test_bgp_md5_password_comes_from_an_optional_secret_file(built, kind, name, main):
+    """Never on a command line; without the Secret megalos-bgp the file is absent: no MD5."""
+    workload = find(built, kind, name)
+    daemon = container(workload, main)
+    [option] = [a for a in daemon["args"] if a.startswith("--md5-password")]
+    path = option.split("=", 1)[1]
+    assert option.startswith("--md5-password-file=")
+    [mount] = [m for m in daemon["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "megalos-bgp" and volume["secret"]["optional"] is True
+    assert volume["secret"]["defaultMode"] & 0o007 == 0       # not world-readable
+    others = [c for c in all_containers(workload) if c is not daemon]
+    assert not [c for c in others if any(m["name"] == mount["name"] for m in c.get("volumeMounts", []))]
