@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("cni_latency", "evpn", "api", "map", "soak", "spoof")  # modules of bench/, each with main(argv) -> exit code
+BENCHES = ("cni_latency", "evpn", "api", "map", "soak", "spoof", "rogue_peer")  # modules of bench/, each with main(argv) -> exit code
 
 
 def main(argv: list[str] | None = None) -> int:
