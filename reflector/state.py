@@ -165,7 +165,7 @@ class ReflectorState:
             if record is not None and ip in record.routes and record.pod == pod:
                 if record.seq != seq:
                     record.seq = seq
-                    self._follow_sequence(vni, mac, now)
+                    self._follow_sequence(vni, mac, seq, now)
                 return False
             if record is None:
                 record = MacRecord(vni, mac, vtep, set(), now, now, pod)
@@ -176,7 +176,7 @@ class ReflectorState:
             record.pod = pod
             record.seq = seq
             record.touch(now)
-            self._follow_sequence(vni, mac, now)
+            self._follow_sequence(vni, mac, seq, now)
         else:
             if record is None or ip not in record.routes:
                 return False
@@ -184,7 +184,7 @@ class ReflectorState:
             record.touch(now)
             if not record.routes:
                 self._drop(vni, mac, vtep)
-                self._follow_sequence(vni, mac, now)
+                self._follow_sequence(vni, mac, 0, now)
         self._record({"type": "mac", "action": "add" if add else "del", "vni": vni, "mac": mac,
                       "vtep": vtep, "ip": ip}, now)
         return True
@@ -207,6 +207,8 @@ class ReflectorState:
     def _follow_moves(self, vni: int, mac: str, vtep: str, seq: int, records: dict,
                       now: float) -> None:
         """A claim from `vtep` that outbids the MAC's current holder (another VTEP) is a move."""
+        if not records or (len(records) == 1 and vtep in records):
+            return  # nearly always: a new MAC, or its one VTEP again
         holder = max(records.values(), key=lambda r: (r.seq, r.last_changed), default=None)
         if holder is None or holder.vtep == vtep or seq <= holder.seq:
             return
@@ -214,10 +216,12 @@ class ReflectorState:
         if self.moves.move((vni, mac), now) is not None:
             self.counters["mac_frozen"] += 1
 
-    def _follow_sequence(self, vni: int, mac: str, now: float) -> None:
+    def _follow_sequence(self, vni: int, mac: str, seq: int, now: float) -> None:
         """Whether a VTEP announces the MAC at the highest sequence number, which cannot be
-        outbid: frozen while one does."""
+        outbid: frozen while one does. `seq`: the one just announced (0 for a withdrawal)."""
         key = (vni, mac)
+        if seq < MAX_SEQ and key not in self.unbeatable:
+            return  # nearly always: nothing to look at
         at_max = any(r.seq >= MAX_SEQ for r in self.macs.get(vni, {}).get(mac, {}).values())
         if at_max and key not in self.unbeatable:
             self.unbeatable[key] = now
