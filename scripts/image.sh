@@ -98,8 +98,16 @@ megalos() {  # k8s/Dockerfile, unchanged, from the repository root (.dockerignor
   local base start=$SECONDS
   base="$(python_base)"
   log "building $MEGALOS_IMAGE from k8s/Dockerfile (PYTHON_IMAGE=$base)"
+  # The build stage first: its image ID keys the final stage's install step (k8s/Dockerfile,
+  # BUILD_STAGE_ID), which buildah's cache would otherwise reuse with the old wheels.
+  local stage_id
+  stage_id="$(mktemp)"
+  b bud -q --network host --layers --force-rm --build-arg "PYTHON_IMAGE=$base" --target build \
+        --iidfile "$stage_id" -f "$root/k8s/Dockerfile" "$root" >/dev/null
   b bud -q --network host --layers --force-rm --build-arg "PYTHON_IMAGE=$base" \
+        --build-arg "BUILD_STAGE_ID=$(cat "$stage_id")" \
         -f "$root/k8s/Dockerfile" -t "$MEGALOS_IMAGE" "$root" >/dev/null
+  rm -f "$stage_id"
   log "$MEGALOS_IMAGE built in $((SECONDS - start)) s, $(size "$MEGALOS_IMAGE")"
   archive megalos "$MEGALOS_IMAGE"
 }

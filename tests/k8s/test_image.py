@@ -2,11 +2,15 @@
 each program the manifests start is there and runs."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
 from tests.k8s.conftest import wait_for
 
 pytestmark = pytest.mark.k8s
+REPO = Path(__file__).resolve().parents[2]
 
 # One shell line per program a manifest runs; each prints a marker only when it succeeded.
 CHECKS = {
@@ -20,11 +24,19 @@ CHECKS = {
                 " && python3 -c 'import api; api.create_app()'"
                 " && gunicorn --version >/dev/null",
     # The C shim the init container copies (k8s/agent-daemonset.yaml): present, executable, and
-    # answering as a CNI plugin does when no agent runs here (code 11, naming the socket).
+    # answering VERSION itself, and STATUS as a CNI plugin does when no agent runs here (code 50,
+    # naming the socket).
     "shim": "test -x /usr/local/libexec/megalos/megalos"
             " && echo '{\"cniVersion\":\"1.1.0\",\"name\":\"n\",\"type\":\"megalos\"}'"
             " | CNI_COMMAND=VERSION /usr/local/libexec/megalos/megalos"
-            " | grep -q '\"code\": 11, \"msg\": \"megalos agent is not running'",
+            " | grep -q '\"supportedVersions\"'"
+            " && echo '{\"cniVersion\":\"1.1.0\",\"name\":\"n\",\"type\":\"megalos\"}'"
+            " | CNI_COMMAND=STATUS /usr/local/libexec/megalos/megalos"
+            " | grep -q '\"code\": 50, \"msg\": \"megalos agent is not running'",
+    # The code of this checkout, not of an earlier build (buildah's layer cache once reused an
+    # install of old wheels): a module of the image is byte for byte the repository's.
+    "current": "test \"$(python3 -c 'import reflector.main as m; print(m.__file__)' | xargs sha256sum"
+               " | cut -d' ' -f1)\" = " + hashlib.sha256((REPO / "reflector" / "main.py").read_bytes()).hexdigest(),
     # Non-root by default, as the reflector Deployment expects.
     "user": "test \"$(id -u)\" = 65532",
 }
