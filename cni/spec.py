@@ -9,8 +9,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from base.bounded_json import too_deep
 from base.tenancy import Tenant, parse_namespace, parse_pod_name
-
 from cni import naming, shim
 
 SUPPORTED_VERSIONS = shim.SUPPORTED_VERSIONS  # the shim answers VERSION itself
@@ -160,13 +160,14 @@ def tenant(args: dict) -> Tenant:
 
 def decode_config(stdin: str) -> dict:
     """The network config from stdin: a JSON object, or error code 6. The limits are the
-    shim's (cni/shim.py): json.loads never recurses deeper than they allow."""
+    shim's (cni/shim.py), the depth checked by base.bounded_json's rule, which is the shim's:
+    json.loads never recurses deeper than they allow."""
     if not isinstance(stdin, str):
         raise CniError(ERR_DECODE, "network config on stdin is not valid JSON", "no text")
     data = stdin.encode("utf-8", "surrogatepass")
     if len(data) > shim.MAX_STDIN:
         raise CniError(ERR_DECODE, shim.TOO_LARGE)
-    if shim.too_deep(data):
+    if too_deep(data, shim.MAX_DEPTH):
         raise CniError(ERR_DECODE, shim.TOO_DEEP)
     try:
         conf = json.loads(stdin)

@@ -18,14 +18,25 @@ of the LAN can then forward to every member.
 `LanTable` holds the parsed objects; reflector.discovery.LanWatcher feeds it from list/watch of
 NADs and pods, under the ReflectorState's lock, and `ReflectorState.lans` reads it with the MAC
 tables.
+
+Annotations and NAD configs are written by the labs' authors: they are parsed within bounds
+(base.bounded_json: an annotation at most Kubernetes's own 256 KiB, a config at most the CNI
+plugin's 1 MiB, nesting at most 64 deep). An object whose JSON is not within them, or is not JSON,
+is left out of the view, as if absent, and logged at a bounded rate: one such pod or NAD never
+stops the others from being listed.
 """
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from base.bounded_json import BadJson, loads
+from base.logs import LogLimiter
 from base.primitives import canonical_mac, is_vni
+from cni.shim import MAX_STDIN as MAX_CONFIG  # a config larger than this, the plugin refuses
+
+log = logging.getLogger("megalos.reflector")
 
 PLUGIN_TYPE = "megalos"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
@@ -33,6 +44,7 @@ NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 OLD_NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks-status"  # Multus before 3.7
 LINK_LABEL = "name"  # Kathara's label on a NAD: the lab's collision domain
 _ENDED = ("Succeeded", "Failed")  # the pod's sandbox is gone, and with it its interfaces
+MAX_ANNOTATION = 256 * 1024  # Kubernetes's limit for all of an object's annotations together
 
 
 # -- NetworkAttachmentDefinitions ----------------------------------------------------------------
@@ -51,11 +63,12 @@ class LanDefinition:
 
 
 def _megalos_config(raw: object) -> Mapping | None:
+    """The megalos plugin's config in a NAD's `spec.config`; BadJson if that is not JSON within
+    bounds. Empty is no config here (Multus then reads a file on the node)."""
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
+        if not raw.strip():
             return None
+        raw = loads(raw, MAX_CONFIG, what="spec.config")
     if not isinstance(raw, Mapping):
         return None
     if raw.get("type") == PLUGIN_TYPE:
@@ -69,7 +82,8 @@ def _megalos_config(raw: object) -> Mapping | None:
 
 def nad_lan(nad: Mapping) -> LanDefinition | None:
     """The LAN a NetworkAttachmentDefinition defines; None for another plugin's NAD, or one whose
-    VNI the plugin would refuse (not an integer in 1..16777215)."""
+    VNI the plugin would refuse (not an integer in 1..16777215); BadJson for a config that is not
+    JSON within bounds."""
     metadata = nad.get("metadata") or {}
     config = _megalos_config((nad.get("spec") or {}).get("config"))
     if config is None:
@@ -113,25 +127,25 @@ def _qualified(network: str, namespace: str) -> str:
     return network if "/" in network else f"{namespace}/{network}"
 
 
-def _json_list(raw: object) -> list | None:
+def _json_list(raw: object, what: str) -> list | None:
+    """The list in an annotation, None if it holds something else; BadJson if not JSON."""
     if not isinstance(raw, str):
         return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
+    value = loads(raw, MAX_ANNOTATION, what=what)
     return value if isinstance(value, list) else None
 
 
 def network_status(pod: Mapping) -> list[Attachment]:
     """The secondary networks Multus attached (entries marked `default` are the primary network,
-    and entries without an interface name say nothing about a pod port: both skipped)."""
+    and entries without an interface name say nothing about a pod port: both skipped); BadJson
+    for an annotation that is not JSON within bounds."""
     metadata = pod.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     namespace = str(metadata.get("namespace") or "")
-    entries = _json_list(annotations.get(NETWORK_STATUS_ANNOTATION))
+    entries = _json_list(annotations.get(NETWORK_STATUS_ANNOTATION), NETWORK_STATUS_ANNOTATION)
     if entries is None:
-        entries = _json_list(annotations.get(OLD_NETWORK_STATUS_ANNOTATION)) or []
+        entries = _json_list(annotations.get(OLD_NETWORK_STATUS_ANNOTATION),
+                             OLD_NETWORK_STATUS_ANNOTATION) or []
     found = []
     for entry in entries:
         if not isinstance(entry, Mapping) or entry.get("default") is True:
@@ -146,16 +160,18 @@ def network_status(pod: Mapping) -> list[Attachment]:
 
 def network_requests(pod: Mapping) -> list[Request]:
     """The pod's network selection elements: the JSON list form (what Kathara writes) or the short
-    text form `[namespace/]name[@interface]`, comma-separated."""
+    text form `[namespace/]name[@interface]`, comma-separated; BadJson for JSON (text starting
+    with `[` or `{`) that is malformed or not within bounds (Multus refuses such a pod too)."""
     metadata = pod.get("metadata") or {}
     namespace = str(metadata.get("namespace") or "")
     raw = (metadata.get("annotations") or {}).get(NETWORKS_ANNOTATION)
     if not isinstance(raw, str) or not raw.strip():
         return []
-    elements = _json_list(raw)
-    if elements is None:
-        if raw.lstrip().startswith(("[", "{")):
-            return []  # malformed JSON: Multus refuses the pod too
+    if raw.lstrip().startswith(("[", "{")):
+        elements = _json_list(raw, NETWORKS_ANNOTATION) or []
+    else:
+        if len(raw) > MAX_ANNOTATION:
+            raise BadJson(f"{NETWORKS_ANNOTATION} is larger than {MAX_ANNOTATION} bytes")
         elements = []
         for item in raw.split(","):
             name, _, interface = item.strip().partition("@")
@@ -178,7 +194,8 @@ def network_requests(pod: Mapping) -> list[Request]:
 
 def pod_lans(pod: Mapping) -> PodLans | None:
     """A pod's requested and attached secondary networks; None when it has neither, or when it
-    has ended (Succeeded, Failed: its sandbox, and with it every interface, is gone)."""
+    has ended (Succeeded, Failed: its sandbox, and with it every interface, is gone); BadJson
+    when one of its Multus annotations is not JSON within bounds."""
     if (pod.get("status") or {}).get("phase") in _ENDED:
         return None
     attached, requested = network_status(pod), network_requests(pod)
@@ -242,11 +259,13 @@ def lan_view(lan: LanDefinition, members: Iterable[Member],
 
 class LanTable:
     """The parsed NADs and pods, indexed for the view. Not thread-safe: ReflectorState's lock
-    guards it. `watching` says someone feeds it; `synced` which kinds have been listed."""
+    guards it. `watching` says someone feeds it; `synced` which kinds have been listed; an object
+    with bad JSON (see the module) is left out and logged."""
 
     KINDS = ("nads", "pods")
 
     def __init__(self):
+        self.warnings = LogLimiter(log)  # a tenant chooses how many bad objects, not how many lines
         self.watching = False
         self.synced = {kind: False for kind in self.KINDS}
         self.lans: dict[tuple[str, str], LanDefinition] = {}
@@ -272,18 +291,25 @@ class LanTable:
         if kind not in self.KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         key = self._key(obj)
+        parse = nad_lan if kind == "nads" else pod_lans
+        try:
+            parsed = None if event_type == "DELETED" else parse(obj)
+        except BadJson as exc:
+            parsed = None
+            version = (obj.get("metadata") or {}).get("resourceVersion")
+            self.warnings.warning(f"bad-{kind}", "LAN view: %s %s/%s left out: %s", kind[:-1],
+                                  *key, exc, key=(kind, *key, version))
         if kind == "nads":
-            lan = None if event_type == "DELETED" else nad_lan(obj)
-            if lan is None:
+            if parsed is None:
                 self.lans.pop(key, None)
             else:
-                self.lans[key] = lan
+                self.lans[key] = parsed
             return
         self._forget_pod(key)
-        pod = None if event_type == "DELETED" else pod_lans(obj)
-        if pod is not None:
-            self.pods[key] = pod
-            for network in {a.network for a in pod.attached} | {r.network for r in pod.requested}:
+        if parsed is not None:
+            self.pods[key] = parsed
+            for network in ({a.network for a in parsed.attached}
+                            | {r.network for r in parsed.requested}):
                 self._users.setdefault(network, set()).add(key)
 
     def _forget_pod(self, key: tuple[str, str]) -> None:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from base.bounded_json import BadJson
 from bgp.protocol import MacRoute
 from lab.cluster import wait_until
 from base.tenancy import VniClaim
@@ -82,10 +83,23 @@ def test_megalos_nads(config, vni):
 @pytest.mark.parametrize("config", [
     {"cniVersion": "0.3.1", "name": "m", "type": "macvlan", "master": "eth0"},
     megalos(0), megalos(2 ** 24), megalos("7"), megalos(True), {"type": "megalos"},
-    "not json", "", {"plugins": "x"},
+    "", " ", {"plugins": "x"},
 ])
 def test_other_or_broken_nads_are_no_lan(config):
     assert nad_lan(nad("x", config)) is None
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError on it
+
+
+@pytest.mark.parametrize("config, message", [
+    ("not json", "spec.config is not valid JSON"),
+    ('{"type": "megalos", "vxlanId": 7, "x": %s}' % DEEP, "spec.config nests"),
+    ('{"type": "megalos", "vxlanId": 7, "x": "%s"}' % ("a" * (1 << 20)), "spec.config is larger"),
+])
+def test_a_nad_whose_config_is_not_json_within_bounds_is_bad_json(config, message):
+    with pytest.raises(BadJson, match=message):
+        nad_lan(nad("x", config))
 
 
 # -- pods ----------------------------------------------------------------------------------------
@@ -102,7 +116,8 @@ def test_network_status_of_older_multus_and_malformed_ones():
         [Attachment("x/l", "net0", MAC_A)]
     broken = pod("p")
     broken["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION] = "{not json"
-    assert network_status(broken) == []
+    with pytest.raises(BadJson, match="network-status is not valid JSON"):
+        network_status(broken)
     assert network_status({}) == []
     
 
@@ -113,8 +128,54 @@ def test_network_requests_in_both_forms():
         Request(f"{NS}/kathara-a", "net0", MAC_A), Request(f"{NS}/kathara-b", "net1", None)]
     assert network_requests(pod("p", networks="other/lan-a@eth7, lan-b")) == [
         Request("other/lan-a", "eth7", None), Request(f"{NS}/lan-b", None, None)]
-    assert network_requests(pod("p", networks="[{broken")) == []
+    with pytest.raises(BadJson, match="networks is not valid JSON"):
+        network_requests(pod("p", networks="[{broken"))
     assert network_requests(pod("p")) == []
+
+
+def hostile(name: str, key: str, value: str) -> dict:
+    """A pod whose author wrote `value` into a Multus annotation."""
+    p = pod(name, status=[status(f"{NS}/lan-a", "net0", MAC_B)])
+    p["metadata"]["annotations"][key] = value
+    return p
+
+
+@pytest.mark.parametrize("key, value, message", [
+    (NETWORKS_ANNOTATION, DEEP, "networks nests arrays and objects more than 64 deep"),
+    (NETWORK_STATUS_ANNOTATION, DEEP, "network-status nests"),
+    (OLD_NETWORK_STATUS_ANNOTATION, "[" + DEEP, "networks-status nests"),
+    (NETWORKS_ANNOTATION, json.dumps([{"name": "x" * 300_000}]), "networks is larger"),
+    (NETWORKS_ANNOTATION, "lan-a," * 50_000, "networks is larger"),
+])
+def test_a_pod_whose_annotations_are_not_json_within_bounds_is_bad_json(key, value, message):
+    victim = hostile("p", key, value)
+    if key == OLD_NETWORK_STATUS_ANNOTATION:
+        del victim["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION]
+    with pytest.raises(BadJson, match=message):
+        pod_lans(victim)
+
+
+def test_one_hostile_pod_or_nad_does_not_stop_the_lan_view_from_syncing(caplog):
+    """Before: json.loads raised RecursionError on the first such pod, the table's reset ended
+    there, and the view never said `synced` (nor listed the pods after it)."""
+    state = ReflectorState()
+    state.lan_reset("nads", [nad("lan-a", megalos(100), link="A"),
+                             nad("evil", '{"type": "megalos", "vxlanId": 5, "x": %s}' % DEEP)])
+    many = [hostile(f"evil-{i}", NETWORKS_ANNOTATION, DEEP) for i in range(50)]
+    state.lan_reset("pods", [*many, pod("p1", status=[status(f"{NS}/lan-a", "net0", MAC_A)])])
+    view = state.lans(NS)
+    assert view["synced"] and [lan["name"] for lan in view["lans"]] == ["lan-a"]
+    assert [m["pod"] for m in view["lans"][0]["members"]] == ["p1"]
+    # A pod that was fine and turns hostile leaves the view; it comes back once it is fine again.
+    state.lan_event("pods", "MODIFIED", hostile("p1", NETWORK_STATUS_ANNOTATION, DEEP))
+    assert state.lans(NS)["lans"][0]["members"] == []
+    state.lan_event("pods", "MODIFIED", pod("p1", status=[status(f"{NS}/lan-a", "net0", MAC_A)]))
+    assert len(state.lans(NS)["lans"][0]["members"]) == 1
+    # Logged at a bounded rate: one line for the NAD, one for the 51 pods (the rest held back).
+    lines = [r.getMessage() for r in caplog.records if "LAN view" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "nad lab1/evil left out: spec.config nests" in lines[0]
+    assert "pod lab1/evil-0 left out" in lines[1]
 
 
 def test_pods_without_secondary_networks_or_ended_are_left_out():
@@ -289,3 +350,28 @@ def test_the_lan_watcher_feeds_the_state_from_nads_and_pods(api):
     lists = [r for r in api.requests("GET", nads) if not r.params.get("watch")]
     assert lists, "NADs are listed cluster-wide"
     assert any(not r.params.get("watch") for r in api.requests("GET", "/api/v1/pods"))
+
+
+def test_a_hostile_pod_in_the_api_server_does_not_stop_the_lan_watcher(api):
+    """A lab's author puts 100k nested brackets in a pod's `networks` annotation: the watcher
+    still syncs, and the other lab's LAN and pods are listed."""
+    from lab.multus import kathara_lab
+    from reflector.discovery import LanWatcher
+    from kube.watch import Backoff
+    lab = kathara_lab('pc1[0]="A"\n')
+    api.create(lab.nads["A"])
+    evil = lab.pod("pc1", "n1")
+    evil["metadata"]["name"] = "evil"
+    evil["metadata"]["annotations"][NETWORKS_ANNOTATION] = DEEP
+    api.create(evil)
+    api.create(lab.pod("pc1", "n1"))
+    state = ReflectorState()
+    watcher = LanWatcher(api.api_client, state, backoff=Backoff(base=0.05, cap=0.2),
+                         request_timeout=5.0)
+    watcher.start()
+    try:
+        assert watcher.wait_synced(10) and state.lans(lab.namespace)["synced"]
+        assert [m[0] for m in members(state, lab.namespace)["kathara-a"]] == [
+            lab.pod("pc1", "n1")["metadata"]["name"]]
+    finally:
+        watcher.stop()
