@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import signal
 import sys
 import threading
@@ -25,7 +26,8 @@ from reflector.metrics import DEFAULT_PORT as METRICS_PORT
 from reflector.metrics import ReflectorMetrics
 from reflector.protocol import DEFAULT_SOCKET
 from reflector.route_reflector import Reflector, ReflectorConfig
-from reflector.state_server import StateServer, StateService
+from reflector.state_server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, StateServer,
+                                    StateService)
 
 log = logging.getLogger("megalos.reflector")
 MAX_CIDR_PEERS = 4096
@@ -78,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.kube/config)")
     p.add_argument("--state-socket", default=DEFAULT_SOCKET)
     metrics_endpoint.add_arguments(p, METRICS_PORT)
+    p.add_argument("--state-max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                   metavar="N", help="connections to the state socket served at once; more "
+                   "wait (default %(default)s: the API holds one per gunicorn thread and one "
+                   "per worker, MEGALOS_API_WORKERS x (MEGALOS_API_THREADS + 1), 34 by default)")
+    p.add_argument("--state-read-timeout", type=float, default=DEFAULT_READ_TIMEOUT,
+                   metavar="SECONDS", help="a state-socket client must send each request whole "
+                   "within this of connecting or of its previous reply, else it is disconnected "
+                   "(default %(default)s)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -132,6 +142,10 @@ def check_args(args) -> None:
         raise ValueError("--not-ready-grace must be >= 0")
     if not 0 <= args.max_routes_per_peer <= MAX_ROUTES_PER_PEER:
         raise ValueError(f"--max-routes-per-peer must be in 0..{MAX_ROUTES_PER_PEER}")
+    if args.state_max_connections < 1:
+        raise ValueError("--state-max-connections must be at least 1")
+    if not (math.isfinite(args.state_read_timeout) and args.state_read_timeout > 0):
+        raise ValueError("--state-read-timeout must be a number of seconds > 0")
 
 
 def watch_kubernetes(args, reflector: Reflector) -> list:
@@ -189,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = ReflectorMetrics(reflector) if args.metrics_port else None  # 0: nothing measured
     try:
         server = StateServer(args.state_socket, StateService(reflector),
-                             metrics.observe_request if metrics else None)
+                             observe=metrics.observe_request if metrics else None,
+                             max_connections=args.state_max_connections,
+                             read_timeout=args.state_read_timeout)
     except (RuntimeError, OSError) as exc:
         print(f"megalos-reflector: {exc}", file=sys.stderr)
         for watcher in watchers:

@@ -1,19 +1,33 @@
 """The reflector's state socket: the ops of reflector.protocol answered from the reflector's state
 and its BGP process (one JSON request per line, one reply per line; errors carry an HTTP-like
-status the API passes on)."""
+status the API passes on).
+
+Bounded, so that no client (a stuck one, a burst, one that is not the API) can exhaust the
+reflector: at most `max_connections` connections are served at once (one thread each; the next
+wait in the listen backlog, never as threads); each request line must arrive whole within
+`read_timeout` seconds of the previous reply (or of connecting: an idle connection is closed
+then, and the API's client reconnects), and a reply must be taken within as long; a line is at
+most MAX_REQUEST bytes (longer: an error with status 413, and the connection is closed) and is
+parsed by base.bounded_json (nesting: 400).
+"""
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
+import socket
 import socketserver
+import time
 
+from base import bounded_json
 from base.unix_server import UnixServer
 from bgp.client import BgpError
 from reflector.protocol import OPS, VERSION, RawJson, encode, encode_ok
 from reflector.route_reflector import Reflector
 
 log = logging.getLogger("megalos.reflector")
+MAX_REQUEST = 64 * 1024  # bytes in a request line; the API's largest is well under 1 KiB
+DEFAULT_MAX_CONNECTIONS = 64  # the API's: workers x threads (2 x 16) + a map watcher per worker
+DEFAULT_READ_TIMEOUT = 30.0
 
 
 class StateService:
@@ -129,22 +143,72 @@ def _peer_address(request: dict) -> str:
     return str(address)
 
 
-class _StateHandler(socketserver.StreamRequestHandler):
+class RequestTooLong(ValueError):
+    pass
+
+
+def read_line(sock: socket.socket, buffer: bytearray, timeout: float) -> bytes | None:
+    """The next line from `sock` (bytes already received are kept in `buffer`); None at EOF.
+    TimeoutError when it has not arrived whole within `timeout` seconds in all (a client
+    trickling bytes gets no more time); RequestTooLong past MAX_REQUEST bytes."""
+    end = time.monotonic() + timeout
+    while True:
+        newline = buffer.find(b"\n")
+        if newline > MAX_REQUEST or (newline < 0 and len(buffer) > MAX_REQUEST):
+            raise RequestTooLong(f"a request is at most {MAX_REQUEST} bytes")
+        if newline >= 0:
+            line = bytes(buffer[:newline + 1])
+            del buffer[:newline + 1]
+            return line
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return None
+        buffer += chunk
+
+
+class _StateHandler(socketserver.BaseRequestHandler):
+    server: "StateServer"
+
     def handle(self):
-        for line in self.rfile:
-            op, status, reply = self.reply(line)
-            if self.server.observe is not None:
-                self.server.observe(op, status)
+        buffer = bytearray()
+        while True:
             try:
-                self.wfile.write(reply if isinstance(reply, bytes) else encode(reply))
-            except OSError:
-                return  # the client went away
+                line = read_line(self.request, buffer, self.server.read_timeout)
+            except RequestTooLong as exc:
+                self.observe(None, 413)
+                self.send(_failed(f"bad request: {exc}", 413))
+                return
+            except OSError:  # silent past the read timeout, or gone
+                return
+            if line is None:
+                return
+            op, status, reply = self.reply(line)
+            self.observe(op, status)
+            if not self.send(reply):
+                return
+
+    def observe(self, op, status: int) -> None:
+        if self.server.observe is not None:
+            self.server.observe(op, status)
+
+    def send(self, reply: bytes | dict) -> bool:
+        """Send a reply (taken within the read timeout); False if the client is gone."""
+        try:
+            self.request.settimeout(self.server.read_timeout)
+            self.request.sendall(reply if isinstance(reply, bytes) else encode(reply))
+        except OSError:
+            return False
+        return True
 
     def reply(self, line: bytes) -> tuple[object, int, bytes | dict]:
         """(the request's op, or None; the status; the reply)."""
         op = None
         try:
-            request = json.loads(line)
+            request = bounded_json.loads(line, MAX_REQUEST, what="the request")
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
             op = request.get("op")
@@ -172,7 +236,11 @@ class StateServer(UnixServer):
     """The state socket: readable and writable by the reflector's user and group (the API);
     `observe(op, status)`, if given, hears of every request."""
 
-    def __init__(self, path: str, service: StateService, observe=None):
+    def __init__(self, path: str, service: StateService, observe=None,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT):
         self.service = service
         self.observe = observe  # observe(op, status) of every request (the reflector's metrics)
-        super().__init__(path, _StateHandler, mode=0o660, name="state-server")
+        self.read_timeout = read_timeout
+        super().__init__(path, _StateHandler, mode=0o660, name="state-server",
+                         max_connections=max_connections)
