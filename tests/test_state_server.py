@@ -131,3 +131,12 @@ def test_the_reflectors_options_for_its_state_socket():
                           (["--state-read-timeout", "inf"], "> 0")):
         with pytest.raises(ValueError, match=message):
             check_args(build_parser().parse_args(base + argv))
+
+
+def test_the_apis_client_reconnects_after_an_idle_disconnect(serve):
+    server = serve(read_timeout=0.2)
+    client = StateClient(server.path, timeout=20)
+    for _ in range(3):
+        assert client.call("hello")["router_id"] == "192.0.2.1"
+        time.sleep(0.5)  # the server has closed the idle connection
+    client.close()
