@@ -29,7 +29,7 @@ import json
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from base.tenancy import VniClaim
@@ -251,6 +251,7 @@ class ReflectorState:
         return dict(sorted(rows.items()))
 
     def _record(self, change: dict, now: float) -> None:
+        """Log a change under the next sequence number (consecutive: changes_since counts on it)."""
         self.seq += 1
         self.log.append({"seq": self.seq, "time": now, **change})
         while len(self.log) > self.max_log:
@@ -406,31 +407,44 @@ class ReflectorState:
                       vni: int | None = None) -> dict:
         """Changes with seq > since (of `vni` only, if given); waits up to `timeout` s for the
         first one (long poll). `next` is the `since` of the following call. `truncated` says
-        changes were lost: `since` is older than the log, or from another life of the reflector
-        (since > seq); the caller should read the tables again."""
+        changes were lost: `since` is from another life of the reflector (since > seq), or
+        changes after it left the log before they were read; the caller should read the tables
+        again.
+
+        A waiter resumes where its previous look stopped: each change is examined once per
+        waiter, however long the log (a poll filtered to a quiet VNI used to rescan everything
+        after `since` on every change, under the lock every intake needs)."""
         limit = page_limit(limit)
         deadline = time.monotonic() + timeout
         with self.changed:
+            reset = since > self.seq
+            examined, truncated, changes = (0 if reset else since), reset, []
             while True:
-                reset = since > self.seq
-                start_seq = 0 if reset else since
                 oldest = self.log[0]["seq"] if self.log else self.seq + 1
-                skip = max(0, start_seq + 1 - oldest)
-                changes, examined = [], start_seq
-                for change in itertools.islice(self.log, skip, None):
+                if examined + 1 < oldest:  # what came after `examined` has left the log
+                    examined, truncated = oldest - 1, True
+                for change in self._after(examined):
                     if len(changes) == limit:
                         break
                     examined = change["seq"]
                     if vni is None or change.get("vni") == vni:
                         changes.append(change)
-                else:
-                    examined = self.seq
                 left = deadline - time.monotonic()
                 if changes or reset or left <= 0:
                     break
                 self.changed.wait(left)
             return {"seq": self.seq, "epoch": self.epoch, "changes": changes, "next": examined,
-                    "truncated": reset or (start_seq + 1 < oldest and start_seq < self.seq)}
+                    "truncated": truncated}
+
+    def _after(self, seq: int) -> Iterable[dict]:
+        """The logged changes with a sequence number above `seq`, in order, reached from the
+        nearer end of the log (sequence numbers in it are consecutive: see _record)."""
+        newer = min(self.seq - seq, len(self.log))
+        if newer <= 0:
+            return ()
+        if newer > len(self.log) // 2:
+            return itertools.islice(self.log, len(self.log) - newer, None)
+        return reversed(list(itertools.islice(reversed(self.log), newer)))
 
     def _announced(self, vni: int, mac: str) -> list[str]:
         return sorted(self.macs.get(vni, {}).get(mac, {}))

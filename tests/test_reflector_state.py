@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import pytest
 
@@ -177,6 +178,65 @@ def test_a_trimmed_log_or_a_restarted_reflector_says_truncated():
     # A client that knew seq 900 of an earlier life of the reflector: everything, flagged.
     reset = state.changes_since(900, timeout=5.0)
     assert reset["truncated"] and [c["seq"] for c in reset["changes"]] == [3, 4, 5]
+
+
+class CountingLog(deque):
+    """The change log, counting the entries anyone walks through."""
+    walked = 0
+
+    def __iter__(self):
+        for entry in super().__iter__():
+            self.walked += 1
+            yield entry
+
+    def __reversed__(self):
+        for entry in super().__reversed__():
+            self.walked += 1
+            yield entry
+
+
+def test_a_long_poll_on_a_quiet_vni_examines_each_change_once(state):
+    """The attack: long polls filtered to a VNI with no changes, held open while changes pour
+    in. Before, each change made every such waiter rescan all the changes since its `since`,
+    under the lock the intake needs: 20 rounds of 100 changes cost one waiter 21,000 entries
+    walked (quadratic); now it resumes where it stopped: 2,000, once each."""
+    state.log = CountingLog()
+    start = state.seq
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        state.changes_since(start, timeout=60.0, vni=V2, limit=10)))
+    waiter.start()
+    for batch in range(20):
+        seen = state.log.walked
+        with state.changed:  # one batch, then let the waiter look at it
+            for i in range(100):
+                mac(state, V1, m(batch * 100 + i), A)
+        deadline = time.monotonic() + 30
+        while state.log.walked == seen and time.monotonic() < deadline:
+            time.sleep(0.005)
+    mac(state, V2, m(9999), B)  # the change the waiter waits for
+    waiter.join(30)
+    assert [c["mac"] for c in result["changes"]] == [m(9999)] and not result["truncated"]
+    assert result["next"] == state.seq == start + 2001
+    assert state.log.walked <= 2001 + 20, state.log.walked
+
+
+def test_a_waiter_that_falls_behind_a_trimmed_log_says_truncated():
+    """Resuming, a waiter whose next unread change left the log while it waited (more changes
+    than the log keeps came at once) says so; one that had read everything loses nothing."""
+    state = ReflectorState(max_log=10)
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        state.changes_since(0, timeout=2.0, vni=V2)))
+    waiter.start()
+    time.sleep(0.2)
+    with state.changed:
+        for i in range(25):
+            mac(state, V1, m(i), A)
+    waiter.join(10)
+    assert result["changes"] == [] and result["truncated"] and result["next"] == 25
+    read_all = state.changes_since(25, timeout=0.3, vni=V2)
+    assert not read_all["truncated"]
 
 
 def test_forgetting_a_vtep_withdraws_what_it_announced(state):
