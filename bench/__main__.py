@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("cni_latency", "evpn", "api", "map", "soak", "spoof", "rogue_peer")  # modules of bench/, each with main(argv) -> exit code
+# Modules of bench/, each with main(argv) -> exit code.
+BENCHES = ("cni_latency", "evpn", "api", "map", "soak", "spoof", "rogue_peer", "long_polls", "fdb")
 
 
 def main(argv: list[str] | None = None) -> int:
