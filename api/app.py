@@ -29,7 +29,9 @@ def create_app(config: dict | None = None) -> Flask:
     maps.register(app)
     errors.register(app)
     _measure_requests(app)
-    auth.protect_reads(app)  # after the clock starts: refused reads are measured too
+    # After the clock starts: refused bodies and reads are measured too.
+    app.before_request(errors.refuse_large_bodies)
+    auth.protect_reads(app)
     return app
 
 

@@ -1,11 +1,13 @@
-"""Bearer-token authorisation of the calls that change the cluster (POST/DELETE), and of reads when
-the operator asks for it.
+"""Bearer-token authorisation: of every read under /api/v1 (the LANs, MACs, nodes, VNIs, events,
+the map: which labs exist, their pods and MACs), unless the operator opts out, and of the calls
+that change the cluster (POST/DELETE), always.
 
-Reads are open by default (the server binds to 127.0.0.1 unless told otherwise); with
-READS_NEED_TOKEN (MEGALOS_API_READS_NEED_TOKEN=1) every /api/v1 read but the OpenAPI document
-needs the token too. The page at / and its files stay open: they hold no data, and the page sends
-the token it is given. With no token configured on the server, mutating calls are refused outright
-(403): there is no "open" mode to fall into by forgetting a Secret."""
+Open to anyone who reaches the server: /healthz and /readyz (probes), /metrics (scrapers send no
+token; it holds counts and node addresses, nothing of a lab: docs/api.md), the OpenAPI document,
+and the map's page at / and its files (they hold no data; the page sends the token it is given).
+READS_NEED_TOKEN false (MEGALOS_API_READS_NEED_TOKEN=0) opens the reads: an explicit choice.
+With no token configured on the server, whatever needs one is refused outright (403): there is no
+"open" mode to fall into by forgetting a Secret."""
 from __future__ import annotations
 
 import functools
@@ -18,11 +20,19 @@ from api.errors import ApiError
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="megalos"'}
 
 
-def check(authorization: str | None, token: str | None) -> None:
-    """Raise ApiError 403 (no token on the server) or 401 (missing or wrong) unless allowed."""
+NO_TOKEN = {
+    "change": "mutating calls are disabled: the server has no API token "
+              "(set MEGALOS_API_TOKEN or MEGALOS_API_TOKEN_FILE)",
+    "read": "reads need the API token and the server has none (set MEGALOS_API_TOKEN or "
+            "MEGALOS_API_TOKEN_FILE, or open the reads with MEGALOS_API_READS_NEED_TOKEN=0)",
+}
+
+
+def check(authorization: str | None, token: str | None, call: str = "change") -> None:
+    """Raise ApiError 403 (no token on the server) or 401 (missing or wrong) unless allowed;
+    `call` ("change" or "read") says what the 403 refuses."""
     if not token:
-        raise ApiError(403, "mutating calls are disabled: the server has no API token "
-                            "(set MEGALOS_API_TOKEN or MEGALOS_API_TOKEN_FILE)")
+        raise ApiError(403, NO_TOKEN[call])
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <token>'", CHALLENGE)
@@ -38,13 +48,16 @@ def token_required(view):
     return wrapped
 
 
-OPEN_READS = ("/api/v1/openapi.json",)
+# The views anyone may read (see the module); a read of any other, present or added later (or of
+# no view: a 404 is no way to learn which paths exist), needs the token.
+OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics",
+                            "openapi.document", "map.page", "map.asset"})
 
 
 def protect_reads(app: Flask) -> None:
-    """With READS_NEED_TOKEN, every read under /api/v1/ (but OPEN_READS) checks the token."""
+    """With READS_NEED_TOKEN, every GET or HEAD but of OPEN_ENDPOINTS checks the token."""
     @app.before_request
     def check_read():
-        if (current_app.config["READS_NEED_TOKEN"] and request.path.startswith("/api/v1/")
-                and request.path not in OPEN_READS and request.method in ("GET", "HEAD")):
-            check(request.headers.get("Authorization"), current_app.config["API_TOKEN"])
+        if (current_app.config["READS_NEED_TOKEN"] and request.method in ("GET", "HEAD")
+                and request.endpoint not in OPEN_ENDPOINTS):
+            check(request.headers.get("Authorization"), current_app.config["API_TOKEN"], "read")

@@ -1,11 +1,12 @@
 """Every error is a JSON body {"error": "...", "status": N}; nothing escapes as an HTML page or a
-traceback. The reflector's failures map to HTTP: down -> 503, unknown -> 404, its own bug -> 502."""
+traceback. The reflector's failures map to HTTP: down -> 503, unknown -> 404, its own bug -> 502.
+A request body over MAX_CONTENT_LENGTH is 413."""
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from reflector.protocol import ReflectorError, ReflectorUnavailable
 
@@ -37,6 +38,28 @@ def _http_error(exc: HTTPException):
     return error_response(exc.code or 500, exc.description or exc.name, headers)
 
 
+def _too_large(exc: RequestEntityTooLarge):
+    return error_response(413, "the request body is larger than "
+                               f"{current_app.config['MAX_CONTENT_LENGTH']} bytes")
+
+
+def refuse_large_bodies() -> None:
+    """A body announced larger than MAX_CONTENT_LENGTH is refused before anything reads it (one
+    sent without a length, chunked, is refused by read_body once it has been read that far)."""
+    if (request.content_length or 0) > current_app.config["MAX_CONTENT_LENGTH"]:
+        raise RequestEntityTooLarge()
+
+
+def read_body() -> bytes:
+    """The request body: at most MAX_CONTENT_LENGTH bytes, 413 when there are more. Werkzeug
+    stops a chunked body at the limit without a word: one byte more says it went on."""
+    body = request.get_data(cache=False)
+    if (len(body) == current_app.config["MAX_CONTENT_LENGTH"] and request.content_length is None
+            and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge()
+    return body
+
+
 def _reflector_unavailable(exc: ReflectorUnavailable):
     return error_response(503, f"the reflector is not answering: {exc}", {"Retry-After": "5"})
 
@@ -55,6 +78,7 @@ def _unexpected(exc: Exception):
 
 def register(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ReflectorUnavailable, _reflector_unavailable)
     app.register_error_handler(ReflectorError, _reflector_error)

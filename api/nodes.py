@@ -1,11 +1,11 @@
 """/api/v1/nodes: the reflector's BGP peers (the nodes); adding and removing one needs the token."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, url_for
 
 from api import params
 from api.auth import token_required
-from api.errors import ApiError
+from api.errors import ApiError, read_body
 from api.state import reflector
 
 bp = Blueprint("nodes", __name__, url_prefix="/api/v1/nodes")
@@ -30,7 +30,7 @@ def show_node(address: str):
 @token_required
 def add_node():
     """{"address": ip, "name": optional node name}: 201 if added, 200 if it was already a peer."""
-    body = request.get_json(force=True, silent=True)
+    body = params.json_body(read_body(), current_app.config["MAX_CONTENT_LENGTH"])
     if not isinstance(body, dict) or "address" not in body:
         raise ApiError(400, 'the body must be a JSON object {"address": "<ip>"} '
                             '(and optionally "name")')

@@ -280,8 +280,10 @@ _ERROR = {"content": {"application/json": {"schema": _ref("Error")}}}
 _RESPONSES = {
     "BadRequest": {"description": "malformed VNI, MAC, address, parameter or body", **_ERROR},
     "Unauthorized": {"description": "missing or wrong bearer token", **_ERROR},
-    "Forbidden": {"description": "the server has no API token: mutating calls are disabled",
-                  **_ERROR},
+    "Forbidden": {"description": "the server has no API token: the calls that need one are "
+                                 "refused", **_ERROR},
+    "TooLarge": {"description": "the request body is larger than the server takes (64 KiB)",
+                 **_ERROR},
     "NotFound": {"description": "unknown VNI, MAC or node", **_ERROR},
     "BadGateway": {"description": "the reflector failed to answer a request", **_ERROR},
     "Unavailable": {"description": "the reflector is not answering (or its BGP process failed)",
@@ -290,17 +292,21 @@ _RESPONSES = {
 _UPSTREAM = {"502": _error("BadGateway"), "503": _error("Unavailable")}
 
 
+_TOKEN = {"401": _error("Unauthorized"), "403": _error("Forbidden")}
+
+
 def _get(summary: str, ok: dict, parameters=(), not_found: bool = False, bad: bool = True) -> dict:
-    responses = {"200": ok, **_UPSTREAM}
+    """A read of the cluster's data: it needs the token unless the operator opened reads."""
+    responses = {"200": ok, **_TOKEN, **_UPSTREAM}
     if bad:
         responses["400"] = _error("BadRequest")
     if not_found:
         responses["404"] = _error("NotFound")
-    return {"get": {"summary": summary, "parameters": list(parameters), "responses": responses}}
+    return {"get": {"summary": summary, "security": [{"bearer": []}],
+                    "parameters": list(parameters), "responses": responses}}
 
 
-_MUTATING = {"400": _error("BadRequest"), "401": _error("Unauthorized"),
-             "403": _error("Forbidden"), **_UPSTREAM}
+_MUTATING = {"400": _error("BadRequest"), **_TOKEN, "413": _error("TooLarge"), **_UPSTREAM}
 
 DOCUMENT = {
     "openapi": "3.0.3",
@@ -308,8 +314,9 @@ DOCUMENT = {
              "description": "The route reflector's view of a Megalos cluster: VNIs (pod LANs), "
                             "their VTEPs and MAC tables, the BGP peers (nodes), the LANs of "
                             "Kathara labs with their pods, and a change log to wait on. "
-                            "Reads are open; POST and DELETE need a bearer token. Errors are "
-                            "{\"error\", \"status\"}."},
+                            "Reads need a bearer token unless the operator opened them "
+                            "(MEGALOS_API_READS_NEED_TOKEN=0); POST and DELETE always do. "
+                            "Errors are {\"error\", \"status\"}."},
     "paths": {
         "/api/v1/vnis": _get("Each VNI with its VTEP and MAC counts, by VNI",
                              _json("a page of VNIs", _ref("VniList")),

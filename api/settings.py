@@ -1,9 +1,11 @@
 """The API's configuration: defaults, and the environment a deployment sets them with.
 
     MEGALOS_REFLECTOR_SOCKET       the reflector's state socket (default /run/megalos/reflector.sock)
-    MEGALOS_API_TOKEN              the bearer token for mutating calls, or
-    MEGALOS_API_TOKEN_FILE         a file holding it (a mounted Secret); neither: mutations refused
-    MEGALOS_API_READS_NEED_TOKEN   1: reads under /api/v1 need the token too (default 0)
+    MEGALOS_API_TOKEN              the bearer token, or
+    MEGALOS_API_TOKEN_FILE         a file holding it (a mounted Secret); neither: every call that
+                                   needs the token is refused (403)
+    MEGALOS_API_READS_NEED_TOKEN   0: reads under /api/v1 are open to anyone who reaches the
+                                   server, an explicit opt-out (default 1: they need the token)
     MEGALOS_API_EVENTS_MAX_TIMEOUT the longest long poll, seconds (default 30)
     MEGALOS_API_PAGE_LIMIT         rows in a page when the client gives no limit (default 1000)
 
@@ -16,8 +18,9 @@ from reflector.protocol import DEFAULT_SOCKET
 DEFAULTS = {
     "REFLECTOR_SOCKET": DEFAULT_SOCKET,
     "REFLECTOR_TIMEOUT": 5.0,        # seconds for one reply (a long poll adds its own wait)
-    "API_TOKEN": None,               # None: POST/DELETE are refused with 403
-    "READS_NEED_TOKEN": False,       # True: GETs under /api/v1 need the token too (api.auth)
+    "API_TOKEN": None,               # None: whatever needs the token is refused with 403
+    "READS_NEED_TOKEN": True,        # False: GETs under /api/v1 are open (api.auth)
+    "MAX_CONTENT_LENGTH": 64 * 1024,  # Flask's: a larger request body is refused with 413
     "PAGE_LIMIT": 1000,              # rows in a page when the client gives no limit
     "MAX_PAGE_LIMIT": 10_000,
     "EVENTS_MAX_TIMEOUT": 30.0,      # a long poll never waits longer than this
@@ -30,18 +33,24 @@ class SettingsError(Exception):
     pass
 
 
+def read_token_file(path: str, what: str = "MEGALOS_API_TOKEN_FILE") -> str:
+    """The token in the first line of a file (a mounted Secret); SettingsError if there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise SettingsError(f"{what} {path} is empty")
+    return token
+
+
 def read_token(environ) -> str | None:
     """MEGALOS_API_TOKEN, else the first line of MEGALOS_API_TOKEN_FILE; empty means none."""
     token = environ.get("MEGALOS_API_TOKEN", "").strip()
     path = environ.get("MEGALOS_API_TOKEN_FILE", "")
     if not token and path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                token = f.readline().strip()
-        except OSError as exc:
-            raise SettingsError(f"MEGALOS_API_TOKEN_FILE {path}: {exc.strerror or exc}") from None
-        if not token:
-            raise SettingsError(f"MEGALOS_API_TOKEN_FILE {path} is empty")
+        token = read_token_file(path)
     return token or None
 
 

@@ -76,11 +76,11 @@ def load_macs(cluster: Cluster, rr, count: int, nodes: int, timeout: float = 300
     return {"processes": processes, "announce_s": announced - started, "load_s": loaded - started}
 
 
-def wrk(url: str, duration: int, connections: int) -> dict:
+def wrk(url: str, duration: int, connections: int, token: str) -> dict:
     threads = min(2, connections)  # wrk needs a connection per thread
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-                          "--timeout", "5s", url], capture_output=True, text=True, check=True,
-                         timeout=duration + 30).stdout
+                          "--timeout", "5s", "-H", f"Authorization: Bearer {token}", url],
+                         capture_output=True, text=True, check=True, timeout=duration + 30).stdout
     def ms(label):
         value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -90,18 +90,19 @@ def wrk(url: str, duration: int, connections: int) -> dict:
             "non_2xx": int(errors.group(1)) if errors else 0, "raw": out}
 
 
-def body_size(url: str) -> tuple[int, int]:
-    with urllib.request.urlopen(url, timeout=30) as reply:
+def body_size(url: str, token: str) -> tuple[int, int]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
         raw = reply.read()
     return len(raw), len(json.loads(raw)["macs"])
 
 
-def measure(url: str, limit: str, args, workers: int, threads: int) -> dict:
-    url = f"{url}/api/v1/vnis/{VNI}" + ("" if limit == "default" else f"?limit={limit}")
-    size, rows = body_size(url)
-    wrk(url, 3, args.connections)  # warm up: connections, caches, the sorted keys
-    runs = sorted((wrk(url, args.duration, args.connections) for _ in range(args.repeat)),
-                  key=lambda run: run["rps"])
+def measure(api: ApiServer, limit: str, args, workers: int, threads: int) -> dict:
+    url = f"{api.url}/api/v1/vnis/{VNI}" + ("" if limit == "default" else f"?limit={limit}")
+    size, rows = body_size(url, api.token)
+    wrk(url, 3, args.connections, api.token)  # warm up: connections, caches, the sorted keys
+    runs = sorted((wrk(url, args.duration, args.connections, api.token)
+                   for _ in range(args.repeat)), key=lambda run: run["rps"])
     figures = runs[len(runs) // 2]
     all_runs = ", ".join(f"{run['rps']:.0f}" for run in runs)
     print(f"{workers}x{threads} limit={limit:>7} rows={rows:>5} body={size / 1024:7.1f} KiB  "
@@ -148,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
                 workers, threads = (int(x) for x in server.split("x"))
                 with ApiServer(rr.socket, workers=workers, threads=threads) as api:
                     for limit in args.limits.split(","):
-                        results.append(measure(api.url, limit, args, workers, threads))
+                        results.append(measure(api, limit, args, workers, threads))
         finally:
             for bgp in load["processes"]:
                 bgp.close()
     print(f"wrk -t{min(2, args.connections)} -c{args.connections} -d{args.duration}s --latency "
-          f"http://127.0.0.1:PORT/api/v1/vnis/{VNI}[?limit=N]; load average now "
+          f"-H 'Authorization: Bearer TOKEN' http://127.0.0.1:PORT/api/v1/vnis/{VNI}[?limit=N]; "
+          "load average now "
           f"{os.getloadavg()[0]:.2f}")
     print(json.dumps(results))
     return 0

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.evpn import git_head, loadavg, machine, print_table, summary
+from lab.api_server import ApiServer
 from lab.browser import MapPage, launch
 from lab.labrun import RunningLab
 
@@ -74,11 +75,11 @@ SHOWN = """([label, state]) => { const el = [...document.querySelectorAll('#map 
   return state === null ? !el : Boolean(el && (!state || el.classList.contains(state))); }"""
 
 
-def api_timing(url: str, count: int = 20) -> dict:
+def api_timing(api: ApiServer, count: int = 20) -> dict:
     times, size = [], 0
     for _ in range(count):
         started = time.perf_counter()
-        with urllib.request.urlopen(url + "/api/v1/map", timeout=30) as reply:
+        with urllib.request.urlopen(api.request("/api/v1/map"), timeout=30) as reply:
             size = len(reply.read())
         times.append(time.perf_counter() - started)
     return {"bytes": size, **summary(times)}
@@ -106,7 +107,7 @@ def run(args) -> dict:
         ns = lab.kathara.namespace
         deadline = time.monotonic() + args.converge_timeout
         while True:
-            with urllib.request.urlopen(f"{lab.api.url}/api/v1/map?namespace={ns}") as reply:
+            with urllib.request.urlopen(lab.api.request(f"/api/v1/map?namespace={ns}")) as reply:
                 doc = json.loads(reply.read())
             done = doc["synced"] and doc["summary"]["converged"] == len(doc["lans"])
             if done or time.monotonic() > deadline:
@@ -119,13 +120,13 @@ def run(args) -> dict:
               f"{dict(waiting.most_common(4))}", flush=True)
         figures = {"summary": doc["summary"], "attach_s": round(attached_s, 1),
                    "converge_s": round(converge_s, 1), "awaited": dict(waiting),
-                   "api_map": api_timing(lab.api.url)}
+                   "api_map": api_timing(lab.api)}
         from playwright.sync_api import sync_playwright
         with sync_playwright() as playwright:
             browser = launch(playwright)
             first = []
             for _ in range(args.loads):
-                tab = MapPage(browser, f"{lab.api.url}/?ns={ns}")
+                tab = MapPage(browser, lab.api.page_url(f"ns={ns}"))
                 tab.rendered()
                 stats = tab.page.evaluate(STATS)
                 navigation = tab.page.evaluate("""() => {

@@ -30,7 +30,7 @@ def step(msg: str) -> None:
 def megalosctl(api, *args: str) -> int:
     """Run the command-line client against the demo's API, as a user would."""
     print(f"    $ megalosctl {' '.join(args)}", flush=True)
-    env = {**os.environ, "MEGALOS_API": api.url}
+    env = {**os.environ, "MEGALOS_API": api.url, "MEGALOS_API_TOKEN": api.token}
     proc = subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, text=True,
                           capture_output=True)
     for line in (proc.stdout + proc.stderr).rstrip().splitlines():
@@ -38,14 +38,14 @@ def megalosctl(api, *args: str) -> int:
     return proc.returncode
 
 
-def hold(url: str, run_through: bool) -> None:
+def hold(page: str, run_through: bool) -> None:
     """Keep the lab up until Enter or Ctrl-C, unless asked not to or nobody can press Enter."""
     if run_through:
         return
     if not sys.stdin.isatty():
         print("    (stdin is not a terminal: not waiting for Enter; --exit says so explicitly)")
         return
-    step(f"the lab is up: the LAN map is at {url}/ (press Enter or Ctrl-C to tear it down)")
+    step(f"the lab is up: the LAN map is at {page} (press Enter or Ctrl-C to tear it down)")
     try:
         input()
     except (KeyboardInterrupt, EOFError):
@@ -59,8 +59,10 @@ def run(node_count: int, run_through: bool, port: int | None) -> int:
               "watching the lab's NADs and pods in an emulated Kubernetes API server")
         for node in lab.nodes:
             print(f"    {node.name}: VTEP {node.ip}, megalos-agent on {node.socket}")
-        print(f"    control: REST API (gunicorn) at {lab.api.url}")
-        step(f"the LAN map: {lab.api.url}/ (open it now to watch the devices arrive)")
+        print(f"    control: REST API (gunicorn) at {lab.api.url}; reads need its token: "
+              f"export MEGALOS_API_TOKEN={lab.api.token}")
+        step(f"the LAN map: {lab.api.page_url()} (open it now to watch the devices arrive; the "
+             "link hands the page the token)")
         placement = plan([n.name for n in lab.nodes])
         ips = addresses()
         vnis = {link: json.loads(nad["spec"]["config"])["vxlanId"]
@@ -108,7 +110,7 @@ def run(node_count: int, run_through: bool, port: int | None) -> int:
                 if entry.get("dst") and entry["ifname"].startswith("mgvx"):
                     kind = "flood" if entry["mac"] == "00:00:00:00:00:00" else "mac  "
                     print(f"    {node.name}: {entry['ifname']:13} {kind} {entry['mac']} -> VTEP {entry['dst']}")
-        hold(lab.api.url, run_through)
+        hold(lab.api.page_url(), run_through)
         step("detaching: the pods go, Multus-style CNI DEL for every interface")
         for device in LAB:
             lab.detach(device)

@@ -1,12 +1,16 @@
 """The API served for real, for tests and benchmarks: gunicorn with api/gunicorn.conf.py on a free
 loopback port, in a process group of its own, stopped (and its metrics directory removed) on exit.
 
-    with ApiServer(reflector_socket, token="t") as api:
-        urllib.request.urlopen(api.url + "/readyz")
+Reads need the token, as in a deployment: the server gets `token`, a random one when not given
+("": none at all), and `request(path)` carries it; so does `page_url()` for the map.
+
+    with ApiServer(reflector_socket) as api:
+        urllib.request.urlopen(api.request("/api/v1/vnis"))
 """
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -33,7 +37,7 @@ class ApiServer:
     def __init__(self, reflector_socket: str, token: str | None = None, workers: int = 2,
                  threads: int = 8, env: dict | None = None, log_path: str | None = None):
         self.reflector_socket = reflector_socket
-        self.token = token
+        self.token = secrets.token_hex(16) if token is None else token
         self.workers, self.threads = workers, threads
         self.extra_env = env or {}
         self._own_log = log_path is None  # a temporary log, removed by stop()
@@ -53,7 +57,7 @@ class ApiServer:
                         "MEGALOS_REFLECTOR_SOCKET": self.reflector_socket,
                         "MEGALOS_API_WORKERS": str(self.workers),
                         "MEGALOS_API_THREADS": str(self.threads), **self.extra_env})
-            env["MEGALOS_API_TOKEN"] = self.token or ""
+            env["MEGALOS_API_TOKEN"] = self.token
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
                     [sys.executable, "-m", "gunicorn", "-c", str(CONFIG)], env=env, cwd=REPO,
@@ -77,6 +81,22 @@ class ApiServer:
             time.sleep(0.1)
         self._stop_process(5.0)
         return False
+
+    @property
+    def auth(self) -> dict:
+        """The Authorization header of a client that has the token."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def request(self, path: str, **kw) -> urllib.request.Request:
+        """A request for `path` with the token (for urllib.request.urlopen)."""
+        return urllib.request.Request(self.url + path, headers={**self.auth, **kw.pop("headers", {})},
+                                      **kw)
+
+    def page_url(self, query: str = "") -> str:
+        """The map's page (with `query`), handing it the token in the fragment, which the
+        browser never sends to the server."""
+        return (f"{self.url}/" + (f"?{query}" if query else "")
+                + (f"#token={self.token}" if self.token else ""))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

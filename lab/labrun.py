@@ -12,7 +12,7 @@
 
     with RunningLab(LAB_CONF, nodes=3, runtime=runtime) as lab:
         lab.attach("pc1", "node1")
-        urllib.request.urlopen(lab.api.url + "/api/v1/map")
+        urllib.request.urlopen(lab.api.request("/api/v1/map"))  # the API's token with it
 """
 from __future__ import annotations
 

@@ -92,9 +92,16 @@ def app(reflector):
     return create_app({"REFLECTOR_SOCKET": reflector.socket, "API_TOKEN": TOKEN})
 
 
+def authorised(app):
+    """A test client that sends the token with every request (reads need it)."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return client
+
+
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    return authorised(app)
 
 
 def test_the_factory_takes_its_config_and_ignores_the_environment(monkeypatch, reflector):
@@ -203,7 +210,8 @@ def test_lans_show_members_and_convergence(client, reflector):
 
 
 def test_long_polls_beyond_the_waiters_allowed_answer_at_once(reflector):
-    client = create_app({"REFLECTOR_SOCKET": reflector.socket, "EVENTS_MAX_WAITERS": 0}).test_client()
+    client = authorised(create_app({"REFLECTOR_SOCKET": reflector.socket, "API_TOKEN": TOKEN,
+                                    "EVENTS_MAX_WAITERS": 0}))
     started = time.monotonic()
     reply = client.get("/api/v1/events?since=2&timeout=5")
     assert reply.status_code == 200 and reply.json["changes"] == []
@@ -216,13 +224,14 @@ def test_a_wrong_method_is_a_json_405(client):
     assert "GET" in reply.headers["Allow"]
 
 
-def test_mutating_calls_need_the_bearer_token(client, reflector):
+def test_mutating_calls_need_the_bearer_token(app, client, reflector):
     body = {"address": "192.0.2.9", "name": "node-9"}
+    anonymous = app.test_client()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + TOKEN}):
-        reply = client.post("/api/v1/nodes", json=body, headers=headers)
+        reply = anonymous.post("/api/v1/nodes", json=body, headers=headers)
         assert reply.status_code == 401 and reply.json["status"] == 401
         assert reply.headers["WWW-Authenticate"].startswith("Bearer")
-    assert client.delete("/api/v1/nodes/192.0.2.2").status_code == 401
+    assert anonymous.delete("/api/v1/nodes/192.0.2.2").status_code == 401
     reply = client.post("/api/v1/nodes", json=body, headers=AUTH)
     assert reply.status_code == 201 and reply.json == {**body, "added": True}
     assert reply.headers["Location"].endswith("/api/v1/nodes/192.0.2.9")
@@ -235,7 +244,7 @@ def test_mutating_calls_need_the_bearer_token(client, reflector):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("not json", "JSON object"),
+    ("not json", "the request body is not valid JSON"),
     ([], "JSON object"),
     ({}, "JSON object"),
     ({"address": "192.0.2.9", "extra": 1}, "unknown fields"),
@@ -252,16 +261,20 @@ def test_a_bad_node_is_refused(client, body, message):
     assert reply.status_code == 400 and message in reply.json["error"], reply.json
 
 
-def test_without_a_token_on_the_server_mutations_are_forbidden(reflector):
+def test_without_a_token_on_the_server_mutations_and_reads_are_forbidden(reflector):
     client = create_app({"REFLECTOR_SOCKET": reflector.socket}).test_client()
     reply = client.post("/api/v1/nodes", json={"address": "192.0.2.9"}, headers=AUTH)
     assert reply.status_code == 403 and "no API token" in reply.json["error"]
     assert client.delete("/api/v1/nodes/192.0.2.2", headers=AUTH).status_code == 403
-    assert client.get("/api/v1/nodes").status_code == 200
+    reply = client.get("/api/v1/nodes", headers=AUTH)
+    assert reply.status_code == 403 and "MEGALOS_API_READS_NEED_TOKEN=0" in reply.json["error"]
+    opened = create_app({"REFLECTOR_SOCKET": reflector.socket, "READS_NEED_TOKEN": False})
+    assert opened.test_client().get("/api/v1/nodes").status_code == 200
 
 
 def test_a_reflector_that_is_not_there_gives_503():
-    client = create_app({"REFLECTOR_SOCKET": "/nonexistent/megalos.sock", "API_TOKEN": TOKEN}).test_client()
+    client = authorised(create_app({"REFLECTOR_SOCKET": "/nonexistent/megalos.sock",
+                                    "API_TOKEN": TOKEN}))
     for path in ("/api/v1/vnis", "/api/v1/vnis/100", "/api/v1/macs/02:00:00:00:00:01",
                  "/api/v1/nodes", "/api/v1/lans", "/api/v1/events", "/readyz"):
         reply = client.get(path)
@@ -287,7 +300,7 @@ def test_an_unexpected_error_is_a_json_500_without_traceback():
     class Broken:
         def call(self, op, **args):
             raise RuntimeError("a bug with a secret")
-    client = create_app({"STATE_CLIENT": Broken()}).test_client()
+    client = authorised(create_app({"STATE_CLIENT": Broken(), "API_TOKEN": TOKEN}))
     reply = client.get("/api/v1/vnis")
     assert reply.status_code == 500
     assert reply.json == {"error": "internal error (see the API server's log)", "status": 500}
@@ -463,7 +476,8 @@ class Live:
         return self.api.url
 
     def get(self, path: str, **kw):
-        return http("GET", self.url + path, **kw)
+        """A read, with the token."""
+        return http("GET", self.url + path, headers=AUTH, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -611,12 +625,13 @@ def test_adding_and_removing_a_node_needs_the_token(live):
 
 
 @root
-def test_a_server_without_a_token_refuses_changes(live):
-    with ApiServer(live.rr.socket, token=None, workers=1, threads=2) as api:
+def test_a_server_without_a_token_refuses_changes_and_reads(live):
+    with ApiServer(live.rr.socket, token="", workers=1, threads=2) as api:
         status, _, body = http("POST", api.url + "/api/v1/nodes", {"address": live.n3.ip}, AUTH)
         assert status == 403 and "no API token" in body["error"]
         assert http("DELETE", f"{api.url}/api/v1/nodes/{live.n1.ip}", headers=AUTH)[0] == 403
-        assert http("GET", api.url + "/api/v1/nodes")[0] == 200
+        assert http("GET", api.url + "/api/v1/nodes", headers=AUTH)[0] == 403
+        assert http("GET", api.url + "/readyz")[0] == 200
 
 
 @root

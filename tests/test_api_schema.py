@@ -46,7 +46,7 @@ def server(runtime):
                        env={"MEGALOS_API_EVENTS_MAX_TIMEOUT": "0.2"}) as api:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                with urllib.request.urlopen(api.url + "/api/v1/vnis") as reply:
+                with urllib.request.urlopen(api.request("/api/v1/vnis")) as reply:
                     if b'"macs":1' in reply.read():
                         break
                 time.sleep(0.2)
@@ -59,6 +59,18 @@ def server(runtime):
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
+@schema.auth()
+class Token:
+    """The server's token on every request, but where schemathesis leaves the document's bearer
+    security out on purpose (then it expects the 401 that reads and changes answer)."""
+
+    def get(self, case, context):
+        return TOKEN
+
+    def set(self, case, data, context):
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
 # POST /api/v1/nodes refuses, with a documented 400, addresses that are well-formed but cannot
 # be a peer (multicast, loopback, unspecified, the reflector's own): no schema can say that, so
 # "schema-valid data is accepted" is not checked there. Everything else is.
@@ -69,5 +81,7 @@ SEMANTIC_400 = {("POST", "/api/v1/nodes")}
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_api_follows_its_openapi_document(case, server):
     excluded = [positive_data_acceptance] if (case.method, case.path) in SEMANTIC_400 else []
-    case.call_and_validate(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"},
-                           excluded_checks=excluded, timeout=10)
+    response = case.call_and_validate(base_url=server.url, excluded_checks=excluded, timeout=10)
+    # schemathesis lets a 401 pass as "credentials it lacks": with the token, there is none.
+    if not case.operation.schema.is_security_param_negated(case):
+        assert response.status_code != 401, (case.method, case.path, response.text)

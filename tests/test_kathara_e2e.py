@@ -62,8 +62,9 @@ ADDRESSES = {("pc1", "net0"): "10.0.1.1", ("r1", "net0"): "10.0.1.2",
 wait_for = functools.partial(poll, timeout=30.0, interval=0.2)  # slower steps here
 
 
-def get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as reply:
+def get(api: ApiServer, path: str):
+    """A read of the API, with its token."""
+    with urllib.request.urlopen(api.request(path), timeout=10) as reply:
         return json.loads(reply.read())
 
 
@@ -94,7 +95,7 @@ class Lab:
         self.kathara, self.multus, self.devices = kathara, multus, devices
 
     def lans(self) -> dict:
-        return get(f"{self.api.url}/api/v1/lans?namespace={self.kathara.namespace}")
+        return get(self.api, f"/api/v1/lans?namespace={self.kathara.namespace}")
 
     def device(self, name: str):
         return self.devices[name]
@@ -244,7 +245,7 @@ def test_the_lan_view_shows_every_member_converged(lab):
                  and m["pod"] == lab.device("pc1").name)
     assert fixed["mac"] == FIXED_MAC
     # The peers carry the nodes' names (from the Node objects).
-    peers = get(f"{lab.api.url}/api/v1/nodes")["nodes"]
+    peers = get(lab.api, "/api/v1/nodes")["nodes"]
     assert sorted((p["address"], p["name"]) for p in peers) == sorted(
         (ip, name) for name, ip in nodes.items())
 
@@ -253,7 +254,8 @@ def test_megalosctl_lans(lab):
     def ctl(*argv):
         proc = subprocess.run([sys.executable, "-m", "api.cli", "--server", lab.api.url, "lans",
                                "--namespace", lab.kathara.namespace, *argv], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "MEGALOS_API_TOKEN": lab.api.token})
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
     table = ctl().splitlines()

@@ -1,7 +1,7 @@
 """The LAN map without a browser: the document (api.mapview) from plain values, then the page and
 GET /api/v1/map through the app (Flask's test client) in front of a real state socket and
 ReflectorState (tests/test_api.py's reflector, its BGP process a stand-in): the long poll wakes on
-MAC and VTEP changes, on pods coming and going and on BGP sessions, and reads can need the token.
+MAC and VTEP changes, on pods coming and going and on BGP sessions, and reads need the token.
 tests/test_map_browser.py drives the page itself in Chromium against the namespace cluster."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from api.mapview import CONVERGED, CONVERGING, TROUBLE, Sources, build, device_l
 from api.mapwatch import MapWatcher
 from bgp.protocol import ADD, DEL, MacRoute, VtepRoute
 from lab.cluster import wait_until
-from tests.test_api import TOKEN, StandInBgp, reflector  # noqa: F401 - a fixture
+from tests.test_api import TOKEN, StandInBgp, authorised, reflector  # noqa: F401 - a fixture
 
 N1, N2 = "192.0.2.2", "192.0.2.3"
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -196,7 +196,7 @@ def lab(reflector):  # noqa: F811 - the fixture imported above
 
 @pytest.fixture
 def client(lab):
-    return create_app({"REFLECTOR_SOCKET": lab.socket, "API_TOKEN": TOKEN}).test_client()
+    return authorised(create_app({"REFLECTOR_SOCKET": lab.socket, "API_TOKEN": TOKEN}))
 
 
 def timed_get(client, url, **kw):
@@ -276,9 +276,8 @@ def test_the_long_poll_answers_within_a_second_of_a_change(client, lab, change, 
     assert took < 0.3 + 1.0, took  # POLL (0.5 s) plus one read, with room for a loaded machine
 
 
-def test_reads_can_need_the_token_and_the_page_stays_open(lab):
-    client = create_app({"REFLECTOR_SOCKET": lab.socket, "API_TOKEN": TOKEN,
-                         "READS_NEED_TOKEN": True}).test_client()
+def test_reads_need_the_token_and_the_page_stays_open(lab):
+    client = create_app({"REFLECTOR_SOCKET": lab.socket, "API_TOKEN": TOKEN}).test_client()
     assert client.get("/").status_code == 200 and client.get("/map/map.js").status_code == 200
     assert client.get("/api/v1/openapi.json").status_code == 200
     for path in ("/api/v1/map", "/api/v1/vnis", "/api/v1/lans", "/api/v1/nodes"):
@@ -293,8 +292,8 @@ def test_reads_can_need_the_token_and_the_page_stays_open(lab):
 
 
 def test_a_reflector_that_is_not_there_gives_503():
-    client = create_app({"REFLECTOR_SOCKET": "/nonexistent/megalos.sock",
-                         "REFLECTOR_TIMEOUT": 0.5}).test_client()
+    client = authorised(create_app({"REFLECTOR_SOCKET": "/nonexistent/megalos.sock",
+                                    "API_TOKEN": TOKEN, "REFLECTOR_TIMEOUT": 0.5}))
     reply = client.get("/api/v1/map")
     assert reply.status_code == 503 and "not answering" in reply.json["error"]
 

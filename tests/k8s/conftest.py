@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "scripts" / "cluster.sh"
 K8S = ROOT / "k8s"
 NAMESPACE = "megalos"
+API_TOKEN = secrets.token_hex(16)  # the Secret megalos-api the overlay makes: reads need it
 TIMINGS: dict[str, float] = {}  # what the session measured, printed at its end
 
 
@@ -93,11 +95,15 @@ class Kube:
                    for c in pod.get("status", {}).get("conditions", []))
 
     def api_get(self, path: str) -> dict:
-        """GET on the Megalos API through its Service's cluster IP (kube-proxy), from the node."""
+        """GET on the Megalos API through its Service's cluster IP (kube-proxy), from the node,
+        with the token (on stdin: never in a process list)."""
         ip = self.get("-n", NAMESPACE, "service", "megalos-api")["spec"]["clusterIP"]
-        code = ("import sys, urllib.request; "
-                "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
-        return json.loads(self.node("python3", "-c", code, f"http://{ip}:8080{path}").stdout)
+        code = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                "urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + "
+                "sys.stdin.readline().strip()}), timeout=10).read().decode())")
+        return json.loads(subprocess.run(
+            [str(CLUSTER), "exec", "python3", "-c", code, f"http://{ip}:8080{path}"],
+            input=API_TOKEN + "\n", capture_output=True, text=True, check=True, timeout=60).stdout)
 
 
 @pytest.fixture(scope="session")
@@ -124,8 +130,9 @@ def kube():
 
 
 def overlay(tmp: Path, image: str) -> Path:
-    """The test overlay of k8s/: the locally built image and one reflector (one node cannot
-    hold two: anti-affinity). Nothing else changes."""
+    """The test overlay of k8s/: the locally built image, one reflector (one node cannot hold
+    two: anti-affinity) and the API's token Secret, as docs/install.md has the operator make it.
+    Nothing else changes."""
     name, _, tag = image.rpartition(":")
     directory = tmp / "overlay"
     directory.mkdir()
@@ -135,6 +142,9 @@ def overlay(tmp: Path, image: str) -> Path:
         "resources": [os.path.relpath(K8S, directory)],
         "images": [{"name": "ghcr.io/megalos/megalos", "newName": name, "newTag": tag}],
         "replicas": [{"name": "megalos-reflector", "count": 1}],
+        "secretGenerator": [{"name": "megalos-api", "namespace": NAMESPACE,
+                             "literals": [f"token={API_TOKEN}"]}],
+        "generatorOptions": {"disableNameSuffixHash": True},
     }
     (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return directory
