@@ -9,7 +9,9 @@
     megalosctl wait --mac 02:00:00:00:00:0a --vni 70000 --vteps 2 --timeout 60
 
 Tables by default, `-o json` for scripts. The server is --server or $MEGALOS_API (default
-http://127.0.0.1:8080), the token --token or $MEGALOS_API_TOKEN.
+http://127.0.0.1:8080). The token (reads need it too, unless the server opened them) is --token,
+else the first line of --token-file, else $MEGALOS_API_TOKEN, else the file named by
+$MEGALOS_API_TOKEN_FILE (a file keeps it out of the shell's history and the process list).
 
 Exit codes: 0 done (or converged), 1 `wait` timed out, 2 usage, 3 the API answered with an
 error, 4 the API could not be reached.
@@ -26,6 +28,7 @@ import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 
+from api.settings import SettingsError, read_token, read_token_file
 from base.primitives import normalize_mac
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -380,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--server", default=argparse.SUPPRESS,
                         help=f"API URL (default $MEGALOS_API or {DEFAULT_SERVER})")
     common.add_argument("--token", default=argparse.SUPPRESS,
-                        help="bearer token for add-node/remove-node (default $MEGALOS_API_TOKEN)")
+                        help="the API's bearer token (default $MEGALOS_API_TOKEN)")
+    common.add_argument("--token-file", default=argparse.SUPPRESS, metavar="PATH",
+                        help="a file whose first line is the token (default "
+                        "$MEGALOS_API_TOKEN_FILE)")
     common.add_argument("-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS,
                         help="table (default) or json")
     parser = argparse.ArgumentParser(prog="megalosctl", parents=[common],
@@ -425,16 +431,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def token_of(args, environ) -> str | None:
+    """--token, --token-file, $MEGALOS_API_TOKEN, $MEGALOS_API_TOKEN_FILE: the first given."""
+    if getattr(args, "token", None):
+        return args.token
+    if getattr(args, "token_file", None):
+        return read_token_file(args.token_file, "--token-file")
+    return read_token(environ)
+
+
+NO_TOKEN_HINT = ("give the API token with --token-file PATH, $MEGALOS_API_TOKEN_FILE, "
+                 "$MEGALOS_API_TOKEN or --token")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     server = getattr(args, "server", None) or os.environ.get("MEGALOS_API") or DEFAULT_SERVER
-    token = getattr(args, "token", None) or os.environ.get("MEGALOS_API_TOKEN") or None
+    try:
+        token = token_of(args, os.environ)
+    except SettingsError as exc:
+        return usage(str(exc))
     args.output = getattr(args, "output", None) or "table"
     api = Api(server, token)
     try:
         return args.func(api, args)
     except ApiFailure as exc:
         print(f"megalosctl: {exc}", file=sys.stderr)
+        if exc.status == 401 and not token:
+            print(f"megalosctl: {NO_TOKEN_HINT}", file=sys.stderr)
         return EXIT_API
     except Unreachable as exc:
         print(f"megalosctl: {exc}", file=sys.stderr)

@@ -97,9 +97,14 @@ def test_lans_as_tables():
 
 
 # -- against the live server ----------------------------------------------------------------------
+NO_TOKEN = {"MEGALOS_API_TOKEN": "", "MEGALOS_API_TOKEN_FILE": ""}
+
+
 def ctl(live, *argv, timeout=60, env=None):
-    """Run megalosctl; (exit code, stdout, stderr)."""
-    environ = {**os.environ, "MEGALOS_API": live["url"], "MEGALOS_API_TOKEN": "", **(env or {})}
+    """Run megalosctl, the token in a file named by $MEGALOS_API_TOKEN_FILE unless `env` says
+    otherwise; (exit code, stdout, stderr)."""
+    environ = {**os.environ, "MEGALOS_API": live["url"], "MEGALOS_API_TOKEN": "",
+               "MEGALOS_API_TOKEN_FILE": live["token_file"], **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "api.cli", *argv], capture_output=True, text=True,
                           cwd=REPO, env=environ, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
@@ -113,7 +118,7 @@ def attach(runtime, node, name, mac):
 
 
 @pytest.fixture(scope="module")
-def live(runtime):
+def live(runtime, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces)")
     with Cluster() as cluster:
@@ -126,7 +131,10 @@ def live(runtime):
         # Pages of one row: the CLI has to follow them.
         with ApiServer(rr.socket, token=TOKEN, workers=1, threads=8,
                        env={"MEGALOS_API_PAGE_LIMIT": "1"}) as api:
-            live = {"url": api.url, "n1": n1, "n2": n2, "runtime": runtime}
+            token_file = tmp_path_factory.mktemp("ctl") / "token"
+            token_file.write_text(f"{TOKEN}\n")
+            live = {"url": api.url, "n1": n1, "n2": n2, "runtime": runtime,
+                    "token_file": str(token_file)}
             code, _, err = ctl(live, "wait", "--mac", MAC_A, "--mac", MAC_B, "--timeout", "30")
             assert code == 0, err
             yield live
@@ -192,7 +200,7 @@ def test_errors_have_clear_messages_and_exit_codes(live):
     assert code == 3 and out == "" and "404" in err and "not announced" in err
     code, _, err = ctl(live, "vni", "70399")
     assert code == 3 and "unknown VNI 70399" in err
-    code, _, err = ctl(live, "add-node", "192.0.2.250")
+    code, _, err = ctl(live, "add-node", "192.0.2.250", env=NO_TOKEN)
     assert code == 3 and "401" in err
     code, _, err = ctl(live, "--server", f"http://127.0.0.1:{free_port()}", "vnis")
     assert code == 4 and "cannot reach the API" in err
@@ -203,13 +211,40 @@ def test_errors_have_clear_messages_and_exit_codes(live):
 
 
 @root
+def test_reads_need_the_token_and_say_how_to_give_it(live, tmp_path):
+    code, out, err = ctl(live, "vnis", env=NO_TOKEN)
+    assert code == 3 and out == "" and "401 missing bearer token" in err
+    assert "--token-file" in err and "$MEGALOS_API_TOKEN" in err
+    code, _, err = ctl(live, "nodes", "--token", "wrong")
+    assert code == 3 and "401 wrong bearer token" in err
+    code, _, err = ctl(live, "vnis", "--token-file", str(tmp_path / "absent"))
+    assert code == 2 and "--token-file" in err and "No such file" in err
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    code, out, _ = ctl(live, "vnis", "--token-file", str(tmp_path / "token"), env=NO_TOKEN)
+    assert code == 0 and str(VNI) in out
+
+
+def test_the_token_comes_from_the_first_of_the_options_and_the_environment(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_text("from-option-file\n")
+    second.write_text("from-env-file\n")
+    parse = cli.build_parser().parse_args
+    env = {"MEGALOS_API_TOKEN": "from-env", "MEGALOS_API_TOKEN_FILE": str(second)}
+    assert cli.token_of(parse(["--token", "t", "--token-file", str(first), "vnis"]), env) == "t"
+    assert cli.token_of(parse(["vnis", "--token-file", str(first)]), env) == "from-option-file"
+    assert cli.token_of(parse(["vnis"]), env) == "from-env"
+    assert cli.token_of(parse(["vnis"]), {"MEGALOS_API_TOKEN_FILE": str(second)}) == "from-env-file"
+    assert cli.token_of(parse(["vnis"]), {}) is None
+
+
+@root
 def test_add_node_and_remove_node_with_the_token(live):
     code, out, err = ctl(live, "add-node", "192.0.2.250", "--name", "n-250", "--token", TOKEN)
     assert code == 0 and "added" in out, err
     code, out, _ = ctl(live, "nodes", "-o", "json")
     assert {"address": "192.0.2.250", "name": "n-250"}.items() <= next(
         n for n in json.loads(out)["nodes"] if n["address"] == "192.0.2.250").items()
-    code, out, _ = ctl(live, "remove-node", "192.0.2.250", env={"MEGALOS_API_TOKEN": TOKEN})
+    code, out, _ = ctl(live, "remove-node", "192.0.2.250", env={**NO_TOKEN, "MEGALOS_API_TOKEN": TOKEN})
     assert code == 0 and "removed" in out
 
 
@@ -221,7 +256,8 @@ def test_wait_returns_when_the_mac_and_vteps_converge(live):
     waiting = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "wait", "--mac", MAC_LATE, "--vni", str(VNI),
          "--timeout", "30", "-o", "json"], cwd=REPO, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env={**os.environ, "MEGALOS_API": live["url"]})
+        stderr=subprocess.PIPE, env={**os.environ, "MEGALOS_API": live["url"], **NO_TOKEN,
+                                     "MEGALOS_API_TOKEN": TOKEN})
     time.sleep(1.5)
     assert waiting.poll() is None  # still waiting: the MAC is not there
     attach(live["runtime"], live["n2"], "late", MAC_LATE)
