@@ -29,11 +29,13 @@ import urllib.request
 from datetime import datetime, timezone
 
 from api.settings import SettingsError, read_token, read_token_file
+from base.bounded_json import BadJson, loads
 from base.primitives import normalize_mac
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EXIT_TIMEOUT, EXIT_USAGE, EXIT_API, EXIT_UNREACHABLE = 1, 2, 3, 4
 LONG_POLL = 25.0  # seconds per events request while waiting (the server caps it at 30)
+MAX_REPLY = 64 << 20  # bytes of an answer; a page of 10,000 MAC rows is 1.7 MiB
 
 
 class ApiFailure(Exception):
@@ -67,13 +69,16 @@ class Api:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout + wait) as reply:
-                raw = reply.read()
+                status, raw = reply.status, reply.read(MAX_REPLY + 1)
         except urllib.error.HTTPError as exc:
-            raise ApiFailure(exc.code, _error_message(exc.read(), exc.reason)) from None
+            raise ApiFailure(exc.code, _error_message(exc.read(MAX_REPLY), exc.reason)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach the API at {self.server}: {reason}") from None
-        return json.loads(raw) if raw else None
+        try:
+            return loads(raw, MAX_REPLY, what="the answer") if raw else None
+        except BadJson as exc:
+            raise ApiFailure(status, str(exc)) from None
 
     def get(self, path: str, **query):
         return self.request("GET", path, query)
@@ -96,7 +101,7 @@ def segment(value) -> str:
 
 def _error_message(raw: bytes, fallback) -> str:
     try:
-        return json.loads(raw)["error"]
+        return loads(raw, MAX_REPLY)["error"]
     except (ValueError, KeyError, TypeError):
         return str(fallback)
 

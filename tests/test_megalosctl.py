@@ -3,10 +3,12 @@ reflector and speakers in namespaces): tables, -o json, wait that converges and 
 out. Its pure presentation helpers are tested with plain values first."""
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -94,6 +96,35 @@ def test_lans_as_tables():
     assert cli.lans_notice(empty) is None
     assert "--lans-from-k8s" in cli.lans_notice({**empty, "watching": False, "synced": False})
     assert "not listed" in cli.lans_notice({**empty, "synced": False})
+
+
+@pytest.mark.parametrize("answer, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "nests arrays and objects more than 64 deep"),
+    (b"<html>not json</html>", "is not valid JSON"),
+])
+def test_an_answer_that_is_not_json_within_bounds_is_an_error_not_a_traceback(answer, message,
+                                                                               capsys):
+    """A server that is not the API (or is hostile): before, json.loads raised RecursionError
+    out of megalosctl."""
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code = cli.main(["--server", f"http://127.0.0.1:{server.server_port}", "--token", "t",
+                         "vnis"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 3 and message in capsys.readouterr().err
 
 
 # -- against the live server ----------------------------------------------------------------------
