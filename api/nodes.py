@@ -1,7 +1,7 @@
 """/api/v1/nodes: the reflector's BGP peers (the nodes); adding and removing one needs the token."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, url_for
+from flask import Blueprint, jsonify, url_for
 
 from api import params
 from api.auth import token_required
@@ -30,7 +30,7 @@ def show_node(address: str):
 @token_required
 def add_node():
     """{"address": ip, "name": optional node name}: 201 if added, 200 if it was already a peer."""
-    body = params.json_body(read_body(), current_app.config["MAX_CONTENT_LENGTH"])
+    body = params.json_body(read_body())
     if not isinstance(body, dict) or "address" not in body:
         raise ApiError(400, 'the body must be a JSON object {"address": "<ip>"} '
                             '(and optionally "name")')

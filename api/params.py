@@ -7,7 +7,7 @@ import math
 import re
 
 from api.errors import ApiError
-from base.bounded_json import BadJson, JsonTooLarge, loads
+from base.bounded_json import BadJson, loads
 from base.primitives import MAX_VNI, normalize_mac
 
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Kubernetes node name
@@ -106,12 +106,10 @@ def vtep_filter(args) -> dict:
     return query
 
 
-def json_body(raw: bytes, max_size: int):
-    """A request body's JSON value: 413 when larger than `max_size`, 400 when not JSON or nested
-    too deep (base.bounded_json: never a RecursionError)."""
+def json_body(raw: bytes):
+    """A request body's JSON value (its size bounded as it was read: api.errors.read_body); 400
+    when it is not JSON or nests too deep (base.bounded_json: never a RecursionError)."""
     try:
-        return loads(raw, max_size, what="the request body")
-    except JsonTooLarge as exc:
-        raise ApiError(413, str(exc)) from None
+        return loads(raw, len(raw), what="the request body")
     except BadJson as exc:
         raise ApiError(400, str(exc)) from None

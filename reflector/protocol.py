@@ -27,7 +27,9 @@ Ops (arguments; result):
 
 Paged results carry ``next``: the ``cursor`` of the following page, null on the last one.
 ``node`` filters by node name (as given to peer_add), ``vtep`` by address. Statuses in errors:
-400 bad request, 404 unknown, 500 the reflector failed, 503 its BGP process failed.
+400 bad request, 404 unknown, 413 a request line over 64 KiB (then the connection is closed),
+500 the reflector failed, 503 its BGP process failed. The server closes a connection that sends
+no whole request within its read timeout (30 s by default); the client reconnects.
 
 This module is the only thing the API imports from the reflector: the client side, stdlib only.
 """

@@ -108,16 +108,21 @@ def server(tmp_path_factory):
 
 def send(url: str, method: str, path: str, body: bytes | None = None, headers=None,
          chunked: bool = False) -> tuple[int, dict]:
+    """(status, JSON body) of one request; the answer is read even when the server answered and
+    hung up before the body was all sent (as it does with one too large)."""
     address = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
     try:
-        if chunked:
-            connection.request(method, path, body=iter([body[i:i + 8192]
-                                                        for i in range(0, len(body), 8192)]),
-                               headers={**(headers or {}), "Transfer-Encoding": "chunked"},
-                               encode_chunked=True)
-        else:
-            connection.request(method, path, body=body, headers=headers or {})
+        try:
+            if chunked:
+                connection.request(method, path, body=iter([body[i:i + 8192]
+                                                            for i in range(0, len(body), 8192)]),
+                                   headers={**(headers or {}), "Transfer-Encoding": "chunked"},
+                                   encode_chunked=True)
+            else:
+                connection.request(method, path, body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the end of the body: the answer waits to be read
         reply = connection.getresponse()
         return reply.status, json.loads(reply.read())
     finally:

@@ -42,7 +42,18 @@ def serve():
 
 
 def until_eof(sock: socket.socket) -> bytes:
-    return b"".join(iter(lambda: sock.recv(65536), b""))
+    """What the server sent until it hung up (having left bytes of ours unread, its end
+    reads as a reset once its reply has been read)."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def ask(sock: socket.socket, line: bytes) -> dict:
