@@ -1,4 +1,4 @@
-"""megalosctl: the Megalos API from a shell. Standard library only.
+"""megalosctl: the Megalos API from a shell (the standard library and a few pure helpers of ours).
 
     megalosctl vnis                     VNIs with their VTEP and MAC counts
     megalosctl vni 70000                a VNI's VTEPs and MAC table
@@ -15,6 +15,10 @@ $MEGALOS_API_TOKEN_FILE (a file keeps it out of the shell's history and the proc
 
 Exit codes: 0 done (or converged), 1 `wait` timed out, 2 usage, 3 the API answered with an
 error, 4 the API could not be reached.
+
+Why one module of ~480 lines: megalosctl is a flat list of subcommands, one short function each
+with the table it prints, over one request helper; split by subcommand, each file would be a
+few lines importing the same helpers.
 """
 from __future__ import annotations
 

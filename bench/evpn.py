@@ -22,6 +22,10 @@ frame per MAC from distinct source addresses (to the bridge's own address, so no
 flooded), and the bridge learns them; the agent's MAC watch (or zebra) announces them. Memory is
 the RSS of every process in the reflector's and the nodes' namespaces (agent + its BGP process;
 zebra + bgpd). Results are printed and written as JSON to bench/results/.
+
+Why one module of ~700 lines: the three set-ups share one harness (clusters, injection, the
+netlink timer, RSS, profiles) and differ in a few lines each; split, every part would import
+every other and a reader would lose the one place where a figure is produced.
 """
 from __future__ import annotations
 

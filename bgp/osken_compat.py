@@ -28,6 +28,10 @@ Helpers: `delete_neighbor` (neighbor_del leaves the peer's routes in the RIB), `
 (compared with `is`), `set_hold_time` and `set_connect_retry` (not settable through BGPSpeaker),
 `originate_evpn` (evpn_prefix_add with extended communities of our own: the claims of
 bgp.claims).
+
+Why one module of ~430 lines: one short function per fix, each with its measurement, listed
+above; tests/test_osken_compat.py mirrors it fix by fix. The throughput fixes live apart
+(bgp.osken_throughput).
 """
 from __future__ import annotations
 

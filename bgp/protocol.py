@@ -20,6 +20,10 @@ Two kinds of EVPN route, one name each from the CNI verb to the API:
   part in this VNI"; a node originates one per local VNI (`VtepAdd`), receivers put the VTEP on
   the VNI's flood list, the reflector lists it as one of the VNI's VTEPs;
 - the MAC route (EVPN Type-2): "this MAC of this VNI is behind this VTEP".
+
+Why one module of ~600 lines: it is the whole contract between two processes, every command,
+event and field check side by side, so that a change to one is read with all the others; it
+holds definitions only (frozen dataclasses and their decoders), no behaviour.
 """
 from __future__ import annotations
 

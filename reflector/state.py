@@ -20,6 +20,10 @@ Tables are read a page at a time: a page is `limit` rows after a `cursor`, the c
 key of the last row of the previous page (`str(vni)` for the VNI list, `"<mac>@<vtep>"` for a MAC
 table). Keys are kept sorted per VNI and re-sorted only after a change, so reading a page of a
 10,000-MAC table costs the page, not the table.
+
+Why one module of ~470 lines: the VNI, MAC, claim and mobility tables are updated together
+under one lock by each route, and the change log must record each change in that same step;
+the LAN table, which is read with them but fed by Kubernetes, is reflector.lanview.
 """
 from __future__ import annotations
 

@@ -35,6 +35,12 @@ Continuity (os-ken has no graceful restart, so the agent provides its own):
   meanwhile (a withdrawal and its replacement may arrive in separate UPDATEs);
 - when every reflector session is down, removals wait `stale_time` seconds, and `settle`
   seconds more once a session is back (the reflectors relearn from the other nodes meanwhile).
+
+Why one module of ~680 lines: the worker is the one thread that orders local changes, received
+routes and timers; each rule above is a short method on its state. What can stand alone already
+does (speaker.ledger, speaker.mac_limits, speaker.evpn_state, bgp.mobility: pure, tested alone);
+the rest reads and writes the worker's state in one pass and would only be split into modules
+that call each other.
 """
 from __future__ import annotations
 
