@@ -30,23 +30,14 @@ import time
 
 from bench.evpn import (cpu_seconds, git_head, loadavg, machine, measure_in, print_table, rss_mib,
                         write_results)
-from lab.cluster import Cluster, Node, unique_prefix, wait_for
+from lab.cluster import Cluster, unique_prefix, wait_for
 from lab.rogue_bgp import RoguePeer
-from lab.runtime import Runtime, kathara_conf
+from lab.runtime import Runtime
 from reflector.protocol import StateClient
 
 ROGUE_VNI, OTHER_VNI = 73000, 73001
 PING_INTERVAL = 0.05
 TARGETS = ("reflector", "node")
-
-
-def attach(runtime: Runtime, node: Node, name: str, vni: int, mac: str):
-    pod = node.add_pod(name)
-    reply = runtime.call("ADD", kathara_conf(f"lan{vni}", vni), container_id=f"c-{pod.netns}",
-                         netns=pod.netns_path, ifname="net0", args=f"MAC={mac}", socket=node.socket)
-    if reply.code != 0:
-        raise RuntimeError(f"ADD on {node.name}: {reply}")
-    return pod
 
 
 def run(runtime: Runtime, at: str, routes: int, watch: float) -> dict:
@@ -56,8 +47,8 @@ def run(runtime: Runtime, at: str, routes: int, watch: float) -> dict:
         rr.start_reflector(*[a for ip in peers for a in ("--peer", ip)])
         n1.start_agent("--reflector", rr.ip, *(("--reflector", rogue_node.ip) if at == "node" else ()))
         n2.start_agent("--reflector", rr.ip)
-        a = attach(runtime, n1, "a", OTHER_VNI, "02:73:00:00:01:01")
-        b = attach(runtime, n2, "b", OTHER_VNI, "02:73:00:00:01:02")
+        a = runtime.add_kathara_pod(n1, "a", OTHER_VNI, "02:73:00:00:01:01")
+        b = runtime.add_kathara_pod(n2, "b", OTHER_VNI, "02:73:00:00:01:02")
         a.set_ip("net0", "10.73.0.1/24")
         b.set_ip("net0", "10.73.0.2/24")
         if not wait_for(lambda: a.ping("10.73.0.2"), timeout=30, interval=0.5):

@@ -30,21 +30,12 @@ from bench.evpn import (cpu_seconds, git_head, loadavg, machine, measure_in, pri
 from cni import naming, netlink
 from cni.netns import netlink_in
 from lab.cluster import Cluster, Node, unique_prefix, wait_for
-from lab.runtime import Runtime, kathara_conf
+from lab.runtime import Runtime
 from lab.spoof import bridge_mac, spoof, spoofed_macs
 from reflector.protocol import StateClient
 
 SPOOFED_VNI, OTHER_VNI = 72000, 72001
 PING_INTERVAL = 0.05
-
-
-def attach(runtime: Runtime, node: Node, name: str, vni: int, mac: str):
-    pod = node.add_pod(name)
-    reply = runtime.call("ADD", kathara_conf(f"lan{vni}", vni), container_id=f"c-{pod.netns}",
-                         netns=pod.netns_path, ifname="net0", args=f"MAC={mac}", socket=node.socket)
-    if reply.code != 0:
-        raise RuntimeError(f"ADD on {node.name}: {reply}")
-    return pod
 
 
 def vtep_entries(node: Node, vni: int) -> int:
@@ -78,10 +69,10 @@ def run(runtime: Runtime, macs: int, watch: float, bridge_cap: bool) -> dict:
         rr.start_reflector("--peer", n1.ip, "--peer", n2.ip)
         for node in (n1, n2):
             node.start_agent("--reflector", rr.ip)
-        spoofer = attach(runtime, n1, "spoofer", SPOOFED_VNI, "02:72:00:00:00:01")
-        attach(runtime, n2, "far", SPOOFED_VNI, "02:72:00:00:00:02")
-        a = attach(runtime, n1, "a", OTHER_VNI, "02:72:00:00:01:01")
-        b = attach(runtime, n2, "b", OTHER_VNI, "02:72:00:00:01:02")
+        spoofer = runtime.add_kathara_pod(n1, "spoofer", SPOOFED_VNI, "02:72:00:00:00:01")
+        runtime.add_kathara_pod(n2, "far", SPOOFED_VNI, "02:72:00:00:00:02")
+        a = runtime.add_kathara_pod(n1, "a", OTHER_VNI, "02:72:00:00:01:01")
+        b = runtime.add_kathara_pod(n2, "b", OTHER_VNI, "02:72:00:00:01:02")
         a.set_ip("net0", "10.72.0.1/24")
         b.set_ip("net0", "10.72.0.2/24")
         if not wait_for(lambda: a.ping("10.72.0.2"), timeout=30, interval=0.5):

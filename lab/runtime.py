@@ -65,3 +65,13 @@ class Runtime:
         proc = subprocess.run([str(self.bin_dir / self.plugin)], input=stdin, env=environ,
                               capture_output=True, text=True, timeout=timeout)
         return CniReply(proc.returncode, proc.stdout, proc.stderr)
+
+    def add_kathara_pod(self, node, name: str, vni: int, mac: str):
+        """A new pod on `node` (lab.cluster.Node) attached by ADD, as Kathara's NAD for `vni`
+        does, with `mac` as its MAC (the device's net0); the pod. RuntimeError if refused."""
+        pod = node.add_pod(name)
+        reply = self.call("ADD", kathara_conf(f"lan{vni}", vni), container_id=f"c-{pod.netns}",
+                          netns=pod.netns_path, ifname="net0", args=f"MAC={mac}", socket=node.socket)
+        if reply.code != 0:
+            raise RuntimeError(f"ADD on {node.name}: {reply}")
+        return pod
