@@ -300,15 +300,16 @@ pc4[0]="B"
 """
 
 
-def get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as reply:
+def get(api, path: str):
+    """GET `path` of the API (lab.api_server.ApiServer), with its token: reads need it."""
+    with urllib.request.urlopen(api.request(path), timeout=10) as reply:
         return json.loads(reply.read())
 
 
-def owner(api: str, vni: int) -> str | None:
+def owner(api, vni: int) -> str | None:
     """The VNI's owner as the API says it (None too while the VNI is unknown: 404)."""
     try:
-        return get(f"{api}/api/v1/vnis/{vni}")["owner"]
+        return get(api, f"/api/v1/vnis/{vni}")["owner"]
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
@@ -332,8 +333,8 @@ def test_two_kathara_labs_on_one_vni_get_a_clear_error_and_the_api_shows_it(runt
         for nad in second.nads.values():
             first.kube.create(nad)
         multus = Multus(first.runtime, second.nads)
-        lans = f"{first.api.url}/api/v1/lans"
-        wait_until(lambda: next(lan for lan in get(f"{lans}?namespace={first.kathara.namespace}")["lans"]
+        lans = "/api/v1/lans"
+        wait_until(lambda: next(lan for lan in get(first.api, f"{lans}?namespace={first.kathara.namespace}")["lans"]
                                 if lan["link"] == "A")["vni_owner"] == first.kathara.namespace,
                    30, "the first lab's claim at the reflector")
         # node3 has heard node1's claim once it has a MAC node1 announced later, on LAN B.
@@ -358,18 +359,18 @@ def test_two_kathara_labs_on_one_vni_get_a_clear_error_and_the_api_shows_it(runt
         assert naming.bridge_name(vni) not in n3.link_names()   # nothing made on node3
 
         # The API: the second lab's LAN names the owner; the map puts it in trouble, not the first.
-        theirs = next(lan for lan in get(f"{lans}?namespace={second.namespace}")["lans"]
+        theirs = next(lan for lan in get(first.api, f"{lans}?namespace={second.namespace}")["lans"]
                       if lan["link"] == "A")
         assert (theirs["vni_owner"], theirs["vni_claimed_by"]) == (first.kathara.namespace,
                                                                    [first.kathara.namespace])
-        lan_map = {lan["id"]: lan for lan in get(f"{first.api.url}/api/v1/map")["lans"]}
+        lan_map = {lan["id"]: lan for lan in get(first.api, "/api/v1/map")["lans"]}
         blocked = lan_map[f"{second.namespace}/{second.nads['A']['metadata']['name']}"]
         assert blocked["state"] == "trouble" and blocked["vni_owner"] == first.kathara.namespace
         assert f"VNI {vni} belongs to namespace {first.kathara.namespace}: this LAN's pods cannot " \
                "attach" in blocked["problems"]
         owned = lan_map[f"{first.kathara.namespace}/{first.kathara.nads['A']['metadata']['name']}"]
         assert owned["vni_shared_with"] == [] and not any("VNI" in p for p in owned["problems"])
-        detail = get(f"{first.api.url}/api/v1/vnis/{vni}")
+        detail = get(first.api, f"/api/v1/vnis/{vni}")
         assert detail["owner"] == first.kathara.namespace and len(detail["claims"]) == 1
 
         # The first lab goes: the second one's pods attach (Kubernetes retries a failed sandbox).
@@ -378,5 +379,5 @@ def test_two_kathara_labs_on_one_vni_get_a_clear_error_and_the_api_shows_it(runt
         attached = wait_until(lambda: not isinstance(got := attach_second("pc1", n3), str) and got,
                               30, "the second lab to attach once the first is gone")
         assert attached.attachments[0].reply.code == 0
-        wait_until(lambda: owner(first.api.url, vni) == second.namespace, 30,
+        wait_until(lambda: owner(first.api, vni) == second.namespace, 30,
                    "the second lab to own the VNI")
