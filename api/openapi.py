@@ -289,7 +289,12 @@ _RESPONSES = {
     "Unavailable": {"description": "the reflector is not answering (or its BGP process failed)",
                     **_ERROR},
 }
-_UPSTREAM = {"502": _error("BadGateway"), "503": _error("Unavailable")}
+# gunicorn answers a request line over 4094 bytes (its limit_request_line) itself, in HTML,
+# before the app sees it: a query string that long is no request of ours.
+_LINE_TOO_LONG = {"414": {"description": "the request line is longer than 4094 bytes: refused by "
+                                         "the HTTP server (gunicorn) before the API reads it",
+                          "content": {"text/html": {"schema": {"type": "string"}}}}}
+_UPSTREAM = {**_LINE_TOO_LONG, "502": _error("BadGateway"), "503": _error("Unavailable")}
 
 
 _TOKEN = {"401": _error("Unauthorized"), "403": _error("Forbidden")}
@@ -365,7 +370,8 @@ DOCUMENT = {
                                _json("changes", _ref("Events")),
                                _params("since", "timeout", "limit", "vniFilter")),
         "/healthz": {"get": {"summary": "The API process serves",
-                             "responses": {"200": _json("serving", _ref("Health"))}}},
+                             "responses": {"200": _json("serving", _ref("Health")),
+                                           **_LINE_TOO_LONG}}},
         "/readyz": {"get": {"summary": "The reflector answers",
                             "responses": {"200": _json("ready", _ref("Ready")),
                                           **_UPSTREAM}}},
@@ -373,9 +379,10 @@ DOCUMENT = {
                                         "when the Accept header asks for it)",
                              "responses": {"200": {"description": "metrics", "content": {
                                  "text/plain": {"schema": {"type": "string"}},
-                                 "application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
+                                 "application/openmetrics-text": {"schema": {"type": "string"}}}},
+                                           **_LINE_TOO_LONG}}},
         "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
-            "200": _json("the OpenAPI document", {"type": "object"})}}},
+            "200": _json("the OpenAPI document", {"type": "object"}), **_LINE_TOO_LONG}}},
     },
     "components": {
         "schemas": _SCHEMAS,
