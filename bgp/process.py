@@ -140,6 +140,9 @@ class OsKen:
 
 def main() -> int:
     os.environ["OSKEN_HUB_TYPE"] = "eventlet"
+    # Peers are addresses, never names: eventlet's green resolver (dnspython, and through it
+    # cryptography) is ~17 MiB of every BGP process for nothing (tests/test_bgp.py).
+    os.environ["EVENTLET_NO_GREENDNS"] = "yes"
     warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
     import eventlet
     eventlet.monkey_patch()

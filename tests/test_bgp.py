@@ -633,3 +633,12 @@ def test_silent_speaker_is_withdrawn_after_the_hold_time(cluster):
 def test_a_malformed_originated_result_is_a_protocol_error(raw):
     with pytest.raises(ProtocolError):
         Originated.decode_result(raw)
+
+
+def test_the_bgp_process_loads_no_dns_resolver():
+    """Peers are addresses: eventlet's green resolver (dnspython and cryptography, ~17 MiB) is not
+    loaded. Its C extensions would show in the process's memory maps."""
+    with BgpProcess() as bgp:
+        bgp.call(Start(router_id='192.0.2.12', asn=ASN, listen_port=0))
+        maps = open(f'/proc/{bgp.pid}/maps').read()
+        assert '/cryptography/' not in maps and '_cffi_backend' not in maps
