@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from bgp.protocol import Command, ProtocolError, Ready, Reply, Stop, decode_event, encode_commands
+from bgp.protocol import (Command, ProtocolError, Ready, Reply, Stop, decode_event, decode_route_line,
+                          encode_commands, is_route_line)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,12 @@ class BgpProcess:
         self._fail_pending(reason)
 
     def _dispatch(self, raw: bytes) -> None:
+        if is_route_line(raw):
+            try:
+                self._deliver(decode_route_line(raw))
+            except ProtocolError as exc:
+                log.warning("%s: %s: %r", self.name, exc, raw[:200])
+            return
         try:
             message = json.loads(raw)
             if not isinstance(message, dict):
@@ -198,7 +205,11 @@ class BgpProcess:
             return
         if isinstance(event, Ready):
             self._ready.set()
-        elif self._on_event is not None:
+        else:
+            self._deliver(event)
+
+    def _deliver(self, event) -> None:
+        if self._on_event is not None:
             try:
                 self._on_event(event)
             except Exception:
