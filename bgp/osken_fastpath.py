@@ -16,7 +16,8 @@ of one os-ken method:
 
 - ``BgpProtocol._data_received``: a complete UPDATE from an established client goes to
   ``WireTable.receive`` first; what it declines goes to os-ken as before;
-- ``Peer.comm_all_best_paths`` (a session comes up): the new peer gets our table too;
+- ``Peer.comm_all_best_paths`` (a session comes up): the new peer gets our table too (and, on
+  a node, the routes it originates: bgp.osken_origin, ``set_origin``);
 - ``Peer._handle_route_refresh_req``: so does a peer asking for a refresh;
 - ``TableCoreManager.clean_stale_routes`` (peer down, peer deleted, enhanced refresh): routes
   older than the peer's version are withdrawn, as os-ken withdraws its own; the restart grace
