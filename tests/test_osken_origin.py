@@ -48,7 +48,7 @@ import eventlet.queue
 from bgp.process import OsKen
 from bgp.protocol import Start
 from bgp.service import OskenOrigin
-from bgp import osken_origin, osken_throughput
+from bgp import evpn_wire, osken_origin, osken_throughput
 from os_ken.lib.packet.bgp import RF_L2_EVPN, EvpnNLRI
 from os_ken.services.protocols.bgp.model import OutgoingRoute
 
@@ -87,19 +87,19 @@ def built(path):
 
 
 peer._protocol = Recording()
-osken = {'single': {k: built(p) for k, p in paths.items()},
-         'withdrawn': {k: built(p.clone(for_withdrawal=True)) for k, p in paths.items()}}
+by_osken = {'single': {k: built(p) for k, p in paths.items()},
+            'withdrawn': {k: built(p.clone(for_withdrawal=True)) for k, p in paths.items()}}
 peer.state.bgp_state = 'Established'   # os-ken's packer sends on a session only
 osken_throughput._send_outgoing_routes(peer, [OutgoingRoute(paths[k]) for k in order])
-osken['packed'] = peer._protocol.sent
+by_osken['packed'] = peer._protocol.sent
 peer._protocol = None
 routes = list(wire.routes.values())
 ours = {'single': {k: a.updates([n])[0].hex() for k, (n, a) in zip(order, routes)},
         'withdrawn': {k: evpn_wire.withdrawals([n])[0].hex() for k, (n, a) in zip(order, routes)},
         'packed': [m.hex() for m in wire._updates(routes)]}
-print(json.dumps({'osken': osken, 'wire': ours}))
+print(json.dumps({'osken': by_osken, 'wire': ours}))
 speaker.shutdown()
-""".replace("from bgp import osken_origin", "from bgp import evpn_wire, osken_origin")
+"""
 
 
 def _calls() -> list:
