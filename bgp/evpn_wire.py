@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from bgp import claims
 from bgp.protocol import ADD, DEL, MacRoute, VtepRoute
@@ -55,10 +56,15 @@ class EvpnUpdate:
     reach: list[bytes] = field(default_factory=list)     # each NLRI: type, length, value
     unreach: list[bytes] = field(default_factory=list)
 
-    @property
+    @cached_property
     def next_hop_text(self) -> str:
         family = socket.AF_INET if len(self.next_hop) == 4 else socket.AF_INET6
         return socket.inet_ntop(family, self.next_hop)
+
+    @cached_property
+    def mac_facts(self) -> tuple[int, str | None]:
+        """(MAC mobility sequence number, pod) of its Type-2 routes: read once for all of them."""
+        return mobility_seq(self), claims.read_pod(_claims(self))
 
 
 def _nlris(data: bytes) -> list[bytes] | None:
@@ -326,9 +332,9 @@ def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> MacRoute | V
         ip_bytes = value[29] // 8
         vni = int.from_bytes(value[30 + ip_bytes:33 + ip_bytes], "big")
         ip = _ip_text(value[30:30 + ip_bytes]) if ip_bytes else None
-        pod = None if withdraw else claims.read_pod(_claims(update))
-        return MacRoute(action, vni, value[23:29].hex(":"), update.next_hop_text, ip, mobility_seq(update),
-                        pod)
+        seq, pod = update.mac_facts
+        return MacRoute(action, vni, value[23:29].hex(":"), update.next_hop_text, ip, seq,
+                        None if withdraw else pod)
     pmsi = update.attributes.get(PMSI_TUNNEL)
     if pmsi is None or len(pmsi[1]) < 5:
         return None
