@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+from os_ken.lib.packet.bgp import RF_L2_EVPN
 
 from base.tenancy import VniClaim
-from bgp import claims, evpn_wire
+from bgp import claims, evpn_wire, osken_fastpath
 from bgp.osken_origin import OriginTable
+from test_osken_compat import _rr_client_peer
 from test_osken_fastpath import FakePeer
 
 ROUTER, PEER = "192.0.2.1", "192.0.2.2"
@@ -232,3 +235,50 @@ def test_a_vtep_withdrawn_with_its_macs():
     [withdrawn] = [evpn_wire.parse_update(raw) for raw in peer.queued]
     assert (len(withdrawn.reach), [n[0] for n in withdrawn.unreach]) == (0, [evpn_wire.TYPE2, evpn_wire.TYPE3])
     assert table.routes == {} and table.sent_to(PEER) == 0
+
+
+# --- os-ken's hooks: a session that comes up, a ROUTE-REFRESH --------------------------------
+
+class _Session:
+    """The protocol of an established EVPN session, as the hooks ask it."""
+
+    def is_mbgp_cap_valid(self, family):
+        return True
+
+    def is_route_family_adv(self, family):
+        return True
+
+    def is_enhanced_rr_cap_valid(self):
+        return False
+
+
+@pytest.fixture
+def node_peer(monkeypatch):
+    """A real os-ken Peer (an iBGP neighbour) on a stand-in session, and the origin table the
+    hooks of bgp.osken_fastpath serve, holding a VTEP route and a MAC route."""
+    peer = _rr_client_peer(monkeypatch, PEER)
+    peer._protocol = _Session()
+    peer._peer_manager = SimpleNamespace(resend_sent=lambda family, to: None)
+    table = OriginTable(ROUTER, 65000, 100, lambda: [peer])
+    table.vrf_add(RD1, 100)
+    table.vtep(RD1, 100, [])
+    table.mac(RD1, 100, _mac(1), None, None, [])
+    table.flush()                        # the session is not up yet: nothing sent
+    monkeypatch.setitem(osken_fastpath._tables, "origin", table)
+    return peer
+
+
+def _queued(peer) -> list:
+    sent = []
+    while (message := peer.outgoing_msg_list.pop_first()) is not None:
+        sent.append(evpn_wire.parse_update(message.serialize()))
+    return sent
+
+
+def test_a_session_that_comes_up_and_a_refresh_get_what_the_node_originates(node_peer):
+    assert _queued(node_peer) == []
+    node_peer.state.bgp_state = "Established"
+    osken_fastpath._comm_all_best_paths_and_ours(node_peer, {})
+    osken_fastpath._route_refresh_and_ours(node_peer, RF_L2_EVPN.afi, RF_L2_EVPN.safi)
+    sent = _queued(node_peer)
+    assert [[n[0] for n in u.reach] for u in sent] == [[evpn_wire.TYPE3], [evpn_wire.TYPE2]] * 2
