@@ -1,5 +1,9 @@
 """The commands of the protocol applied to one os-ken `BGPSpeaker`, and its events reported.
 
+A node's own routes go out through bgp.osken_origin's table (the wire path: a burst of commands,
+one flush, few UPDATEs) or, with `MEGALOS_WIRE_ORIGIN=0` or `MEGALOS_WIRE_PATH=0`, through
+os-ken's API (`OskenOrigin`); both take the same calls.
+
 `osken` is a namespace of the os-ken modules, imported by bgp.process after eventlet's monkey
 patching (so this module imports no os-ken itself and its logic can be driven by a stand-in);
 `emit` takes one protocol event.
