@@ -8,6 +8,9 @@ NLRI's bytes under its RIB key, and send the other clients one UPDATE built once
 nothing of sockets or os-ken, and ``tests/test_evpn_wire.py`` checks it byte for byte against
 os-ken's own parser and UPDATE builder.
 
+A node's own routes go out the same way (``bgp.osken_origin``): ``originated`` gives the
+attributes os-ken's path would send them with, and the NLRI builders below their bytes.
+
 Anything outside that narrow use (another address family or route type, IPv4 NLRI, a malformed
 attribute) makes ``parse_update`` return None: the caller hands the message to os-ken, which
 handles or refuses it as before.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from bgp import claims
 from bgp.protocol import ADD, DEL, MacRoute, VtepRoute
@@ -30,6 +34,7 @@ ORIGIN, AS_PATH, NEXT_HOP, MED, LOCAL_PREF = 1, 2, 3, 4, 5
 COMMUNITIES, ORIGINATOR_ID, CLUSTER_LIST = 8, 9, 10
 MP_REACH, MP_UNREACH, EXT_COMMUNITIES, PMSI_TUNNEL = 14, 15, 16, 22
 OPTIONAL, TRANSITIVE, EXTENDED_LENGTH = 0x80, 0x40, 0x10
+ORIGIN_IGP, ORIGIN_INCOMPLETE = 0, 2
 
 AFI_L2VPN, SAFI_EVPN = 25, 70
 TYPE2, TYPE3 = 2, 3
@@ -51,10 +56,15 @@ class EvpnUpdate:
     reach: list[bytes] = field(default_factory=list)     # each NLRI: type, length, value
     unreach: list[bytes] = field(default_factory=list)
 
-    @property
+    @cached_property
     def next_hop_text(self) -> str:
         family = socket.AF_INET if len(self.next_hop) == 4 else socket.AF_INET6
         return socket.inet_ntop(family, self.next_hop)
+
+    @cached_property
+    def mac_facts(self) -> tuple[int, str | None]:
+        """(MAC mobility sequence number, pod) of its Type-2 routes: read once for all of them."""
+        return mobility_seq(self), claims.read_pod(_claims(self))
 
 
 def _nlris(data: bytes) -> list[bytes] | None:
@@ -178,10 +188,11 @@ def _chunks(nlris: list[bytes], room: int):
 
 @dataclass(frozen=True)
 class Reflected:
-    """What a reflector adds around the NLRIs of one received UPDATE (os-ken's
-    ``Peer._construct_update`` for a route reflector client, in its attribute order):
-    ORIGINATOR_ID and CLUSTER_LIST before MP_REACH, then ORIGIN, AS_PATH, MED, our LOCAL_PREF,
-    COMMUNITIES, EXTENDED COMMUNITIES and, with them, the PMSI tunnel."""
+    """The attributes around a run of NLRIs (``originated``: a node's own). For a reflector, what
+    it adds around the NLRIs of one received UPDATE (os-ken's ``Peer._construct_update`` for a
+    route reflector client, in its attribute order): ORIGINATOR_ID and CLUSTER_LIST before
+    MP_REACH, then ORIGIN, AS_PATH, MED, our LOCAL_PREF, COMMUNITIES, EXTENDED COMMUNITIES and,
+    with them, the PMSI tunnel."""
 
     before: bytes
     after: bytes
@@ -217,7 +228,7 @@ def reflected(update: EvpnUpdate, originator: bytes, cluster_id: bytes, local_pr
     return Reflected(before, after, update.next_hop)
 
 
-# -- originating (a peer made of bytes: lab.rogue_bgp, and the tests) -------------------------------
+# -- originating (a node's own routes: bgp.osken_origin; a peer made of bytes: lab.rogue_bgp) -----
 
 def route_distinguisher(router_id: str, number: int) -> bytes:
     """A Type-1 RD, `<router id>:<number>`."""
@@ -239,9 +250,10 @@ def imet_nlri(rd: bytes, originator: str) -> bytes:
 
 
 def extended_communities(asn: int, vni: int, seq: int | None = None) -> bytes:
-    """What a node's routes carry: the VXLAN encapsulation, the route target `<asn>:<vni>` and,
-    for a MAC that moved, the MAC mobility sequence number."""
-    value = struct.pack("!BBIH", 0x03, 0x0C, 0, 8) + struct.pack("!BBHI", 0x00, 0x02, asn, vni)
+    """What a node's routes carry, in os-ken's order (``VrfTable.insert_vrf_path``): the route
+    target `<asn>:<vni>` (2-octet AS), the VXLAN encapsulation and, for a MAC that moved, the MAC
+    mobility sequence number."""
+    value = struct.pack("!BBHI", 0x00, 0x02, asn, vni) + struct.pack("!BBIH", 0x03, 0x0C, 0, 8)
     if seq is not None:
         value += struct.pack("!BBBBI", 0x06, 0x00, 0, 0, seq)
     return value
@@ -252,17 +264,26 @@ def pmsi_ingress_replication(vni: int, endpoint: str) -> bytes:
     return bytes([0, PMSI_INGRESS_REPLICATION]) + vni.to_bytes(3, "big") + socket.inet_aton(endpoint)
 
 
-def announcements(next_hop: str, nlris: list[bytes], communities: bytes = b"",
-                  pmsi: bytes | None = None) -> list[bytes]:
-    """UPDATE messages announcing `nlris` from an iBGP client (ORIGIN IGP, an empty AS_PATH), as
-    few as fit in 4096 octets each."""
-    after = attribute(TRANSITIVE, ORIGIN, b"\0") + attribute(TRANSITIVE, AS_PATH, b"")
-    after += attribute(TRANSITIVE, LOCAL_PREF, struct.pack("!I", 100))
+def originated(next_hop: str, communities: bytes = b"", pmsi: bytes | None = None,
+               local_pref: int = 100, origin: int = ORIGIN_INCOMPLETE) -> Reflected:
+    """The attributes of routes an iBGP speaker originates, as os-ken's ``Peer._construct_update``
+    sends them to an iBGP peer: MP_REACH, ORIGIN (os-ken's VRF routes are INCOMPLETE), an empty
+    AS_PATH, LOCAL_PREF, the extended communities and the PMSI tunnel (nothing before MP_REACH:
+    no reflection)."""
+    after = attribute(TRANSITIVE, ORIGIN, bytes([origin])) + attribute(TRANSITIVE, AS_PATH, b"")
+    after += attribute(TRANSITIVE, LOCAL_PREF, struct.pack("!I", local_pref))
     if communities:
         after += attribute(OPTIONAL | TRANSITIVE, EXT_COMMUNITIES, communities)
     if pmsi is not None:
         after += attribute(OPTIONAL | TRANSITIVE, PMSI_TUNNEL, pmsi)
-    return Reflected(b"", after, socket.inet_aton(next_hop)).updates(nlris)
+    return Reflected(b"", after, socket.inet_aton(next_hop))
+
+
+def announcements(next_hop: str, nlris: list[bytes], communities: bytes = b"",
+                  pmsi: bytes | None = None) -> list[bytes]:
+    """UPDATE messages announcing `nlris` from an iBGP client (ORIGIN IGP), as few as fit in 4096
+    octets each."""
+    return originated(next_hop, communities, pmsi, origin=ORIGIN_IGP).updates(nlris)
 
 
 def withdrawals(nlris: list[bytes]) -> list[bytes]:
@@ -311,9 +332,9 @@ def route_event(nlri: bytes, update: EvpnUpdate, withdraw: bool) -> MacRoute | V
         ip_bytes = value[29] // 8
         vni = int.from_bytes(value[30 + ip_bytes:33 + ip_bytes], "big")
         ip = _ip_text(value[30:30 + ip_bytes]) if ip_bytes else None
-        pod = None if withdraw else claims.read_pod(_claims(update))
-        return MacRoute(action, vni, value[23:29].hex(":"), update.next_hop_text, ip, mobility_seq(update),
-                        pod)
+        seq, pod = update.mac_facts
+        return MacRoute(action, vni, value[23:29].hex(":"), update.next_hop_text, ip, seq,
+                        None if withdraw else pod)
     pmsi = update.attributes.get(PMSI_TUNNEL)
     if pmsi is None or len(pmsi[1]) < 5:
         return None

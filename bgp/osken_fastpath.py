@@ -16,7 +16,8 @@ of one os-ken method:
 
 - ``BgpProtocol._data_received``: a complete UPDATE from an established client goes to
   ``WireTable.receive`` first; what it declines goes to os-ken as before;
-- ``Peer.comm_all_best_paths`` (a session comes up): the new peer gets our table too;
+- ``Peer.comm_all_best_paths`` (a session comes up): the new peer gets our table too (and, on
+  a node, the routes it originates: bgp.osken_origin, ``set_origin``);
 - ``Peer._handle_route_refresh_req``: so does a peer asking for a refresh;
 - ``TableCoreManager.clean_stale_routes`` (peer down, peer deleted, enhanced refresh): routes
   older than the peer's version are withdrawn, as os-ken withdraws its own; the restart grace
@@ -67,6 +68,11 @@ class WireUpdate(BGPUpdate):
         return f"WireUpdate({len(self._data)} octets)"
 
     __repr__ = __str__
+
+
+def evpn_peers(peers) -> list[Peer]:
+    """The peers to send EVPN routes to now: established, with the EVPN capability."""
+    return [p for p in peers if p.in_established() and p.is_mpbgp_cap_valid(RF_L2_EVPN)]
 
 
 class Route:
@@ -231,7 +237,7 @@ class WireTable:
 
     # -- sending and reporting -----------------------------------------------------------------------
     def _targets(self):
-        return [p for p in self.peers() if p.in_established() and p.is_mpbgp_cap_valid(RF_L2_EVPN)]
+        return evpn_peers(self.peers())
 
     def _announce(self, changes) -> None:
         """Send each change to every established client but the route's own, and report it."""
@@ -344,19 +350,26 @@ def _data_received_wire(self, next_bytes):
         self._recv_buff += rest
 
 
+def _our_tables() -> list:
+    """The tables whose routes a peer gets with os-ken's: the reflected routes and ours."""
+    wire = _tables.get("on")
+    return [t for t in (wire if wire is not None and wire.reflect else None, _tables.get("origin"))
+            if t is not None]
+
+
 def _comm_all_best_paths_and_ours(self, global_tables):
     original(Peer, "comm_all_best_paths")(self, global_tables)
-    wire = _tables.get("on")
-    if wire is not None and wire.reflect and self.is_mpbgp_cap_valid(RF_L2_EVPN):
-        wire.send_table(self)
+    if self.is_mpbgp_cap_valid(RF_L2_EVPN):
+        for table in _our_tables():
+            table.send_table(self)
 
 
 def _route_refresh_and_ours(self, afi, safi):
     original(Peer, "_handle_route_refresh_req")(self, afi, safi)
-    wire = _tables.get("on")
-    if (wire is not None and wire.reflect and (afi, safi) == (RF_L2_EVPN.afi, RF_L2_EVPN.safi)
+    if ((afi, safi) == (RF_L2_EVPN.afi, RF_L2_EVPN.safi)
             and self._protocol is not None and self._protocol.is_route_family_adv(RF_L2_EVPN)):
-        wire.send_table(self)
+        for table in _our_tables():
+            table.send_table(self)
 
 
 def _clean_stale_routes_and_ours(self, peer, route_family=None):
@@ -389,6 +402,12 @@ def enable_wire_path(emit, reflect: bool, guard=None) -> WireTable:
         compat.LEARNED_PATH_CLEANERS.append(clean_stale)
     _tables["on"] = wire
     return wire
+
+
+def set_origin(table) -> None:
+    """A node's routes, kept by bgp.osken_origin: sent to a peer whose session comes up or that
+    asks for a refresh (call after ``enable_wire_path``, which installs those hooks)."""
+    _tables["origin"] = table
 
 
 # -- both roles: whole reads, attribute maps copied as dicts ------------------------------------

@@ -9,7 +9,8 @@ VTEP is its own router id, produce no events. Events cover every VNI: the agent 
 A process of its own because os-ken needs eventlet's monkey patching (its native hub stalls
 after a few hundred routes) and pyroute2 does not work in a patched process. Importing this
 module loads neither: `main()` sets OSKEN_HUB_TYPE=eventlet and patches first, then imports
-os-ken. Commands are applied one at a time, in order; events are written in bursts.
+os-ken. Commands are applied one at a time, in order; the routes the commands of one read
+originate go out together (`BgpService.flush`); events are written in bursts.
 """
 from __future__ import annotations
 
@@ -99,9 +100,10 @@ def serve(service, writer: LineWriter, in_fd: int = 0) -> None:
             log.info("stdin closed: stopping")
             service.stop()
             return
-        pending += chunk
-        while b"\n" in pending and not service.stopped:
-            line, pending = pending.split(b"\n", 1)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if service.stopped:
+                break
             if not line.strip():
                 continue
             try:
@@ -110,6 +112,7 @@ def serve(service, writer: LineWriter, in_fd: int = 0) -> None:
                 writer.emit(Reply(exc.command_id, False, error=str(exc)).encode())
                 continue
             writer.emit(service.handle(command_id, command).encode())
+        service.flush()  # the end of what one read brought: its routes go out together
 
 
 class OsKen:
@@ -121,7 +124,7 @@ class OsKen:
         from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
         from os_ken.services.protocols.bgp.peer import PeerCounterNames
 
-        from bgp import osken_compat, osken_fastpath, osken_guard
+        from bgp import osken_compat, osken_fastpath, osken_guard, osken_origin
         from bgp.peer_rules import Backoff
 
         osken_compat.apply_all()
@@ -129,6 +132,7 @@ class OsKen:
         osken_guard.apply()
         self.compat = osken_compat
         self.fastpath = osken_fastpath
+        self.origin = osken_origin
         self.guard = osken_guard
         self.Backoff = Backoff
         self.bgpspeaker = bgpspeaker

@@ -555,8 +555,53 @@ def event_json(event: Event) -> dict:
     return {"event": event.event, **_fields(event)}
 
 
+# Route events are most of the pipe (10,000 for 10k MACs at the reflector). Each is one line of
+# tab-separated fields, in the order of its class's, led by "M" or "V", instead of a JSON object:
+# a third of the cost of writing and reading one. Their fields hold no tab or newline (numbers,
+# MACs, addresses, hex, DNS labels), and the reader checks every one as decode_event does. Any
+# other line is a JSON object.
+_ROUTE_KINDS: dict[str, type] = {"M": MacRoute, "V": VtepRoute}
+_INT_FIELDS = frozenset(("vni", "seq", "since"))
+
+
 def encode_event(event: Event) -> bytes:
+    kind = type(event)
+    if kind is MacRoute:   # the fields in MacRoute's order, None as ""
+        return (f"M\t{event.action}\t{event.vni}\t{event.mac}\t{event.vtep}\t{event.ip or ''}"
+                f"\t{event.seq}\t{event.pod or ''}\n").encode()
+    if kind is VtepRoute:
+        return (f"V\t{event.action}\t{event.vni}\t{event.vtep}\t{event.namespace or ''}"
+                f"\t{event.since}\n").encode()
     return _line(event_json(event))
+
+
+def is_route_line(line: bytes) -> bool:
+    """Whether `line` is a route event in the compact form (else a JSON object)."""
+    return line[:1] in (b"M", b"V")
+
+
+def decode_route_line(line: bytes) -> Route:
+    """The route event of one compact line, every field checked; ProtocolError if malformed."""
+    try:
+        tag, *values = line.decode("ascii").rstrip("\n").split("\t")
+    except UnicodeDecodeError:
+        raise ProtocolError("a route event is ASCII") from None
+    kind = _ROUTE_KINDS.get(tag)
+    if kind is None:
+        raise ProtocolError(f"unknown route event {tag!r}")
+    names = _FIELD_NAMES.get(kind) or _field_names(kind)
+    if len(values) != len(names):
+        raise ProtocolError(f"a {kind.event} event has {len(names)} fields, not {len(values)}")
+    message: dict[str, Any] = {name: text for name, text in zip(names, values) if text}
+    for name in _INT_FIELDS.intersection(message):
+        text = message[name]
+        if not text.isdigit():
+            raise ProtocolError(f'malformed {kind.event} event: "{name}" must be an int')
+        message[name] = int(text)
+    try:
+        return kind.decode(message)
+    except ProtocolError as exc:
+        raise ProtocolError(f"malformed {kind.event} event: {exc}") from None
 
 
 def decode_event(message: dict) -> Event:
@@ -575,10 +620,13 @@ def decode_event(message: dict) -> Event:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+def _field_names(kind: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return names
+
+
 def _fields(obj) -> dict:
-    names = _FIELD_NAMES.get(type(obj))
-    if names is None:
-        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    names = _FIELD_NAMES.get(type(obj)) or _field_names(type(obj))
     return {name: getattr(obj, name) for name in names}
 
 

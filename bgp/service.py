@@ -1,5 +1,9 @@
 """The commands of the protocol applied to one os-ken `BGPSpeaker`, and its events reported.
 
+A node's own routes go out through bgp.osken_origin's table (the wire path: a burst of commands,
+one flush, few UPDATEs) or, with `MEGALOS_WIRE_ORIGIN=0` or `MEGALOS_WIRE_PATH=0`, through
+os-ken's API (`OskenOrigin`); both take the same calls.
+
 `osken` is a namespace of the os-ken modules, imported by bgp.process after eventlet's monkey
 patching (so this module imports no os-ken itself and its logic can be driven by a stand-in);
 `emit` takes one protocol event.
@@ -30,6 +34,62 @@ class _LocalVni:
     pods: dict = field(default_factory=dict)  # (mac, ip) -> the pod its route names, or None
 
 
+class OskenOrigin:
+    """Routes originated through os-ken's API: a VRF per VNI (export only), each route added to
+    it by ``evpn_prefix_add`` (with our communities: ``osken_compat.originate_evpn``). The calls
+    are those of bgp.osken_origin.OriginTable, which keeps them on the wire path instead."""
+
+    def __init__(self, osken, speaker, config: Start):
+        self._osken = osken
+        self._speaker = speaker
+        self._config = config
+
+    def vrf_add(self, route_dist: str, vni: int) -> None:
+        # Export only: what we receive is reported from the global EVPN table
+        # (_on_best_path_change) and the agent filters it by VNI; importing every received route
+        # into a VRF as well only cost CPU (a fifth of this process's for 10k MACs) and memory.
+        self._speaker.vrf_add(route_dist=route_dist, import_rts=[],
+                              export_rts=[route_target(self._config.asn, vni)],
+                              route_family=self._osken.bgpspeaker.RF_L2_EVPN)
+
+    def vrf_del(self, route_dist: str) -> None:
+        self._speaker.vrf_del(route_dist)
+
+    def vtep(self, route_dist: str, vni: int, communities: list[bytes]) -> None:
+        bgpspeaker = self._osken.bgpspeaker
+        router_id = self._config.router_id
+        self._osken.compat.originate_evpn(
+            self._speaker, communities, route_type=bgpspeaker.EVPN_MULTICAST_ETAG_ROUTE,
+            route_dist=route_dist, ethernet_tag_id=0, ip_addr=router_id, vni=vni,
+            next_hop=router_id, tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN,
+            pmsi_tunnel_type=bgpspeaker.PMSI_TYPE_INGRESS_REP)
+
+    def mac(self, route_dist: str, vni: int, mac: str, ip: str | None, seq: int | None,
+            communities: list[bytes]) -> None:
+        bgpspeaker = self._osken.bgpspeaker
+        mobility = {"mac_mobility": seq} if seq is not None else {}
+        self._osken.compat.originate_evpn(
+            self._speaker, communities, route_type=bgpspeaker.EVPN_MAC_IP_ADV_ROUTE,
+            route_dist=route_dist, esi=0, ethernet_tag_id=0, mac_addr=mac, ip_addr=ip, vni=vni,
+            next_hop=self._config.router_id, tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN, **mobility)
+
+    def withdraw_mac(self, route_dist: str, mac: str, ip: str | None) -> None:
+        self._speaker.evpn_prefix_del(route_type=self._osken.bgpspeaker.EVPN_MAC_IP_ADV_ROUTE,
+                                      route_dist=route_dist, ethernet_tag_id=0, mac_addr=mac, ip_addr=ip)
+
+    def withdraw_vtep(self, route_dist: str) -> None:
+        self._speaker.evpn_prefix_del(route_type=self._osken.bgpspeaker.EVPN_MULTICAST_ETAG_ROUTE,
+                                      route_dist=route_dist, ethernet_tag_id=0,
+                                      ip_addr=self._config.router_id)
+
+    def flush(self) -> None:
+        """os-ken sends as it goes."""
+
+    def sent_to(self, address: str) -> int:
+        """os-ken's Adj-RIB-out counts these routes already."""
+        return 0
+
+
 class BgpService:
     def __init__(self, osken, emit: Callable):
         self._osken = osken
@@ -39,6 +99,7 @@ class BgpService:
         self._peers: dict[str, PeerAdd] = {}
         self._vnis: dict[int, _LocalVni] = {}
         self._wire = None  # bgp.osken_fastpath.WireTable: received EVPN routes
+        self._origin = None  # what originates ours: OskenOrigin or bgp.osken_origin.OriginTable
         self._guard = None  # bgp.osken_guard.PeerGuard: what peers may send
         self.stopped = False
         self._handlers: dict[type, Callable[[Any], Any]] = {
@@ -79,9 +140,15 @@ class BgpService:
         self._guard = self._osken.guard.enable(
             self._emit, config.max_routes_per_peer, self._osken.Backoff(config.route_limit_backoff),
             check_vteps=config.role == ROLE_REFLECTOR)
-        if os.environ.get("MEGALOS_WIRE_PATH", "1") != "0":  # "0": os-ken's own path (tests)
+        wire = os.environ.get("MEGALOS_WIRE_PATH", "1") != "0"  # "0": os-ken's own path (tests)
+        if wire:
             self._wire = self._osken.fastpath.enable_wire_path(
                 self._emit, reflect=config.role == ROLE_REFLECTOR, guard=self._guard)
+        if config.role != ROLE_REFLECTOR:
+            if wire and os.environ.get("MEGALOS_WIRE_ORIGIN", "1") != "0":
+                self._origin = self._osken.origin.enable_origin(config.router_id, config.asn)
+            else:
+                self._origin = OskenOrigin(self._osken, self._speaker, config)
         if config.listen_port and not self._wait_listening():
             raise ProtocolError(f"cannot listen on {hosts[0]} port {config.listen_port} (see log)")
         log.info("started %s %s AS %d", config.role, config.router_id, config.asn)
@@ -131,41 +198,28 @@ class BgpService:
         for other_vni, other in self._vnis.items():
             if other.rd_index == command.rd_index:
                 raise ProtocolError(f"rd_index {command.rd_index} is used by vni {other_vni}")
-        bgpspeaker = self._osken.bgpspeaker
         route_dist = route_distinguisher(self._config.router_id, command.rd_index)
-        # Export only: what we receive is reported from the global EVPN table
-        # (_on_best_path_change) and the agent filters it by VNI; importing every received route
-        # into a VRF as well only cost CPU (a fifth of this process's for 10k MACs) and memory.
-        self._speaker.vrf_add(route_dist=route_dist, import_rts=[],
-                              export_rts=[route_target(self._config.asn, command.vni)],
-                              route_family=bgpspeaker.RF_L2_EVPN)
+        self._origin.vrf_add(route_dist, command.vni)
         try:
             self._announce_vtep(route_dist, command)
         except Exception:
-            self._speaker.vrf_del(route_dist)
+            self._origin.vrf_del(route_dist)
             raise
         self._vnis[command.vni] = _LocalVni(command.rd_index, route_dist, command.claim)
         return True
 
     def _announce_vtep(self, route_dist: str, command: VtepAdd) -> None:
-        bgpspeaker = self._osken.bgpspeaker
-        router_id = self._config.router_id
-        self._osken.compat.originate_evpn(
-            self._speaker, claims.vtep_claim(command.claim) if command.claim else [],
-            route_type=bgpspeaker.EVPN_MULTICAST_ETAG_ROUTE, route_dist=route_dist,
-            ethernet_tag_id=0, ip_addr=router_id, vni=command.vni, next_hop=router_id,
-            tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN, pmsi_tunnel_type=bgpspeaker.PMSI_TYPE_INGRESS_REP)
+        self._origin.vtep(route_dist, command.vni,
+                          claims.vtep_claim(command.claim) if command.claim else [])
 
     def _vtep_del(self, command: VtepDel) -> bool:
         known = self._vnis.pop(command.vni, None)
         if known is None:
             return False
         for mac, ip in sorted(known.macs, key=str):
-            self._withdraw_mac(known.route_dist, mac, ip)
-        self._speaker.evpn_prefix_del(
-            route_type=self._osken.bgpspeaker.EVPN_MULTICAST_ETAG_ROUTE, route_dist=known.route_dist,
-            ethernet_tag_id=0, ip_addr=self._config.router_id)
-        self._speaker.vrf_del(known.route_dist)
+            self._origin.withdraw_mac(known.route_dist, mac, ip)
+        self._origin.withdraw_vtep(known.route_dist)
+        self._origin.vrf_del(known.route_dist)
         return True
 
     def _mac_add(self, command: MacAdd) -> bool:
@@ -174,15 +228,10 @@ class BgpService:
         key = (command.mac, command.ip)
         if key in known.macs and (known.macs[key], known.pods[key]) == (command.seq, command.pod):
             return False
-        bgpspeaker = self._osken.bgpspeaker
         # A sequence number (RFC 7432 MAC mobility) only once the MAC has moved: the route then
         # wins over the one its old node may still announce.
-        mobility = {"mac_mobility": command.seq} if command.seq else {}
-        self._osken.compat.originate_evpn(
-            self._speaker, claims.mac_holder(command.pod) if command.pod else [],
-            route_type=bgpspeaker.EVPN_MAC_IP_ADV_ROUTE, route_dist=known.route_dist, esi=0,
-            ethernet_tag_id=0, mac_addr=command.mac, ip_addr=command.ip, vni=command.vni,
-            next_hop=self._config.router_id, tunnel_type=bgpspeaker.TUNNEL_TYPE_VXLAN, **mobility)
+        self._origin.mac(known.route_dist, command.vni, command.mac, command.ip, command.seq or None,
+                         claims.mac_holder(command.pod) if command.pod else [])
         known.macs[key] = command.seq
         known.pods[key] = command.pod
         return True
@@ -192,7 +241,7 @@ class BgpService:
         key = (command.mac, command.ip)
         if key not in known.macs:
             return False
-        self._withdraw_mac(known.route_dist, command.mac, command.ip)
+        self._origin.withdraw_mac(known.route_dist, command.mac, command.ip)
         del known.macs[key], known.pods[key]
         return True
 
@@ -205,10 +254,6 @@ class BgpService:
         if known is None:
             raise ProtocolError(f"vni {vni} was not added")
         return known
-
-    def _withdraw_mac(self, route_dist: str, mac: str, ip: str | None) -> None:
-        self._speaker.evpn_prefix_del(route_type=self._osken.bgpspeaker.EVPN_MAC_IP_ADV_ROUTE,
-                                      route_dist=route_dist, ethernet_tag_id=0, mac_addr=mac, ip_addr=ip)
 
     def _peers_summary(self, command: Peers) -> list[dict]:
         core = self._osken.CORE_MANAGER.get_core_service()
@@ -223,6 +268,8 @@ class BgpService:
             if self._wire is not None:  # the routes taken on the wire path
                 sent += self._wire.sent_to(peer.ip_address)
                 received += self._wire.received.get(peer.ip_address, 0)
+            if self._origin is not None:
+                sent += self._origin.sent_to(peer.ip_address)
             result.append(peer_summary(
                 address=peer.ip_address, state=peer.state.bgp_state,
                 established_at=peer.state._established_time, received=received,
@@ -249,6 +296,12 @@ class BgpService:
         return {"vteps": [{"vni": vni, "rd_index": known.rd_index} for vni, known in self._vnis.items()],
                 "macs": [{"vni": vni, "mac": mac, "ip": ip, "seq": seq}
                          for vni, known in self._vnis.items() for (mac, ip), seq in known.macs.items()]}
+
+    def flush(self) -> None:
+        """Send the routes the commands so far originated or withdrew (the end of a burst: the
+        wire path sends them as few UPDATEs as fit; os-ken sent them already)."""
+        if self._origin is not None:
+            self._origin.flush()
 
     def _stop(self, command: Stop) -> None:
         self.stop()

@@ -23,8 +23,8 @@ from bgp.client import BgpError, BgpProcess
 from bgp.protocol import (ADD, DEL, MAX_SEQ, MacAdd, MacDel, MacRoute, Originated, OriginatedRoutes,
                           PeerAdd, PeerDel, Peers, PeerState, PeerSummary, ProtocolError, Ready,
                           Reply, Rib, Start, Stop, VtepAdd, VtepDel, VtepRoute, decode_command,
-                          decode_event, encode_commands, encode_event, event_json,
-                          route_distinguisher, route_target)
+                          decode_event, decode_route_line, encode_commands, encode_event,
+                          event_json, is_route_line, route_distinguisher, route_target)
 
 ASN = 65000
 HOLD = 3
@@ -143,7 +143,11 @@ def test_events_round_trip_and_malformed_ones_are_refused():
     events = [MacRoute(ADD, BIG_VNI, '02:00:00:00:00:01', '192.0.2.11', '10.0.0.1', 3),
               VtepRoute(DEL, 1, 'fd00::1'), PeerState('192.0.2.1', True), Ready(42)]
     for event in events:
-        assert decode_event(json.loads(encode_event(event))) == event
+        line = encode_event(event)
+        if is_route_line(line):   # route events are tab-separated fields, the rest JSON
+            assert decode_route_line(line) == event == decode_event(event_json(event))
+        else:
+            assert decode_event(json.loads(line)) == event
     for bad in ({'event': 'mac', 'action': 'add', 'vni': 1, 'vtep': '192.0.2.1'},
                 {'event': 'mac', 'action': 'add', 'vni': None, 'mac': '02:00:00:00:00:01',
                  'vtep': '192.0.2.1'},
@@ -153,6 +157,22 @@ def test_events_round_trip_and_malformed_ones_are_refused():
                 {'event': 'flood'}, {}):
         with pytest.raises(ProtocolError):
             decode_event(bad)
+
+
+def test_route_event_lines_are_checked_as_json_events_are():
+    events = [MacRoute(ADD, 7, '02:00:00:00:00:01', 'fd00::1', None, 0, '0123456789ab'),
+              VtepRoute(ADD, 7, '192.0.2.1', 'kathara-lab', 1_700_000_000_000), VtepRoute(DEL, 7, '192.0.2.1')]
+    assert [decode_route_line(encode_event(e)) for e in events] == events
+    assert encode_event(events[2]) == b'V\tdel\t7\t192.0.2.1\t\t0\n'
+    for bad in (b'M\tadd\t7\t02:00:00:00:00:01\t192.0.2.1\t\t0\n',        # a field missing
+                b'M\tadd\t0\t02:00:00:00:00:01\t192.0.2.1\t\t0\t\n',      # VNI 0
+                b'M\tadd\t-7\t02:00:00:00:00:01\t192.0.2.1\t\t0\t\n',
+                b'M\tadd\t7\t02:00:00:00:00:01\t192.0.2.1\t\t\xd9\xa3\t\n',  # not ASCII
+                b'M\tadd\t7\t02:00:00:00:00:01\t192.0.2.1\t\t 1\t\n',
+                b'M\tadd\t7\tnot a mac\t192.0.2.1\t\t0\t\n',
+                b'V\tmaybe\t7\t192.0.2.1\t\t0\n', b'V\tadd\t7\t\t\t0\n', b'X\tadd\n', b'\n'):
+        with pytest.raises(ProtocolError):
+            decode_route_line(bad)
 
 
 def test_route_distinguisher_and_target():

@@ -1,13 +1,14 @@
 """The wire path (bgp.osken_fastpath) against os-ken's own path, on real sessions.
 
-One scenario, run twice, with every BGP process on the wire path (the reflector reflects, the
-nodes report, received routes as bytes) and with it off (``MEGALOS_WIRE_PATH=0``: os-ken's own
-path): announcements with and without IPs, a MAC moving between nodes (mobility sequence
+One scenario, run with every BGP process on the wire path (the reflector reflects, the nodes
+report received routes and originate their own as bytes: bgp.osken_origin), with it off
+(``MEGALOS_WIRE_PATH=0``: os-ken's own path), and with the nodes originating through os-ken's
+API while the rest stays on the wire path (``MEGALOS_WIRE_ORIGIN=0``): announcements with and without IPs, a MAC moving between nodes (mobility sequence
 numbers), the claims routes carry (bgp.claims: a VNI's namespace, a VNI changing hands, a MAC's
 pod), withdrawals, a node that joins late (it must get the whole table), a route refresh (a
 node that adds a VRF asks for one), a node that dies. What every node and the reflector end up
-with (events folded into state, ``rib``, ``peers``) must be the same both ways. The codec's
-bytes are checked against os-ken in test_evpn_wire.py.
+with (events folded into state, ``rib``, ``peers``) must be the same every way. The codec's
+bytes are checked against os-ken in test_evpn_wire.py and test_osken_origin.py.
 """
 from __future__ import annotations
 
@@ -88,9 +89,11 @@ def ip(i: int) -> str | None:
     return f"10.7.0.{i}" if i % 3 else None
 
 
-def _scenario(wire: bool) -> dict:
-    """Run it; what each party ends up with."""
-    env = {} if wire else {"MEGALOS_WIRE_PATH": "0"}
+WIRE, OSKEN, OSKEN_ORIGIN = {}, {"MEGALOS_WIRE_PATH": "0"}, {"MEGALOS_WIRE_ORIGIN": "0"}
+
+
+def _scenario(env: dict) -> dict:
+    """Run it with the BGP processes' environment `env`; what each party ends up with."""
     cluster = Cluster(prefix=unique_prefix("mgw"))
     speakers = []
     try:
@@ -113,13 +116,15 @@ def _scenario(wire: bool) -> dict:
         b.bgp.call(MacDel(VNI, mac(500)))
         wait_until(lambda: len(b.macs()) == 101 and a.macs().get(f"{VNI} {mac(500)}") is None
                    and len(a.macs()) == 39, 20, "withdrawals and the move")
-        # A node that joins late gets the whole table; then asks for a refresh (a new VRF).
+        # A node that joins late gets the whole table, and sends what it originated before its
+        # session came up; then asks for a refresh (a new VRF, on os-ken's path).
+        c.bgp.call(VtepAdd(OTHER_VNI, 2, "lab-c", 2))
+        c.bgp.call(MacAdd(OTHER_VNI, mac(900)))
         c.bgp.call(PeerAdd(rr_node.ip, connect_mode="passive"))
         rr.bgp.call(PeerAdd(c_node.ip, connect_mode="active"))
         wait_until(lambda: len(c.macs()) == 140, 20, "the late node's table")
-        c.bgp.call(VtepAdd(OTHER_VNI, 2, "lab-c", 2))
-        c.bgp.call(MacAdd(OTHER_VNI, mac(900)))
         wait_until(lambda: f"{OTHER_VNI} {mac(900)}" in a.macs(), 20, "c's route")
+        c.bgp.call(VtepAdd(VNI, 3))
         assert c.bgp.call(VtepAdd(OTHER_VNI, 2, "lab-d", 3)) is True     # the VNI changed hands
         wait_until(lambda: a.claims.get(f"{OTHER_VNI} {c_node.ip}") == VniClaim(3, "lab-d"), 20,
                    "c's new claim")
@@ -143,16 +148,25 @@ def _scenario(wire: bool) -> dict:
         cluster.destroy()
 
 
-def test_the_wire_path_ends_where_osken_ends():
-    wire, osken = _scenario(wire=True), _scenario(wire=False)
+@pytest.fixture(scope="module")
+def on_the_wire() -> dict:
+    return _scenario(WIRE)
+
+
+def test_the_wire_path_ends_where_osken_ends(on_the_wire):
+    wire, osken = on_the_wire, _scenario(OSKEN)
     assert wire == osken
     macs_at_c, floods_at_c, claims_at_c = wire["c"]
     assert macs_at_c[f"4200 {mac(500)}"] == "192.0.2.2"          # moved to a
     assert floods_at_c == {VNI: ["192.0.2.2"]}                     # b's flood entry gone
-    assert len(wire["rib"]) == 101 + 1 + 1 + 1                     # MACs, a's, c's IMET routes
+    assert len(wire["rib"]) == 101 + 1 + 1 + 2     # MACs (a's, c's), IMET routes (a's, c's two)
     # The claims crossed the reflector both ways: a's VNI claim, the pods of its MACs.
     assert claims_at_c[f"{VNI} 192.0.2.2"] == VniClaim(1_700_000_000_000, "lab-a")
     assert {k: v for k, v in claims_at_c.items() if ":" in k} == {
         f"{VNI} {mac(i)}": pod(i) for i in range(21, 121) if pod(i)}
     assert wire["a"][2][f"{OTHER_VNI} 192.0.2.4"] == VniClaim(3, "lab-d")
     assert sum('"namespace":"lab-a"' in r.replace(" ", "") for r in wire["rib"]) == 1
+
+
+def test_origination_on_the_wire_ends_where_osken_origination_ends(on_the_wire):
+    assert _scenario(OSKEN_ORIGIN) == on_the_wire
