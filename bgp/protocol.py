@@ -570,8 +570,9 @@ def encode_event(event: Event) -> bytes:
         return (f"M\t{event.action}\t{event.vni}\t{event.mac}\t{event.vtep}\t{event.ip or ''}"
                 f"\t{event.seq}\t{event.pod or ''}\n").encode()
     if kind is VtepRoute:
-        return (f"V\t{event.action}\t{event.vni}\t{event.vtep}\t{event.namespace or ''}"
-                f"\t{event.since}\n").encode()
+        # A claim's namespace is led by "=": the unnamed namespace ('') is a claim, None is none.
+        claim = "" if event.namespace is None else f"={event.namespace}"
+        return f"V\t{event.action}\t{event.vni}\t{event.vtep}\t{claim}\t{event.since}\n".encode()
     return _line(event_json(event))
 
 
@@ -593,6 +594,10 @@ def decode_route_line(line: bytes) -> Route:
     if len(values) != len(names):
         raise ProtocolError(f"a {kind.event} event has {len(names)} fields, not {len(values)}")
     message: dict[str, Any] = {name: text for name, text in zip(names, values) if text}
+    if "namespace" in message:
+        if message["namespace"][0] != "=":
+            raise ProtocolError(f'malformed {kind.event} event: "namespace" must start with "="')
+        message["namespace"] = message["namespace"][1:]
     for name in _INT_FIELDS.intersection(message):
         text = message[name]
         if not text.isdigit():

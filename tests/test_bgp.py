@@ -161,16 +161,20 @@ def test_events_round_trip_and_malformed_ones_are_refused():
 
 def test_route_event_lines_are_checked_as_json_events_are():
     events = [MacRoute(ADD, 7, '02:00:00:00:00:01', 'fd00::1', None, 0, '0123456789ab'),
-              VtepRoute(ADD, 7, '192.0.2.1', 'kathara-lab', 1_700_000_000_000), VtepRoute(DEL, 7, '192.0.2.1')]
+              VtepRoute(ADD, 7, '192.0.2.1', 'kathara-lab', 1_700_000_000_000), VtepRoute(DEL, 7, '192.0.2.1'),
+              VtepRoute(ADD, 7, '192.0.2.1', '', 1_700_000_000_000)]  # the unnamed namespace's claim
     assert [decode_route_line(encode_event(e)) for e in events] == events
     assert encode_event(events[2]) == b'V\tdel\t7\t192.0.2.1\t\t0\n'
+    assert encode_event(events[3]) == b'V\tadd\t7\t192.0.2.1\t=\t1700000000000\n'
     for bad in (b'M\tadd\t7\t02:00:00:00:00:01\t192.0.2.1\t\t0\n',        # a field missing
                 b'M\tadd\t0\t02:00:00:00:00:01\t192.0.2.1\t\t0\t\n',      # VNI 0
                 b'M\tadd\t-7\t02:00:00:00:00:01\t192.0.2.1\t\t0\t\n',
                 b'M\tadd\t7\t02:00:00:00:00:01\t192.0.2.1\t\t\xd9\xa3\t\n',  # not ASCII
                 b'M\tadd\t7\t02:00:00:00:00:01\t192.0.2.1\t\t 1\t\n',
                 b'M\tadd\t7\tnot a mac\t192.0.2.1\t\t0\t\n',
-                b'V\tmaybe\t7\t192.0.2.1\t\t0\n', b'V\tadd\t7\t\t\t0\n', b'X\tadd\n', b'\n'):
+                b'V\tmaybe\t7\t192.0.2.1\t\t0\n', b'V\tadd\t7\t\t\t0\n', b'X\tadd\n', b'\n',
+                b'V\tadd\t7\t192.0.2.1\tlab\t1\n',                   # a namespace without its "="
+                b'V\tadd\t7\t192.0.2.1\t=Lab!\t1\n'):
         with pytest.raises(ProtocolError):
             decode_route_line(bad)
 
