@@ -89,11 +89,15 @@ class Speaker:
                 self.password = f.read().rstrip("\n")
         self.table: list[bytes] = []          # every UPDATE announced, sent again on each session
         self.lock = threading.Lock()
+        self._reporting = threading.Lock()    # one report a line: threads report at once
         self.sock: socket.socket | None = None
         self.established = False
 
     def report(self, event: str, **fields) -> None:
-        print(json.dumps({"event": event, "time": time.time(), **fields}), flush=True)
+        line = json.dumps({"event": event, "time": time.time(), **fields}) + "\n"
+        with self._reporting:  # print() writes the text and the newline apart: lines interleaved
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     def announce(self, updates: list[bytes]) -> None:
         with self.lock:
