@@ -25,11 +25,13 @@ socket, the `Netlink` class at the end does all the I/O.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -56,6 +58,7 @@ RTM_GETADDR = 22
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTMGRP_NEIGH = 0x4           # the multicast group of neighbour (and FDB) events
 SO_RCVBUFFORCE = 33
+SO_ATTACH_FILTER = 26
 AF_BRIDGE = 7
 IFF_UP = 0x1
 NTF_SELF, NTF_MASTER, NTF_EXT_LEARNED, NTF_STICKY = 0x02, 0x04, 0x10, 0x40
@@ -77,6 +80,8 @@ _HEADER = struct.Struct("=IHHII")    # nlmsghdr: length, type, flags, sequence, 
 _ATTR = struct.Struct("=HH")         # nlattr: length, type
 _IFINFO = struct.Struct("=BxHiII")   # ifinfomsg: family, type, index, flags, change
 _NDMSG = struct.Struct("=B3xiHBB")   # ndmsg: family, ifindex, state, flags, type
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+_SOCK_FPROG = struct.Struct("@HP")     # struct sock_fprog: length, pointer to the program
 _IFADDR = struct.Struct("=BBBBI")    # ifaddrmsg: family, prefix length, flags, scope, index
 _LLADDR = _ATTR.pack(_ATTR.size + 6, NDA_LLADDR)  # the header of a MAC attribute
 _ERROR = struct.Struct("=i")
@@ -237,6 +242,20 @@ def fdb_body(entry: FdbEntry) -> bytes:
     return body
 
 
+# The same rule in the kernel, as a classic BPF program run on each event before it is queued
+# (SO_ATTACH_FILTER): a node's agent installs two VTEP entries (`self`) per remote MAC, and
+# reading and dropping their events was two thirds of its MAC watch (10k MACs: ~0.1 s of CPU).
+# (code, jt, jf, k): load a byte of the ndmsg, test it, keep the message (all of it) or drop it.
+_LDB, _JEQ, _JSET, _RET = 0x30, 0x15, 0x45, 0x06
+_NDM_FAMILY, _NDM_FLAGS = _HEADER.size, _HEADER.size + 10
+_NDM_STATE_LOW = _HEADER.size + (8 if sys.byteorder == "little" else 9)   # the u16's low byte
+BRIDGE_ENTRY_FILTER = (
+    (_LDB, 0, 0, _NDM_FAMILY), (_JEQ, 0, 5, AF_BRIDGE),              # not AF_BRIDGE: drop
+    (_LDB, 0, 0, _NDM_STATE_LOW), (_JSET, 3, 0, NUD_PERMANENT),      # little-endian state
+    (_LDB, 0, 0, _NDM_FLAGS), (_JSET, 1, 0, NTF_SELF),
+    (_RET, 0, 0, 0xFFFFFFFF), (_RET, 0, 0, 0))
+
+
 def bridge_entry(ifindex: int, state: int, flags: int) -> bool:
     """A `want` filter: an entry of a bridge's own table for a MAC behind one of its ports
     (static or learned), neither a port's own address (permanent) nor an entry of a device's
@@ -364,6 +383,14 @@ class Netlink:
 
     def close(self) -> None:
         self._sock.close()
+
+    def keep_only(self, program: Sequence[tuple[int, int, int, int]]) -> None:
+        """Have the kernel drop the events that classic BPF `program` refuses before they are
+        queued (SO_ATTACH_FILTER; e.g. BRIDGE_ENTRY_FILTER)."""
+        code = b"".join(_SOCK_FILTER.pack(*instruction) for instruction in program)
+        buffer = ctypes.create_string_buffer(code, len(code))
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                              _SOCK_FPROG.pack(len(program), ctypes.addressof(buffer)))
 
     def __enter__(self) -> "Netlink":
         return self

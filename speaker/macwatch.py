@@ -11,7 +11,7 @@ import logging
 import threading
 
 from cni.datapath import bridge_vni, port_vni
-from cni.netlink import NUD_NOARP, RTMGRP_NEIGH, Netlink, bridge_entry, fdb_events
+from cni.netlink import BRIDGE_ENTRY_FILTER, NUD_NOARP, RTMGRP_NEIGH, Netlink, bridge_entry, fdb_events
 
 log = logging.getLogger(__name__)
 _EVENTS_RCVBUF = 32 << 20  # a burst of learned (or installed) entries must not overflow it
@@ -36,6 +36,7 @@ class MacWatch:
         """Open the sockets, in the network namespace of the calling thread, and watch."""
         self._events = Netlink(groups=RTMGRP_NEIGH, rcvbuf=_EVENTS_RCVBUF)
         try:
+            self._events.keep_only(BRIDGE_ENTRY_FILTER)  # bridge_entry's rule, in the kernel
             self._links = Netlink()
         except OSError:
             self._events.close()

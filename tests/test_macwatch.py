@@ -7,6 +7,8 @@ import threading
 import pytest
 
 from cni import netns
+from cni.netlink import (BRIDGE_ENTRY_FILTER, NTF_SELF, RTMGRP_NEIGH, Netlink, bridge_entry,
+                         fdb_events)
 from lab.cluster import wait_until
 from speaker.evpn_state import MacEntry
 from speaker.fdb import VtepFdb
@@ -107,3 +109,37 @@ def test_a_port_the_watch_never_saw_still_reports_its_macs_gone(bare_node):
         assert seen.events == [(VNI, POD_MAC, False)]
     finally:
         watch.stop()
+
+
+def test_the_kernel_filter_keeps_what_bridge_entry_keeps(bare_node):
+    """BRIDGE_ENTRY_FILTER (the watch's socket filter) passes exactly the events bridge_entry
+    wants: the VTEP's `self` entries and the ports' own (permanent) addresses never reach us."""
+    node, datapath = bare_node.node, bare_node.datapath
+    lan, _ = datapath.ensure_lan(VNI, 4789, datapath.default_underlay)
+    filtered, everything = (netns.made_in(bare_node.netns_path,
+                                          lambda: Netlink(groups=RTMGRP_NEIGH, rcvbuf=1 << 20))
+                            for _ in range(2))
+    try:
+        filtered.keep_only(BRIDGE_ENTRY_FILTER)
+        fdb = netns.made_in(bare_node.netns_path, VtepFdb)
+        try:
+            assert fdb.install([MacEntry(VNI, f"02:bb:00:00:00:{i:02x}", "192.0.2.7")
+                                for i in range(1, 4)]) == 3
+        finally:
+            fdb.close()
+        bare_node.attach(lan, node.add_pod("p0"), POD_MAC)
+
+        def events(sock, until) -> list:
+            found = []
+            while not any(until(entry) for entry in found):
+                found += [entry for _, entry in fdb_events(sock.receive(timeout=5) or pytest.fail("no event"))]
+            return found
+
+        pod_entry = lambda entry: entry.mac == POD_MAC and not entry.flags & NTF_SELF  # noqa: E731
+        every = events(everything, pod_entry)
+        kept = events(filtered, pod_entry)
+        assert any(e.flags & NTF_SELF for e in every)            # the kernel does send them
+        assert kept == [e for e in every if bridge_entry(e.ifindex, e.state, e.flags)]
+    finally:
+        filtered.close()
+        everything.close()
