@@ -149,6 +149,11 @@ class NodeSpeaker(Announcements):
         self._spawn_bgp = spawn_bgp
         self._queue: queue.Queue = queue.Queue()
         self._backlog_lock = threading.Lock()
+        # Pod MACs an ADD recorded on its port and announced, not yet taken by the worker: a
+        # remote entry for one would move the port's static entry onto the VTEP (the kernel's
+        # extern_learn replace moves any entry), so none is installed meanwhile.
+        self._adding: set[tuple[int, str]] = set()
+        self._adding_lock = threading.Lock()
         self._backlog = 0                                 # learned-MAC events in the queue
         self._dropped = 0                                 # ... dropped since the worker last looked
         self._reread_local = False                        # events were dropped: read the kernel again
@@ -234,6 +239,8 @@ class NodeSpeaker(Announcements):
         self._queue.put(LocalVtep(vni, False))
 
     def mac_added(self, vni: int, mac: str, pod: str | None = None) -> None:
+        with self._adding_lock:
+            self._adding.add((vni, mac))
         self._queue.put(LocalMac(vni, mac, True, pod=pod))
 
     def mac_removed(self, vni: int, mac: str) -> None:
@@ -347,7 +354,11 @@ class NodeSpeaker(Announcements):
             new = vni not in self.vnis
             self.ledger.add_vni(vni, local[1] if local else None)
             if new:
-                adds.extend(self.remote.desired(vni))  # routes kept from before the VNI was local
+                # Routes kept from before the VNI was local, but none for a pod MAC of this node:
+                # its ADD recorded it on the pod's port before announcing it, and its LocalMac may
+                # come in the next batch; a remote entry would replace the port's static one.
+                adds.extend(e for e in self.remote.desired(vni)
+                            if not (isinstance(e, MacEntry) and self._is_static(vni, e.mac)))
         elif not change.present and vni in self.vnis and self.datapath.lan(vni) is None:
             for key in [k for k in (*self.macs, *self.held) if k[0] == vni]:
                 self._forget_local(key)
@@ -358,6 +369,8 @@ class NodeSpeaker(Announcements):
         key = (vni, mac)
         if not change.learned:  # a pod port came or went: read the VNI's pod MACs again
             self._static_now.pop(vni, None)
+            with self._adding_lock:
+                self._adding.discard(key)
         if not change.present:
             if key not in self.macs and key not in self.held and key not in self.limits.refused:
                 return
@@ -579,7 +592,10 @@ class NodeSpeaker(Announcements):
     # -- the kernel --------------------------------------------------------------------------------
     def _program(self, adds: list, removes: list) -> None:
         now = self._clock()
-        adds = [e for e in adds if e.vni in self.vnis and (e.vni, getattr(e, "mac", None)) not in self.macs]
+        with self._adding_lock:
+            adding = set(self._adding)
+        adds = [e for e in adds if e.vni in self.vnis
+                and (key := (e.vni, getattr(e, "mac", None))) not in self.macs and key not in adding]
         for entry in removes:
             self.pending.setdefault(entry, now)
         for entry in adds:
