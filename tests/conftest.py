@@ -148,3 +148,18 @@ class FakeAgent:
         if self.thread.is_alive():
             self.thread.join(10)
         self.sock.close()
+
+
+def until_eof(sock: socket.socket) -> bytes:
+    """What the server sent until it hung up (having left bytes of ours unread, its end
+    reads as a reset once its reply has been read)."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

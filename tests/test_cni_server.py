@@ -18,6 +18,7 @@ from cni import install_shim, shim
 from cni.plugin import Plugin
 from cni.server import CniServer
 from lab.runtime import shim_kinds
+from tests.conftest import until_eof
 
 CONF = json.dumps({"cniVersion": "1.1.0", "name": "lan_a", "type": "megalos", "vxlanId": 100})
 ENV = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "net0"}
@@ -108,20 +109,8 @@ def test_a_trickling_client_gets_no_more_time(serve):
                 time.sleep(0.1)
         except BrokenPipeError:
             cut_off = True
-        answer = read_to_end(slow)
+        answer = until_eof(slow)
     assert cut_off and json.loads(shim.decode_reply(answer)[1])["code"] == 5
-
-
-def read_to_end(sock) -> bytes:
-    """What the server sent before it hung up. It hangs up on bytes it did not read, so the end
-    may come as a reset instead of EOF, after the answer."""
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
 
 
 def test_requests_beyond_the_worker_bound_wait_their_turn(serve):

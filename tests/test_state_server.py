@@ -18,6 +18,7 @@ from reflector.protocol import StateClient
 from reflector.route_reflector import Reflector, ReflectorConfig
 from reflector.state_server import MAX_REQUEST, StateServer, StateService
 from tests.test_api import StandInBgp
+from tests.conftest import until_eof
 from tests.test_cni_server import connect
 
 
@@ -39,21 +40,6 @@ def serve():
     for server in servers:
         server.stop()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def until_eof(sock: socket.socket) -> bytes:
-    """What the server sent until it hung up (having left bytes of ours unread, its end
-    reads as a reset once its reply has been read)."""
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def ask(sock: socket.socket, line: bytes) -> dict:
