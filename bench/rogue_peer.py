@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
-from bench.evpn import (cpu_seconds, git_head, loadavg, machine, measure_in, print_table, rss_mib,
-                        write_results)
+from bench.evpn import cpu_seconds, git_head, loadavg, machine, print_table, rss_mib, write_results
+from bench.flood import cpu_used, ping_result, sample, start_ping, watch_memory
 from lab.cluster import Cluster, unique_prefix, wait_for
 from lab.rogue_bgp import RoguePeer
 from lab.runtime import Runtime
 from reflector.protocol import StateClient
 
 ROGUE_VNI, OTHER_VNI = 73000, 73001
-PING_INTERVAL = 0.05
 TARGETS = ("reflector", "node")
 
 
@@ -60,48 +58,27 @@ def run(runtime: Runtime, at: str, routes: int, watch: float) -> dict:
         try:
             rogue.wait_for("established", 60)
             time.sleep(2)
-            daemons = [("reflector", rr), ("n1", n1), ("n2", n2)]
-            sample = lambda measure: {w: measure_in(n.netns, measure) for w, n in daemons}  # noqa: E731
-            before, cpu_before = sample(rss_mib), sample(cpu_seconds)
-            count = int((watch + 10) / PING_INTERVAL)
-            flow = subprocess.Popen(["ip", "netns", "exec", a.netns, "ping", "-n", "-q", "-i",
-                                     str(PING_INTERVAL), "-c", str(count), "-W", "1", "10.73.0.2"],
-                                    stdout=subprocess.PIPE, text=True)
+            daemons = {"reflector": rr, "n1": n1, "n2": n2}
+            before, cpu_before = sample(daemons, rss_mib), sample(daemons, cpu_seconds)
+            flow = start_ping(a.netns, "10.73.0.2", watch)
             time.sleep(1)
             t0, wall0 = time.monotonic(), time.time()
             rogue.send("macs", vni=ROGUE_VNI, count=routes, next_hop=rogue_node.ip, tag=0x73)
-            state = StateClient(rr.socket)
-            peak: dict = {}
-            timeline = []
-            while time.monotonic() - t0 < watch:
-                time.sleep(1)
-                now = sample(rss_mib)
-                for where, procs in now.items():
-                    for label, mib in procs.items():
-                        peak.setdefault(where, {})[label] = max(mib, peak.get(where, {}).get(label, 0.0))
-                timeline.append({"t": round(time.monotonic() - t0, 1),
-                                 "reflector_macs": state.call("totals")["macs"],
-                                 "mib": {w: round(sum(p.values()), 1) for w, p in now.items()}})
-            after, cpu_after = sample(rss_mib), sample(cpu_seconds)
-            out, _ = flow.communicate(timeout=watch + 60)
+            peak, timeline = watch_memory(daemons, t0, watch, StateClient(rr.socket))
+            after, cpu_after = sample(daemons, rss_mib), sample(daemons, cpu_seconds)
+            ping = ping_result(flow, watch)
             heard = {event: [dict(r, t=round(r["time"] - wall0, 1)) for r in rogue.events(event)]
                      for event in ("notification", "established")}
         finally:
             rogue.close()
-        summary = next(line for line in out.splitlines() if "packets transmitted" in line)
-        transmitted, received = (int(summary.split()[i]) for i in (0, 3))
-        rtt = next((line.split("=")[1].split("/") for line in out.splitlines() if line.startswith("rtt")), None)
         return {
             "at": at, "routes_sent": routes, "watch_s": watch,
             "rss_before_mib": before, "rss_peak_mib": peak, "rss_after_mib": after,
-            "cpu_s": {w: {k: round(v - cpu_before.get(w, {}).get(k, 0.0), 1) for k, v in p.items()}
-                      for w, p in cpu_after.items()},
+            "cpu_s": cpu_used(cpu_before, cpu_after),
             "reflector_macs": timeline[-1]["reflector_macs"] if timeline else None,
             "rogue_heard": {"notifications": [(r["code"], r["subcode"], r["t"]) for r in heard["notification"]],
                             "sessions_again_at_s": [r["t"] for r in heard["established"]]},
-            "other_lan_ping": {"transmitted": transmitted, "received": received,
-                               "loss_pct": round(100 * (1 - received / transmitted), 2) if transmitted else None,
-                               "rtt_min_avg_max_ms": rtt[:3] if rtt else None},
+            "other_lan_ping": ping,
             "timeline": timeline,
         }
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.evpn import (cpu_seconds, git_head, loadavg, machine, measure_in, print_table, rss_mib,
-                        write_results)
+from bench.evpn import cpu_seconds, git_head, loadavg, machine, print_table, rss_mib, write_results
+from bench.flood import cpu_used, ping_result, sample, start_ping, watch_memory
 from cni import naming, netlink
 from cni.netns import netlink_in
 from lab.cluster import Cluster, Node, unique_prefix, wait_for
@@ -35,7 +34,6 @@ from lab.spoof import bridge_mac, spoof, spoofed_macs
 from reflector.protocol import StateClient
 
 SPOOFED_VNI, OTHER_VNI = 72000, 72001
-PING_INTERVAL = 0.05
 
 
 def vtep_entries(node: Node, vni: int) -> int:
@@ -58,10 +56,6 @@ def lift_bridge_cap(node: Node, vni: int) -> None:
             netlink.linkinfo("bridge", [netlink.attr(netlink.IFLA_BR_FDB_MAX_LEARNED, 0)])]))
 
 
-def sample(rr: Node, nodes: list[Node]) -> dict:
-    return {"reflector": measure_in(rr.netns, rss_mib), **{n.name: measure_in(n.netns, rss_mib) for n in nodes}}
-
-
 def run(runtime: Runtime, macs: int, watch: float, bridge_cap: bool) -> dict:
     with Cluster(prefix=unique_prefix("mgs")) as cluster:
         rr = cluster.add_node("rr")
@@ -80,47 +74,26 @@ def run(runtime: Runtime, macs: int, watch: float, bridge_cap: bool) -> dict:
         if not bridge_cap:
             lift_bridge_cap(n1, SPOOFED_VNI)
         time.sleep(2)
-        before = sample(rr, [n1, n2])
-        cpu_before = {"reflector": measure_in(rr.netns, cpu_seconds),
-                      **{n.name: measure_in(n.netns, cpu_seconds) for n in (n1, n2)}}
-        count = int((watch + 10) / PING_INTERVAL)
-        flow = subprocess.Popen(["ip", "netns", "exec", a.netns, "ping", "-n", "-q", "-i",
-                                 str(PING_INTERVAL), "-c", str(count), "-W", "1", "10.72.0.2"],
-                                stdout=subprocess.PIPE, text=True)
+        daemons = {"reflector": rr, "n1": n1, "n2": n2}
+        before, cpu_before = sample(daemons, rss_mib), sample(daemons, cpu_seconds)
+        flow = start_ping(a.netns, "10.72.0.2", watch)
         time.sleep(1)
         t0 = time.monotonic()
         spoof(spoofer, spoofed_macs(macs), dst=bridge_mac(n1, SPOOFED_VNI))
         sent_s = time.monotonic() - t0
         state = StateClient(rr.socket)
-        peak: dict = {}
-        timeline = []
-        while time.monotonic() - t0 < watch:
-            time.sleep(1)
-            now = sample(rr, [n1, n2])
-            for where, procs in now.items():
-                for label, mib in procs.items():
-                    peak.setdefault(where, {})[label] = max(mib, peak.get(where, {}).get(label, 0.0))
-            timeline.append({"t": round(time.monotonic() - t0, 1), "reflector_macs": state.call("totals")["macs"],
-                             "mib": {w: round(sum(p.values()), 1) for w, p in now.items()}})
-        after = sample(rr, [n1, n2])
-        cpu_after = {"reflector": measure_in(rr.netns, cpu_seconds),
-                     **{n.name: measure_in(n.netns, cpu_seconds) for n in (n1, n2)}}
-        out, _ = flow.communicate(timeout=watch + 60)
-        summary = next(line for line in out.splitlines() if "packets transmitted" in line)
-        transmitted, received = (int(summary.split()[i]) for i in (0, 3))
-        rtt = next((line.split("=")[1].split("/") for line in out.splitlines() if line.startswith("rtt")), None)
+        peak, timeline = watch_memory(daemons, t0, watch, state)
+        after, cpu_after = sample(daemons, rss_mib), sample(daemons, cpu_seconds)
+        ping = ping_result(flow, watch)
         log_lines = n1.log_path.read_text().splitlines()
         return {
             "macs_sent": macs, "send_s": round(sent_s, 2), "watch_s": watch, "bridge_cap": bridge_cap,
             "rss_before_mib": before, "rss_peak_mib": peak, "rss_after_mib": after,
-            "cpu_s": {w: {k: round(v - cpu_before.get(w, {}).get(k, 0.0), 1) for k, v in p.items()}
-                      for w, p in cpu_after.items()},
+            "cpu_s": cpu_used(cpu_before, cpu_after),
             "reflector_macs": state.call("totals")["macs"],
             "n2_vtep_entries": vtep_entries(n2, SPOOFED_VNI),
             "n1_bridge_learned": learned_on_bridge(n1, SPOOFED_VNI),
-            "other_lan_ping": {"transmitted": transmitted, "received": received,
-                               "loss_pct": round(100 * (1 - received / transmitted), 2) if transmitted else None,
-                               "rtt_min_avg_max_ms": rtt[:3] if rtt else None},
+            "other_lan_ping": ping,
             "agent_log_lines": len(log_lines),
             "agent_refusal_lines": sum("not announced" in line for line in log_lines),
             "timeline": timeline,
